@@ -1,0 +1,1 @@
+"""Faust agents and the app wiring: ingest bridge, customer actor, feedback."""

@@ -1,0 +1,134 @@
+"""Configuration: one TOML file, overridable key by key from the environment.
+
+The file is ``iotcrm.toml`` in the working directory, or the path in
+``IOTCRM_CONFIG``. Every key can be overridden as ``IOTCRM_<SECTION>_<KEY>``;
+values from the environment are converted to the key's type. Secrets are read
+only from the environment (see ``Settings.secret``).
+
+>>> s = load_settings(path=None, environ={"IOTCRM_KAFKA_PARTITIONS": "8"})
+>>> s.kafka.partitions
+8
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+
+class KafkaSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    bootstrap: str = "127.0.0.1:19092"
+    device_topic_pattern: str = r"^iot\.device\..+"
+    telemetry_topic: str = "iot.telemetry"
+    registry_topic: str = "iot.registry"
+    customers_topic: str = "crm.customers"
+    deadletter_topic: str = "iot.deadletter"
+    late_topic: str = "iot.late"
+    customer_events_topic: str = "iotcrm.events.by-customer"
+    outcomes_topic: str = "crm.outcomes"
+    action_topic_prefix: str = "crm.actions."
+    partitions: int = 4
+    replication_factor: int = 1
+    metadata_max_age_ms: int = 5000
+    sasl_username: str = ""
+
+
+class CassandraSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    contact_points: str = "127.0.0.1"
+    port: int = 19042
+    keyspace: str = "iotcrm"
+    replication_factor: int = 1
+    action_ttl_s: int = 0
+    username: str = ""
+
+
+class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    app_id: str = "iotcrm"
+    web_port: int = 6066
+    state_dir: str = ".state/worker"
+    batch_size: int = 500
+    batch_within_s: float = 0.05
+    idle_allowance_s: float = 5.0
+
+
+class RulesSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    path: str = "rules"
+    reload_interval_s: float = 1.0
+
+
+class ModelsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    path: str = "models/models.yaml"
+
+
+class QualitySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    dedup_horizon_s: float = 86400.0
+    allowed_lateness_s: float = 30.0
+    max_future_skew_s: float = 300.0
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
+    cassandra: CassandraSettings = msgspec.field(default_factory=CassandraSettings)
+    worker: WorkerSettings = msgspec.field(default_factory=WorkerSettings)
+    rules: RulesSettings = msgspec.field(default_factory=RulesSettings)
+    models: ModelsSettings = msgspec.field(default_factory=ModelsSettings)
+    quality: QualitySettings = msgspec.field(default_factory=QualitySettings)
+
+    @staticmethod
+    def secret(name: str) -> str | None:
+        """A secret such as ``KAFKA_SASL_PASSWORD``, from ``IOTCRM_<name>`` only."""
+        return os.environ.get(f"IOTCRM_{name.upper()}") or None
+
+    def action_topic(self, action_type: str) -> str:
+        return self.kafka.action_topic_prefix + ACTION_TOPIC_SUFFIX.get(action_type, action_type)
+
+
+#: Default action topic suffix per action type (architecture.md).
+ACTION_TOPIC_SUFFIX: dict[str, str] = {
+    "coupon": "coupon",
+    "maintenance_booking": "maintenance",
+    "retention_offer": "retention",
+    "support_case": "support",
+}
+
+
+class ConfigError(Exception):
+    """The configuration file or an override is not valid."""
+
+
+def _default_path(environ: Mapping[str, str]) -> Path | None:
+    explicit = environ.get("IOTCRM_CONFIG")
+    if explicit:
+        return Path(explicit)
+    local = Path("iotcrm.toml")
+    return local if local.exists() else None
+
+
+def load_settings(
+    path: str | Path | None = "", environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read the TOML file (``""``: the default location; ``None``: none) and
+    apply ``IOTCRM_<SECTION>_<KEY>`` overrides from ``environ``."""
+    environ = os.environ if environ is None else environ
+    resolved = _default_path(environ) if path == "" else (Path(path) if path else None)
+    raw: dict[str, Any] = {}
+    if resolved is not None:
+        try:
+            raw = tomllib.loads(resolved.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{resolved}: {exc}") from exc
+    for section in Settings.__struct_fields__:
+        prefix = f"IOTCRM_{section.upper()}_"
+        for key, value in environ.items():
+            if key.startswith(prefix):
+                raw.setdefault(section, {})[key[len(prefix) :].lower()] = value
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        where = f"{resolved}: " if resolved else ""
+        raise ConfigError(f"{where}invalid setting: {exc}") from exc

@@ -1,0 +1,1 @@
+"""Device fleet simulator, accuracy scoring and benchmarks."""

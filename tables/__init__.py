@@ -1,0 +1,1 @@
+"""Actor state: state classes, table definitions, windowed aggregates."""
