@@ -17,6 +17,9 @@ from river import metrics as river_metrics
 from engine.models.features import FeatureExtractor, lookup, numeric
 from engine.models.spec import FieldLabel, ModelSpec, OutcomeLabel
 
+#: Counters reported only by models with an outcome label.
+_OUTCOME_COUNTS = frozenset({"outcomes_matched", "pending_dropped"})
+
 #: Scope key of a ``scope: global`` model.
 GLOBAL_SCOPE = "*"
 
@@ -280,7 +283,10 @@ class OnlineModel:
 
     def report(self) -> dict[str, Any]:
         labelled = self.counts["n_labelled"]
-        report: dict[str, Any] = {"kind": self.spec.kind, **self.counts}
+        report: dict[str, Any] = {"kind": self.spec.kind}
+        for name, count in self.counts.items():
+            if self._outcome is not None or name not in _OUTCOME_COUNTS:
+                report[name] = count
         for name, metric in self.metrics.items():
             report[name] = float(metric.get()) if labelled else None
         report["instances"] = len(self.instances)
