@@ -12,6 +12,7 @@ The contract is docs/events.md.
 
 from engine.events import DeviceInfo, SourcePosition
 from engine.quality.deadletter import deadletter_value, original_bytes
+from engine.quality.hygiene import Admission, StreamHygiene, new_device_state
 from engine.quality.inspector import Inspector
 from engine.quality.options import QualityOptions
 from engine.quality.registry import CustomerProfiles, DeviceLookup, DeviceRegistry
@@ -19,6 +20,7 @@ from engine.quality.verdicts import Accepted, ReasonCode, Rejection
 
 __all__ = [
     "Accepted",
+    "Admission",
     "CustomerProfiles",
     "DeviceInfo",
     "DeviceLookup",
@@ -28,6 +30,8 @@ __all__ = [
     "ReasonCode",
     "Rejection",
     "SourcePosition",
+    "StreamHygiene",
     "deadletter_value",
+    "new_device_state",
     "original_bytes",
 ]
