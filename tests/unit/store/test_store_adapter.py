@@ -250,9 +250,16 @@ async def test_moving_a_device_removes_it_from_the_previous_owner(session: FakeS
     def answer(statement: Any, params: Any) -> Any:
         if cql_of(statement).startswith("SELECT * FROM iotcrm.device_registry"):
             return [
-                {"device_id": "d-1", "customer_id": "c-old", "device_type": "washer",
-                 "model": None, "registered_at": None, "deleted": False, "updated_at": None}
-            ]  # fmt: skip
+                {
+                    "device_id": "d-1",
+                    "customer_id": "c-old",
+                    "device_type": "washer",
+                    "model": None,
+                    "registered_at": None,
+                    "deleted": False,
+                    "updated_at": None,
+                }
+            ]
         return []
 
     session.answer = answer
@@ -273,10 +280,20 @@ async def test_a_tombstone_marks_the_device_deleted_and_leaves_its_owner(
     session: FakeSession,
 ) -> None:
     session.answer = lambda statement, params: (
-        [{"device_id": "d-1", "customer_id": "c-1", "device_type": None, "model": None,
-          "registered_at": None, "deleted": False, "updated_at": None}]
-        if cql_of(statement).startswith("SELECT") else []
-    )  # fmt: skip
+        [
+            {
+                "device_id": "d-1",
+                "customer_id": "c-1",
+                "device_type": None,
+                "model": None,
+                "registered_at": None,
+                "deleted": False,
+                "updated_at": None,
+            }
+        ]
+        if cql_of(statement).startswith("SELECT")
+        else []
+    )
     store = CassandraStore(Settings(), migrate=False)
     await store.delete_device("d-1")
     cqls = [cql_of(s) for s, _ in session.requests]

@@ -130,9 +130,14 @@ def test_json_text_is_canonical() -> None:
 def test_registry_value_becomes_a_device_row() -> None:
     row = device_row(
         "d-0001",
-        {"device_id": "d-0001", "customer_id": "c-001", "device_type": "washer",
-         "model": "WX-200", "registered_at": 1763700000},
-    )  # fmt: skip
+        {
+            "device_id": "d-0001",
+            "customer_id": "c-001",
+            "device_type": "washer",
+            "model": "WX-200",
+            "registered_at": 1763700000,
+        },
+    )
     assert (row.customer_id, row.device_type, row.model, row.registered_at_ms) == (
         "c-001",
         "washer",

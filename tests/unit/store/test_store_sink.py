@@ -38,9 +38,15 @@ class Record:
 
 def action(n: int, customer: str = "c-1") -> bytes:
     return orjson.dumps(
-        {"action_id": f"a-{n}", "type": "coupon", "customer_id": customer, "at": 1000.0 + n,
-         "rule": {"id": "r", "version": 1}, "payload": {"n": n}}
-    )  # fmt: skip
+        {
+            "action_id": f"a-{n}",
+            "type": "coupon",
+            "customer_id": customer,
+            "at": 1000.0 + n,
+            "rule": {"id": "r", "version": 1},
+            "payload": {"n": n},
+        }
+    )
 
 
 class FakeConsumer:
@@ -322,8 +328,13 @@ async def test_malformed_records_are_rejected_without_stalling_the_rest() -> Non
 
 async def test_registry_records_are_mirrored_and_tombstones_mark_deletion() -> None:
     sink, consumer, store, journal = make_sink()
-    registration = {"device_id": "d-1", "customer_id": "c-1", "device_type": "washer",
-                    "model": "WX-200", "registered_at": 1763700000}  # fmt: skip
+    registration = {
+        "device_id": "d-1",
+        "customer_id": "c-1",
+        "device_type": "washer",
+        "model": "WX-200",
+        "registered_at": 1763700000,
+    }
     consumer.produce(REGISTRY, orjson.dumps(registration), key=b"d-1")
     consumer.produce(REGISTRY, orjson.dumps({**registration, "device_id": "d-2"}), key=b"d-2")
     consumer.produce(REGISTRY, None, key=b"d-2")
