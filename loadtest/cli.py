@@ -1,7 +1,290 @@
-"""``iotcrm simulate`` and ``iotcrm bench``: placeholder until the load test lands."""
+"""``iotcrm simulate`` and ``iotcrm score`` (the load test's commands).
+
+Kafka is imported only when ``simulate`` actually publishes, so ``--dry-run``
+and ``score`` work without a broker library loaded.
+"""
+
+from __future__ import annotations
 
 import argparse
+import asyncio
+import re
+import sys
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import fields, replace
+from typing import Any
+
+import orjson
+
+from engine.config import ConfigError, load_settings
+from loadtest.accuracy import format_score, read_actions, score
+from loadtest.episodes import EpisodeShares
+from loadtest.fleet import DEVICE_TYPES
+from loadtest.simulator import SimParams, Simulation
+from loadtest.truth import dump_truth, load_truth
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``500ms``, ``4s``, ``10m``, ``2h``, ``1d`` or a plain number.
+
+    >>> parse_duration("2d"), parse_duration("90m"), parse_duration("12.5")
+    (172800.0, 5400.0, 12.5)
+    """
+    match = _DURATION.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 2d, 12h, 90m)")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a share must be within [0, 1], not {text}")
+    return value
+
+
+def _episode_share(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    known = [f.name for f in fields(EpisodeShares)]
+    if name not in known or not value:
+        raise argparse.ArgumentTypeError(f"expected KIND=SHARE with KIND one of {', '.join(known)}")
+    return name, _share(value)
+
+
+def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "simulate",
+        help="generate a seeded device fleet with known episodes and publish it",
+        description=(
+            "Generate N customers x M devices with daily rhythms, mixed units and injected "
+            "episodes (degrading machines, running-out detergent, fading usage, error bursts, "
+            "silent devices, error-then-reboot), publish registry, profiles and events to Kafka "
+            "(or write JSONL with --dry-run), and write the ground truth for `iotcrm score`. "
+            "See docs/simulator.md."
+        ),
+    )
+    defaults = SimParams()
+    parser.add_argument("--customers", type=int, default=defaults.customers)
+    parser.add_argument("--devices-per-customer", type=int, default=defaults.devices_per_customer)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--span",
+        type=parse_duration,
+        default=defaults.span_s,
+        help="simulated time span (default 2d)",
+    )
+    parser.add_argument(
+        "--end-ts",
+        type=float,
+        default=None,
+        help="end of simulated time, epoch seconds (default: now)",
+    )
+    parser.add_argument(
+        "--device-types", default=",".join(DEVICE_TYPES), help="comma-separated device types"
+    )
+    parser.add_argument(
+        "--marketing-consent-share", type=_share, default=defaults.marketing_consent_share
+    )
+    parser.add_argument(
+        "--service-consent-share", type=_share, default=defaults.service_consent_share
+    )
+    parser.add_argument("--malformed-share", type=_share, default=defaults.malformed_share)
+    parser.add_argument("--duplicate-share", type=_share, default=defaults.duplicate_share)
+    parser.add_argument(
+        "--episode-share",
+        type=_episode_share,
+        action="append",
+        default=[],
+        metavar="KIND=SHARE",
+        help="override an episode share, e.g. silence=0.1 (repeatable)",
+    )
+    parser.add_argument(
+        "--due-slack",
+        type=parse_duration,
+        default=defaults.due_slack_s,
+        help="added to each ideal firing time to give due_by (default 5m)",
+    )
+    parser.add_argument(
+        "--truth", default="truth.json", help="ground truth output file (default truth.json)"
+    )
+    parser.add_argument(
+        "--dry-run",
+        metavar="FILE",
+        help="write events as JSON lines to FILE ('-': stdout) instead of publishing",
+    )
+    parser.add_argument(
+        "--canonical",
+        action="store_true",
+        help=(
+            "with --dry-run: write events as rules see them (canonical units, customer_id, "
+            "device_type; no malformed events or duplicates)"
+        ),
+    )
+    parser.add_argument(
+        "--bootstrap", default=None, help="Kafka bootstrap servers (default from configuration)"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="events per second; 0: as fast as possible"
+    )
+    parser.add_argument(
+        "--topic-mode",
+        choices=("per-device", "shared"),
+        default="per-device",
+        help="iot.device.<id> topics or the shared telemetry topic",
+    )
+    parser.add_argument(
+        "--create-topics",
+        action="store_true",
+        help="create missing topics with the admin client first",
+    )
+    parser.add_argument(
+        "--no-outcomes",
+        action="store_true",
+        help="do not publish churn outcomes to the outcomes topic",
+    )
+    parser.set_defaults(func=run_simulate)
+
+
+def _params(args: argparse.Namespace) -> SimParams:
+    device_types = tuple(t.strip() for t in args.device_types.split(",") if t.strip())
+    unknown = set(device_types) - set(DEVICE_TYPES)
+    if unknown:
+        raise ValueError(f"unknown device types: {', '.join(sorted(unknown))}")
+    return SimParams(
+        customers=args.customers,
+        devices_per_customer=args.devices_per_customer,
+        seed=args.seed,
+        span_s=args.span,
+        end_ts=args.end_ts,
+        device_types=device_types,
+        marketing_consent_share=args.marketing_consent_share,
+        service_consent_share=args.service_consent_share,
+        malformed_share=args.malformed_share,
+        duplicate_share=args.duplicate_share,
+        due_slack_s=args.due_slack,
+        episodes=replace(EpisodeShares(), **dict(args.episode_share)),
+        canonical=args.canonical,
+    )
+
+
+def _write_jsonl(sim: Simulation, target: str) -> int:
+    count = 0
+    context = nullcontext(sys.stdout.buffer) if target == "-" else open(target, "wb")  # noqa: SIM115
+    with context as out:
+        write = out.write
+        for _, payload in sim.events():
+            write(payload)
+            write(b"\n")
+            count += 1
+    return count
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    try:
+        params = _params(args)
+    except ValueError as exc:
+        print(f"iotcrm simulate: {exc}", file=sys.stderr)
+        return 2
+    if params.canonical and not args.dry_run:
+        print("iotcrm simulate: --canonical needs --dry-run", file=sys.stderr)
+        return 2
+    sim = Simulation(params)
+    if args.dry_run:
+        written = _write_jsonl(sim, args.dry_run)
+        summary: dict[str, Any] = {"records": written, "file": args.dry_run}
+    else:
+        try:
+            settings = load_settings(args.config)
+        except ConfigError as exc:
+            print(f"iotcrm simulate: {exc}", file=sys.stderr)
+            return 2
+        from loadtest.publish import PublishOptions, publish
+
+        options = PublishOptions(
+            bootstrap=args.bootstrap or settings.kafka.bootstrap,
+            topic_mode=args.topic_mode,
+            telemetry_topic=settings.kafka.telemetry_topic,
+            registry_topic=settings.kafka.registry_topic,
+            customers_topic=settings.kafka.customers_topic,
+            outcomes_topic=settings.kafka.outcomes_topic,
+            rate=args.rate,
+            create_topics=args.create_topics,
+            partitions=settings.kafka.partitions,
+            replication_factor=settings.kafka.replication_factor,
+            send_outcomes=not args.no_outcomes,
+        )
+
+        def report(sent: int, elapsed: float) -> None:
+            print(f"  {sent} records in {elapsed:.1f}s ({sent / elapsed:,.0f}/s)", file=sys.stderr)
+
+        stats = asyncio.run(publish(sim, options, progress=report))
+        summary = {
+            "records": stats.records,
+            "registry_records": stats.registry_records,
+            "profiles": stats.profiles,
+            "outcomes": stats.outcomes,
+            "bytes": stats.bytes,
+            "elapsed_s": round(stats.elapsed_s, 3),
+            "rate": round(stats.rate, 1),
+            "bootstrap": options.bootstrap,
+            "topic_mode": options.topic_mode,
+        }
+    truth = sim.truth()
+    dump_truth(truth, args.truth)
+    summary.update(
+        truth=args.truth,
+        expected_actions=len(truth["expected_actions"]),
+        suppressed=len(truth["suppressed"]),
+        duplicates=truth["counts"]["duplicates"],
+        expected_deadletters=truth["counts"]["expected_deadletters"],
+        window=truth["window"],
+    )
+    print(orjson.dumps(summary).decode(), file=sys.stderr)
+    return 0
+
+
+def _add_score(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "score",
+        help="score emitted actions against a simulation's ground truth",
+        description=(
+            "Match actions (JSON lines: downstream actions, or `iotcrm rules run` output) "
+            "to the expected actions of a truth file written by `iotcrm simulate`, and print "
+            "precision, recall, tp/fp/fn and lead times per action type."
+        ),
+    )
+    parser.add_argument("--truth", required=True, help="truth file from `iotcrm simulate`")
+    parser.add_argument("--actions", required=True, help="actions as JSON lines ('-': stdin)")
+    parser.add_argument("--json", action="store_true", help="print the full result as JSON")
+    parser.set_defaults(func=run_score)
+
+
+def run_score(args: argparse.Namespace) -> int:
+    try:
+        truth = load_truth(args.truth)
+        source = sys.stdin if args.actions == "-" else args.actions
+        result = score(truth, read_actions(source))
+    except (OSError, ValueError) as exc:
+        print(f"iotcrm score: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(format_score(result))
+    return 0
+
+
+#: Subcommand registrars; add one to contribute another ``iotcrm`` command.
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_simulate,
+    _add_score,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    del subparsers
+    for add in SUBCOMMANDS:
+        add(subparsers)
