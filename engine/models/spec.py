@@ -252,16 +252,16 @@ class _Reader:
 
     # generic checks ----------------------------------------------------------
 
-    def refuse_tags(self, node: Any) -> None:
+    def refuse_tags(self, node: Any, where: tuple[int, int] | None = None) -> None:
         tag = getattr(getattr(node, "tag", None), "value", None)
         if tag is not None:
-            raise self.error(f"YAML tags are not allowed ({tag})", self.node_at(node))
+            raise self.error(f"YAML tags are not allowed ({tag})", where or self.node_at(node))
         if isinstance(node, CommentedMap):
-            for value in node.values():
-                self.refuse_tags(value)
+            for key, value in node.items():
+                self.refuse_tags(value, self.value_at(node, key))
         elif isinstance(node, CommentedSeq):
-            for value in node:
-                self.refuse_tags(value)
+            for index, value in enumerate(node):
+                self.refuse_tags(value, self.item_at(node, index))
 
     def mapping(self, node: Any, where: tuple[int, int], what: str) -> CommentedMap:
         if not isinstance(node, CommentedMap):
