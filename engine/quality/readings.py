@@ -80,14 +80,18 @@ class Reading:
         ``name_unit`` is the unit implied by a suffixed field name,
         ``sibling_unit`` the value of a ``<name>_unit`` field (or None).
         """
+        kind = type(value)
         if (
-            type(value) is float
+            (kind is float or kind is int)
             and name_unit is None
             and sibling_unit is None
             and self.low <= value <= self.high
-            and not self.whole
         ):
-            return value  # the common case: canonical unit, in range
+            # the common case: a number in the canonical unit, in range
+            if not self.whole:
+                return float(value)
+            if kind is int or value.is_integer():
+                return int(value)
         unit = name_unit
         if type(value) is dict:
             size = len(value)
