@@ -1,6 +1,6 @@
 """The door: raw bytes in, a normalised and enriched event or a rejection out.
 
->>> from engine.events import SourcePosition
+>>> from engine.quality import DeviceRegistry, SourcePosition
 >>> registry = DeviceRegistry()
 >>> registry.apply("d1", b'{"device_id": "d1", "customer_id": "c1", "device_type": "washer"}')
 >>> inspector = Inspector(QualityOptions(), registry, clock=lambda: 1763700000.0)
@@ -36,9 +36,9 @@ from engine.events import (
 )
 from engine.quality.options import QualityOptions
 from engine.quality.readings import FIELDS, TEXT_READINGS, UNIT_FIELDS
-from engine.quality.registry import DeviceLookup, DeviceRegistry
+from engine.quality.registry import DeviceLookup
 from engine.quality.timestamps import event_time
-from engine.quality.verdicts import Accepted, RejectedInput, Rejection, json_type, preview
+from engine.quality.verdicts import Accepted, RejectedInput, Rejection, describe, json_type, preview
 
 _DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 _BYTE_POSITION = re.compile(r"\(byte (\d+)\)")
@@ -53,8 +53,6 @@ _ROLES: dict[str, Any] = {
     **dict.fromkeys([*REQUIRED_FIELDS, *ENRICHED_FIELDS, *UNIT_FIELDS], _SKIP),
 }
 _KIND_LIST = ", ".join(sorted(KINDS))
-
-__all__ = ["DeviceRegistry", "Inspector", "QualityOptions"]
 
 
 class Inspector:
@@ -133,13 +131,12 @@ class Inspector:
             raise RejectedInput(
                 "schema",
                 f"field 'id' must be a string of 1 to {EVENT_ID_MAX_LENGTH} characters, "
-                f"got {json_type(event_id)} {preview(event_id)}",
+                f"got {describe(event_id)}",
             )
         if type(device_id) is not str:
             raise RejectedInput(
                 "schema",
-                f"field 'device_id' must be a string, got {json_type(device_id)} "
-                f"{preview(device_id)}",
+                f"field 'device_id' must be a string, got {describe(device_id)}",
             )
         # Registered ids were checked on entry to the registry: only strangers
         # need the pattern.
@@ -237,9 +234,7 @@ def _given_twice(reading: str, fields: dict[str, Any]) -> RejectedInput:
 
 def _text_reading(name: str, value: Any) -> str:
     if type(value) is not str:
-        raise RejectedInput(
-            "schema", f"field '{name}' must be a string, got {json_type(value)} {preview(value)}"
-        )
+        raise RejectedInput("schema", f"field '{name}' must be a string, got {describe(value)}")
     allowed = TEXT_READINGS[name]
     if allowed is not None and value not in allowed:
         raise RejectedInput(

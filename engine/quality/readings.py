@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from engine.quality.verdicts import RejectedInput, json_type, preview
+from engine.quality.verdicts import RejectedInput, describe, preview
 
 Conversion = float | tuple[float, float]
 
@@ -73,7 +73,9 @@ class Reading:
                 self.units[spelling.lower()] = (float(factor), float(offset))
                 self.spellings.append(spelling)
 
-    def canonical(self, field: str, value: Any, name_unit: str | None, sibling_unit: Any) -> float:
+    def canonical(
+        self, field: str, value: Any, name_unit: str | None, sibling_unit: Any
+    ) -> float | int:
         """``value`` (a number or a ``{value, unit}`` object, from ``field``)
         in the canonical unit, or ``RejectedInput`` saying what is wrong.
 
@@ -106,7 +108,7 @@ class Reading:
         if kind is not float and kind is not int:
             raise RejectedInput(
                 "schema",
-                f"reading '{field}' must be a number, got {json_type(value)} {preview(value)}",
+                f"reading '{field}' must be a number, got {describe(value)}",
             )
         if unit is None:
             converted = value
@@ -138,9 +140,7 @@ class Reading:
 
     def _merge_units(self, unit: str | None, given: Any, where: str) -> str:
         if type(given) is not str:
-            raise RejectedInput(
-                "schema", f"'{where}' must be a unit name, got {json_type(given)} {preview(given)}"
-            )
+            raise RejectedInput("schema", f"'{where}' must be a unit name, got {describe(given)}")
         if unit is None:
             return given
         conversion = self._conversion(given)

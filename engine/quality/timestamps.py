@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from engine.quality.verdicts import RejectedInput, json_type, preview
+from engine.quality.verdicts import RejectedInput, describe, preview
 
 #: From here on a numeric ts is epoch milliseconds.
 MILLIS_FROM = 1e11
@@ -63,6 +63,5 @@ def event_time(ts: Any) -> float:
         return seconds
     raise RejectedInput(
         "schema",
-        "field 'ts' must be epoch seconds or an RFC 3339 string, "
-        f"got {json_type(ts)} {preview(ts)}",
+        f"field 'ts' must be epoch seconds or an RFC 3339 string, got {describe(ts)}",
     )

@@ -64,6 +64,15 @@ def preview(value: Any, limit: int = 40) -> str:
     return text[: limit - 3 - len(closing)] + "..." + closing
 
 
+def describe(value: Any) -> str:
+    """A JSON value's type and a preview of it, for "got ..." in reasons.
+
+    >>> describe(42), describe("21.5"), describe(None)
+    ('integer 42', "string '21.5'", 'null')
+    """
+    return "null" if value is None else f"{json_type(value)} {preview(value)}"
+
+
 def json_type(value: Any) -> str:
     """The JSON name of a decoded value's type.
 

@@ -62,7 +62,7 @@ CORPUS: list[tuple[str, bytes, str, str]] = [
         "null device",
         event_bytes(device_id=None),
         "schema",
-        "field 'device_id' must be a string, got null null",
+        "field 'device_id' must be a string, got null",
     ),
     (
         "device id with a space",
@@ -155,7 +155,7 @@ CORPUS: list[tuple[str, bytes, str, str]] = [
         "null reading",
         event_bytes(vibration=None),
         "schema",
-        "reading 'vibration' must be a number, got null null",
+        "reading 'vibration' must be a number, got null",
     ),
     (
         "reading object without value",
