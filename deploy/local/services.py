@@ -1,0 +1,504 @@
+#!/usr/bin/env python3
+"""Fetch, start, check and stop a local Kafka (KRaft) and Cassandra for iotcrm.
+
+Standard library only, so it runs before any virtual environment exists.
+
+    python3 deploy/local/services.py start [kafka|cassandra ...]
+    python3 deploy/local/services.py stop  [kafka|cassandra ...]
+    python3 deploy/local/services.py status
+    python3 deploy/local/services.py run -- COMMAND ...   # start what is not running,
+                                                          # run COMMAND, stop what it started
+
+Jars come from Maven Central (``mvn dependency:copy-dependencies``) and are cached
+outside the repository in ``$IOTCRM_CACHE_DIR`` (default ``~/.cache/iotcrm``).
+Server data and logs live under ``$IOTCRM_STATE_DIR`` (default ``.state`` in the
+working directory). Ports: ``IOTCRM_LOCAL_KAFKA_PORT`` (19092; the KRaft controller
+uses the next port), ``IOTCRM_LOCAL_CASSANDRA_PORT`` (19042; storage and JMX ports
+are derived from it). Readiness is a real request: a Kafka Metadata request that
+lists the broker, and a CQL query on ``system.local``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+KAFKA_VERSION = "3.9.1"
+CASSANDRA_VERSION = "5.0.6"
+
+
+def _env_path(name: str, default: Path) -> Path:
+    value = os.environ.get(name)
+    return Path(value).expanduser().resolve() if value else default
+
+
+CACHE_DIR = _env_path("IOTCRM_CACHE_DIR", Path.home() / ".cache" / "iotcrm")
+STATE_DIR = _env_path("IOTCRM_STATE_DIR", Path.cwd() / ".state")
+KAFKA_PORT = int(os.environ.get("IOTCRM_LOCAL_KAFKA_PORT", "19092"))
+CASSANDRA_PORT = int(os.environ.get("IOTCRM_LOCAL_CASSANDRA_PORT", "19042"))
+HOST = "127.0.0.1"
+
+
+class ServiceError(RuntimeError):
+    """A server could not be fetched, started or stopped."""
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    version: str
+    port: int
+    ready_timeout_s: float
+
+    @property
+    def home(self) -> Path:
+        return STATE_DIR / self.name
+
+    @property
+    def lib_dir(self) -> Path:
+        return CACHE_DIR / f"{self.name}-{self.version}" / "lib"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "server.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "server.log"
+
+
+KAFKA = Service("kafka", KAFKA_VERSION, KAFKA_PORT, ready_timeout_s=90)
+CASSANDRA = Service("cassandra", CASSANDRA_VERSION, CASSANDRA_PORT, ready_timeout_s=240)
+SERVICES = {s.name: s for s in (KAFKA, CASSANDRA)}
+
+
+def log(message: str) -> None:
+    print(f"[services] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+def fetch(service: Service) -> None:
+    """Copy the server's runtime jars from Maven Central into the cache, once."""
+    marker = service.lib_dir / ".complete"
+    if marker.exists():
+        return
+    pom = HERE / f"{service.name}.pom.xml"
+    service.lib_dir.mkdir(parents=True, exist_ok=True)
+    log(f"fetching {service.name} {service.version} from Maven Central into {service.lib_dir}")
+    command = [
+        "mvn", "-B", "-q", "-f", str(pom),
+        "dependency:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={service.lib_dir}",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
+        raise ServiceError(f"fetching {service.name} failed (mvn exit {result.returncode}):\n{tail}")
+    marker.write_text(service.version)
+
+
+# --------------------------------------------------------------------------- probes
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = sock.recv(size - len(chunks))
+        if not chunk:
+            raise ConnectionError("connection closed")
+        chunks += chunk
+    return bytes(chunks)
+
+
+def kafka_broker_count(port: int, timeout: float = 3.0) -> int:
+    """Send a Metadata request (v0, no topics) and return how many brokers answered."""
+    client_id = b"iotcrm-probe"
+    body = struct.pack(">hhih", 3, 0, 7, len(client_id)) + client_id + struct.pack(">i", 0)
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        sock.sendall(struct.pack(">i", len(body)) + body)
+        (size,) = struct.unpack(">i", _recv_exact(sock, 4))
+        response = _recv_exact(sock, size)
+    correlation_id, brokers = struct.unpack(">ii", response[:8])
+    if correlation_id != 7:
+        raise ConnectionError("unexpected Kafka response")
+    return brokers
+
+
+def _cql_frame(opcode: int, body: bytes, stream: int) -> bytes:
+    return struct.pack(">BBhBi", 0x04, 0, stream, opcode, len(body)) + body
+
+
+def _cql_read(sock: socket.socket) -> tuple[int, bytes]:
+    _version, _flags, _stream, opcode, length = struct.unpack(">BBhBi", _recv_exact(sock, 9))
+    return opcode, _recv_exact(sock, length)
+
+
+def cassandra_release_version(port: int, timeout: float = 3.0) -> str:
+    """Run ``SELECT release_version FROM system.local`` over the CQL v4 protocol."""
+    startup = struct.pack(">H", 1) + b"".join(
+        struct.pack(">H", len(s)) + s for s in (b"CQL_VERSION", b"3.0.0")
+    )
+    query = b"SELECT release_version FROM system.local"
+    query_body = struct.pack(">i", len(query)) + query + struct.pack(">HB", 0x0001, 0)
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        sock.sendall(_cql_frame(0x01, startup, 1))
+        opcode, _ = _cql_read(sock)
+        if opcode != 0x02:  # READY
+            raise ConnectionError(f"CQL STARTUP answered opcode {opcode}")
+        sock.sendall(_cql_frame(0x07, query_body, 2))
+        opcode, body = _cql_read(sock)
+    if opcode != 0x08:  # RESULT
+        raise ConnectionError(f"CQL query answered opcode {opcode}")
+    return _first_text_value(body)
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.at = data, 0
+
+    def take(self, fmt: str) -> int:
+        (value,) = struct.unpack_from(fmt, self.data, self.at)
+        self.at += struct.calcsize(fmt)
+        return value
+
+    def string(self) -> bytes:
+        length = self.take(">H")
+        self.at += length
+        return self.data[self.at - length : self.at]
+
+
+def _first_text_value(body: bytes) -> str:
+    """The first cell of a Rows result whose columns are all text (CQL v4 section 4.2.5.2)."""
+    reader = _Reader(body)
+    if reader.take(">i") != 2:  # Rows
+        raise ConnectionError("CQL result is not a Rows result")
+    flags, columns = reader.take(">i"), reader.take(">i")
+    if flags & 0x0002:  # has_more_pages: [bytes] paging state
+        reader.at += max(reader.take(">i"), 0)
+    global_spec = bool(flags & 0x0001)
+    if global_spec:
+        reader.string(), reader.string()
+    for _ in range(columns):
+        if not global_spec:
+            reader.string(), reader.string()
+        reader.string()
+        if reader.take(">H") != 0x000D:  # varchar
+            raise ConnectionError("unexpected CQL column type")
+    if reader.take(">i") < 1:
+        raise ConnectionError("CQL query returned no row")
+    length = reader.take(">i")
+    return body[reader.at : reader.at + length].decode()
+
+
+def is_ready(service: Service) -> bool:
+    try:
+        if service is KAFKA:
+            return kafka_broker_count(service.port) >= 1
+        return bool(cassandra_release_version(service.port))
+    except (OSError, struct.error):
+        return False
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def _write_kafka_config(service: Service) -> Path:
+    data = service.home / "data"
+    controller_port = service.port + 1
+    config = service.home / "server.properties"
+    config.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@{HOST}:{controller_port}",
+                f"listeners=PLAINTEXT://{HOST}:{service.port},CONTROLLER://{HOST}:{controller_port}",
+                f"advertised.listeners=PLAINTEXT://{HOST}:{service.port}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"log.dirs={data}",
+                "num.partitions=1",
+                "auto.create.topics.enable=true",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=8",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "transaction.state.log.num.partitions=8",
+                "group.initial.rebalance.delay.ms=0",
+                "log.retention.hours=168",
+                "log.segment.bytes=67108864",
+                "",
+            ]
+        )
+    )
+    (service.home / "log4j.properties").write_text(
+        "log4j.rootLogger=INFO, stdout\n"
+        "log4j.appender.stdout=org.apache.log4j.ConsoleAppender\n"
+        "log4j.appender.stdout.layout=org.apache.log4j.PatternLayout\n"
+        "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
+        "log4j.logger.kafka=INFO\nlog4j.logger.org.apache.kafka=WARN\n"
+        "log4j.logger.state.change.logger=WARN\nlog4j.logger.kafka.log.LogCleaner=WARN\n"
+    )
+    if not (data / "meta.properties").exists():
+        data.mkdir(parents=True, exist_ok=True)
+        cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        result = subprocess.run(
+            [
+                "java", "-cp", f"{service.lib_dir}/*", "kafka.tools.StorageTool",
+                "format", "-t", cluster_id, "-c", str(config), "-g",
+            ],  # fmt: skip
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            raise ServiceError(f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}")
+    return config
+
+
+def _kafka_command(service: Service) -> list[str]:
+    config = _write_kafka_config(service)
+    return [
+        "java", "-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        f"-Dlog4j.configuration=file:{service.home / 'log4j.properties'}",
+        "-cp", f"{service.lib_dir}/*", "kafka.Kafka", str(config),
+    ]  # fmt: skip
+
+
+def _write_cassandra_config(service: Service) -> Path:
+    data = service.home / "data"
+    conf = service.home / "conf"
+    conf.mkdir(parents=True, exist_ok=True)
+    storage_port = service.port + 10
+    (conf / "cassandra.yaml").write_text(
+        f"""cluster_name: iotcrm-local
+num_tokens: 1
+partitioner: org.apache.cassandra.dht.Murmur3Partitioner
+commitlog_sync: periodic
+commitlog_sync_period: 10000ms
+endpoint_snitch: SimpleSnitch
+seed_provider:
+  - class_name: org.apache.cassandra.locator.SimpleSeedProvider
+    parameters:
+      - seeds: "{HOST}:{storage_port}"
+listen_address: {HOST}
+rpc_address: {HOST}
+storage_port: {storage_port}
+native_transport_port: {service.port}
+start_native_transport: true
+data_file_directories: [{data}/data]
+commitlog_directory: {data}/commitlog
+saved_caches_directory: {data}/saved_caches
+hints_directory: {data}/hints
+cdc_raw_directory: {data}/cdc_raw
+authenticator: AllowAllAuthenticator
+authorizer: AllowAllAuthorizer
+concurrent_compactors: 1
+"""
+    )
+    (conf / "logback.xml").write_text(
+        """<configuration>
+  <appender name="STDOUT" class="ch.qos.logback.core.ConsoleAppender">
+    <encoder><pattern>%-5level %date{ISO8601} %logger{0} %msg%n</pattern></encoder>
+  </appender>
+  <root level="INFO"><appender-ref ref="STDOUT"/></root>
+  <logger name="org.apache.cassandra.db.compaction" level="WARN"/>
+</configuration>
+"""
+    )
+    return conf
+
+
+def _cassandra_command(service: Service) -> list[str]:
+    conf = _write_cassandra_config(service)
+    jamm = next(service.lib_dir.glob("jamm-*.jar"), None)
+    if jamm is None:
+        raise ServiceError(f"no jamm jar in {service.lib_dir}: delete it and fetch again")
+    jvm_options = [
+        word
+        for line in (HERE / "cassandra-jvm17.options").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+        for word in line.split()
+    ]
+    return [
+        "java", "-Xms1g", "-Xmx1g", "-Xss512k", *jvm_options,
+        f"-javaagent:{jamm}",
+        f"-Dcassandra.config=file://{conf / 'cassandra.yaml'}",
+        "-Dcassandra-foreground=yes",
+        f"-Dlogback.configurationFile={conf / 'logback.xml'}",
+        f"-Dcassandra.storagedir={service.home / 'data'}",
+        f"-Dcassandra.jmx.local.port={service.port + 11}",
+        "-Dcassandra.skip_wait_for_gossip_to_settle=0",
+        "-Dcassandra.superuser_setup_delay_ms=0",
+        "-Dcassandra.ring_delay_ms=0",
+        "-cp", f"{conf}:{service.lib_dir}/*",
+        "org.apache.cassandra.service.CassandraDaemon",
+    ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+def _pid(service: Service) -> int | None:
+    try:
+        pid = int(service.pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def _log_tail(service: Service, lines: int = 40) -> str:
+    try:
+        text = service.log_file.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:])
+
+
+def start(service: Service) -> bool:
+    """Start the server unless it already answers; return True if this call started it."""
+    if is_ready(service):
+        log(f"{service.name} already running on {HOST}:{service.port}")
+        return False
+    process: subprocess.Popen[bytes] | None = None
+    if _pid(service) is None:
+        fetch(service)
+        service.home.mkdir(parents=True, exist_ok=True)
+        command = _kafka_command(service) if service is KAFKA else _cassandra_command(service)
+        with service.log_file.open("ab") as log_stream:
+            process = subprocess.Popen(
+                command,
+                stdout=log_stream,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=service.home,
+                start_new_session=True,
+            )
+        service.pid_file.write_text(str(process.pid))
+        log(f"starting {service.name} {service.version} (pid {process.pid}, log {service.log_file})")
+    deadline = time.monotonic() + service.ready_timeout_s
+    while time.monotonic() < deadline:
+        if is_ready(service):
+            log(f"{service.name} ready on {HOST}:{service.port}")
+            return True
+        # poll() reaps a child of ours that died, which kill(pid, 0) would still see as a zombie.
+        exited = process.poll() is not None if process else _pid(service) is None
+        if exited:
+            raise ServiceError(
+                f"{service.name} exited before it was ready; last lines of {service.log_file}:\n"
+                + _log_tail(service)
+            )
+        time.sleep(0.5)
+    raise ServiceError(
+        f"{service.name} did not answer on {HOST}:{service.port} within "
+        f"{service.ready_timeout_s:.0f}s; last lines of {service.log_file}:\n" + _log_tail(service)
+    )
+
+
+def stop(service: Service, timeout_s: float = 60.0) -> None:
+    pid = _pid(service)
+    if pid is None:
+        log(f"{service.name} not running")
+        service.pid_file.unlink(missing_ok=True)
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _pid(service) is not None:
+        time.sleep(0.2)
+    if _pid(service) is not None:
+        log(f"{service.name} did not stop within {timeout_s:.0f}s; killing it")
+        os.kill(pid, signal.SIGKILL)
+        while _pid(service) is not None:
+            time.sleep(0.1)
+    service.pid_file.unlink(missing_ok=True)
+    log(f"{service.name} stopped")
+
+
+def status() -> int:
+    for service in SERVICES.values():
+        pid = _pid(service)
+        state = "ready" if is_ready(service) else ("starting or stuck" if pid else "stopped")
+        print(f"{service.name:10} {state:18} port {service.port}  pid {pid or '-'}")
+    return 0
+
+
+def _selected(names: list[str]) -> list[Service]:
+    unknown = [n for n in names if n not in SERVICES]
+    if unknown:
+        raise ServiceError(f"unknown service(s): {', '.join(unknown)}; known: kafka, cassandra")
+    return [SERVICES[n] for n in names] if names else list(SERVICES.values())
+
+
+def start_all(services: list[Service]) -> list[Service]:
+    """Start the services concurrently-ish: Cassandra is launched first (it is slower)."""
+    started: list[Service] = []
+    try:
+        for service in sorted(services, key=lambda s: s is KAFKA):
+            if start(service):
+                started.append(service)
+    except ServiceError:
+        for service in started:
+            stop(service)
+        raise
+    return started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    for action in ("fetch", "start", "stop"):
+        p = sub.add_parser(action)
+        p.add_argument("names", nargs="*", help="kafka, cassandra (default: both)")
+    sub.add_parser("status")
+    run = sub.add_parser("run", help="start what is not running, run a command, stop it again")
+    run.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "status":
+            return status()
+        if args.action == "fetch":
+            for service in _selected(args.names):
+                fetch(service)
+            return 0
+        if args.action == "start":
+            start_all(_selected(args.names))
+            return 0
+        if args.action == "stop":
+            for service in _selected(args.names):
+                stop(service)
+            return 0
+        command = args.command[1:] if args.command[:1] == ["--"] else args.command
+        if not command:
+            parser.error("run needs a command")
+        started = start_all(list(SERVICES.values()))
+        try:
+            return subprocess.call(command)
+        finally:
+            for service in started:
+                stop(service)
+    except ServiceError as exc:
+        log(f"error: {exc}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
