@@ -78,7 +78,7 @@ class Shape:
     offset: float = 0.0
 
     def wire_value(self, canonical: float) -> float:
-        return round(canonical * self.factor + self.offset, 4)
+        return round(canonical * self.factor + self.offset, 6)
 
 
 _PLAIN = Shape("plain")
@@ -142,21 +142,21 @@ def reading_renderer(name: str, shape: Shape) -> Renderer:
         unit_field = name + "_unit"
 
         def sibling(event: dict[str, Any], value: float) -> None:
-            event[name] = round(value * factor + offset, 4)
+            event[name] = round(value * factor + offset, 6)
             event[unit_field] = unit
 
         return sibling
     if shape.kind == "object":
 
         def as_object(event: dict[str, Any], value: float) -> None:
-            event[name] = {"value": round(value * factor + offset, 4), "unit": unit}
+            event[name] = {"value": round(value * factor + offset, 6), "unit": unit}
 
         return as_object
     if shape.kind == "suffix":
         suffixed = f"{name}_{unit}"
 
         def suffix(event: dict[str, Any], value: float) -> None:
-            event[suffixed] = round(value * factor + offset, 4)
+            event[suffixed] = round(value * factor + offset, 6)
 
         return suffix
     raise ValueError(f"unknown reading shape {shape.kind!r}")

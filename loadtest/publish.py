@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 
-from loadtest.simulator import Simulation
+from loadtest.simulator import GHOST_DEVICE_IDS, Simulation
 
 DEVICE_TOPIC_PREFIX = "iot.device."
 _TOPIC_ALREADY_EXISTS = 36
@@ -98,7 +98,10 @@ def partition_for(key: bytes, partitions: int) -> int:
 def event_topics(sim: Simulation, options: PublishOptions) -> list[str]:
     if options.topic_mode == "shared":
         return [options.telemetry_topic]
-    return [device_topic(d.device_id) for d in sim.fleet.devices]
+    device_ids = [d.device_id for d in sim.fleet.devices]
+    if not sim.params.canonical and sim.params.malformed_share > 0:
+        device_ids += GHOST_DEVICE_IDS
+    return [device_topic(device_id) for device_id in device_ids]
 
 
 def _json_records(pairs: Iterable[tuple[str, dict[str, Any]]]) -> Iterator[tuple[bytes, bytes]]:
@@ -236,12 +239,12 @@ async def _send_events(
         else 1
     )
     route: dict[str, tuple[str, bytes, int]] = {}
-    for device in sim.fleet.devices:
-        key = device.device_id.encode()
-        route[device.device_id] = (
+    for device_id in (*(d.device_id for d in sim.fleet.devices), *GHOST_DEVICE_IDS):
+        key = device_id.encode()
+        route[device_id] = (
             (options.telemetry_topic, key, partition_for(key, count))
             if shared
-            else (device_topic(device.device_id), key, 0)
+            else (device_topic(device_id), key, 0)
         )
     pacer = Pacer(options.rate)
     # Pace in steps of about 0.1 s at low rates, so bursts stay small.

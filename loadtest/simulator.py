@@ -69,6 +69,9 @@ SILENCE_WATCHDOG_S = 2 * HOUR
 SPORADIC_ERROR_SPACING_S = 3 * HOUR
 
 MALFORMED_KINDS: tuple[str, ...] = tuple(MALFORMED_REASON)
+#: Unregistered devices that malformed events claim to come from; a fixed pool
+#: so their per-device topics are known before publishing.
+GHOST_DEVICE_IDS: tuple[str, ...] = tuple(f"ghost-{i:02d}" for i in range(1, 9))
 
 Fields = dict[str, Any]
 Special = tuple[float, str, Fields]
@@ -163,7 +166,12 @@ class _Behaviour:
         if isinstance(episode, ErrorBurst):
             code = self.rng.choice(self.error_codes)
             events += [(t, "error", {"error_code": code}) for t in episode.error_times]
-            busy.append((episode.error_times[0] - HOUR, episode.error_times[-1] + HOUR))
+            busy.append(
+                (
+                    episode.error_times[0] - SPORADIC_ERROR_SPACING_S,
+                    episode.error_times[-1] + SPORADIC_ERROR_SPACING_S,
+                )
+            )
             self.truth.expect(
                 "error_burst",
                 self.device.customer_id,
@@ -177,7 +185,12 @@ class _Behaviour:
                 (episode.error_at, "error", {"error_code": self.rng.choice(self.error_codes)})
             )
             events += self._reboot(episode.reboot_at)
-            busy.append((episode.error_at - HOUR, episode.reboot_at + HOUR))
+            busy.append(
+                (
+                    episode.error_at - SPORADIC_ERROR_SPACING_S,
+                    episode.reboot_at + SPORADIC_ERROR_SPACING_S,
+                )
+            )
             self.truth.expect(
                 "error_reboot",
                 self.device.customer_id,
@@ -332,7 +345,7 @@ class _Washer(_Behaviour):
             margin = round(rng.uniform(0.5, self.cycles[crossing][3] - 0.5), 1)
             level = round(DETERGENT_LOW_PCT + margin + sum(c[3] for c in self.cycles[:crossing]), 1)
         else:
-            level = round(rng.uniform(30.0, 100.0), 1)
+            level = round(rng.uniform(NORMAL_REFILL_BELOW_PCT + 2.0, 100.0), 1)
         events: list[Special] = []
         for i, (begin, _, _, used) in enumerate(self.cycles):
             if crossing < 0 and level - used < NORMAL_REFILL_BELOW_PCT:
@@ -508,7 +521,8 @@ class _Wearable(_Behaviour):
             battery = 8.0 + 92.0 * (since_charge - 23.0)
         else:
             battery = max(5.0, 100.0 - 4.0 * since_charge)
-        return {"battery": round(battery + self.rng.uniform(-0.5, 0.5), 1)}
+        noisy = battery + self.rng.uniform(-0.5, 0.5)
+        return {"battery": round(min(100.0, max(0.0, noisy)), 1)}
 
 
 _BEHAVIOURS: dict[str, type[_Behaviour]] = {
@@ -581,7 +595,10 @@ class _Injector:
         self.duplicate_share = params.duplicate_share
         self.serial = 0
 
-    def malformed(self, ts: float, kind: str, fields: Fields, counts: Counter[str]) -> bytes:
+    def malformed(
+        self, ts: float, kind: str, fields: Fields, counts: Counter[str]
+    ) -> tuple[str, bytes]:
+        """(the device id to route it by, the bad record's bytes)."""
         rng = self.rng
         self.serial += 1
         n = self.serial
@@ -592,10 +609,11 @@ class _Injector:
         counts[fault] += 1
         reading = rng.choice(readings) if readings else ""
         event_id = f"{self.device.device_id}-m{n}"
+        route = self.device.device_id
         if fault == "nan":
             event = self.render(0, ts, kind, {**fields, reading: math.nan})
             event["id"] = event_id
-            return orjson.dumps(_with_nan(event)).replace(b'"__NaN__"', b"NaN")
+            return route, orjson.dumps(_with_nan(event)).replace(b'"__NaN__"', b"NaN")
         if fault == "out_of_range":
             event = self.render(0, ts, kind, {**fields, reading: OUT_OF_RANGE[reading]})
         elif fault == "unknown_unit":
@@ -606,13 +624,14 @@ class _Injector:
             event = self.render(0, ts, kind, fields)
         event["id"] = event_id
         if fault == "unknown_device":
-            event["device_id"] = f"ghost-{self.device.index + 1}-{n}"
+            # Sent on the ghost's own topic: ingest checks a device topic's id.
+            route = event["device_id"] = rng.choice(GHOST_DEVICE_IDS)
         elif fault == "missing_field":
             del event[rng.choice(("id", "ts", "device_id", "kind"))]
         data = orjson.dumps(event)
         if fault == "bad_json":
             data = data[: rng.randint(len(data) // 3, len(data) - 1)]
-        return data
+        return route, data
 
 
 def _device_stream(
@@ -620,9 +639,10 @@ def _device_stream(
     render: Render,
     injector: _Injector | None,
     counts: Counter[str],
-) -> Iterator[tuple[float, dict[str, Any] | bytes]]:
+) -> Iterator[tuple[float, dict[str, Any] | tuple[str, bytes]]]:
     """One device's events in time order: telemetry interleaved with its
-    discrete events, as (ts, event dict or already-encoded bytes)."""
+    discrete events, as (ts, event dict) or, for a malformed record,
+    (ts, (device id to route it by, bytes))."""
     specials = behaviour.discrete()
     episode = behaviour.episode
     silent_from, resume_at = (
@@ -743,7 +763,12 @@ class Simulation:
         return [(o["customer_id"], o) for o in self._truth.outcomes]
 
     def events(self) -> Iterator[tuple[str, bytes]]:
-        """(device_id, JSON bytes) in global event-time order (ties by device)."""
+        """(device_id, JSON bytes) in global event-time order (ties by device).
+
+        The device id says where the record goes (``iot.device.<device_id>``,
+        or the key on the shared topic); for malformed records it is the
+        device that sent them, or one of ``GHOST_DEVICE_IDS``.
+        """
         if self._started:
             raise RuntimeError("a Simulation's events can be iterated only once")
         self._started = True
@@ -785,7 +810,10 @@ class Simulation:
             else:
                 replace_top(heap, (following[0], index, following[1], stream, device_id))
             records += 1
-            yield device_id, event if type(event) is bytes else dumps(event)
+            if type(event) is dict:
+                yield device_id, dumps(event)
+            else:
+                yield event
         self._records = records
         self._done = True
 

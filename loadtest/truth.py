@@ -54,7 +54,7 @@ EPISODE_RULES: dict[str, EpisodeRule] = {
 MALFORMED_REASON: dict[str, str] = {
     "bad_json": "decode",
     "missing_field": "schema",
-    "nan": "decode",  # a bare NaN is not JSON; a lenient decoder would say "value"
+    "nan": "value",  # a bare NaN is not strict JSON, but ingest decodes it and refuses the value
     "out_of_range": "value",
     "unknown_unit": "unit",
     "unknown_device": "unregistered",
