@@ -96,13 +96,20 @@ class FeatureExtractor:
                     x[key] = value
         sources = (event, customer, device)
         for name, index, path in self._features:
-            raw: Any = sources[index]
-            for key in path:
+            raw: Any = sources[index].get(path[0])
+            for key in path[1:]:
                 if not isinstance(raw, Mapping):
                     raw = None
                     break
                 raw = raw.get(key)
-            value = numeric(raw)
-            if value is not None:
-                x[name] = value
+            kind = type(raw)
+            if kind is float:
+                if raw - raw == 0.0:  # finite
+                    x[name] = raw
+            elif kind is int:
+                x[name] = raw
+            elif raw is not None:
+                value = numeric(raw)
+                if value is not None:
+                    x[name] = value
         return x

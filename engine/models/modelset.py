@@ -47,6 +47,8 @@ def event_time(value: Any) -> float | None:
     >>> event_time(12), event_time("1970-01-01T00:01:00Z"), event_time("soon")
     (12.0, 60.0, None)
     """
+    if type(value) is float:
+        return value if value - value == 0.0 else None
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):

@@ -8,6 +8,7 @@ outcome arrives or the horizon passes.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -15,7 +16,7 @@ from typing import Any, NamedTuple
 from river import metrics as river_metrics
 
 from engine.models.features import FeatureExtractor, lookup, numeric
-from engine.models.spec import FieldLabel, ModelSpec, OutcomeLabel
+from engine.models.spec import AppliesTo, FieldLabel, ModelSpec, OutcomeLabel
 
 #: Counters reported only by models with an outcome label.
 _OUTCOME_COUNTS = frozenset({"outcomes_matched", "pending_dropped"})
@@ -56,6 +57,7 @@ class OnlineModel:
         self._extract = FeatureExtractor.for_spec(spec)
         self._field_label = spec.label.field if isinstance(spec.label, FieldLabel) else None
         self._outcome = spec.label if isinstance(spec.label, OutcomeLabel) else None
+        self._applies_to_all = spec.applies_to == AppliesTo()
         self.reset()
 
     def reset(self) -> None:
@@ -73,6 +75,8 @@ class OnlineModel:
         self.pending: OrderedDict[str, Pending] = OrderedDict()
         # join: action only: customer id -> latest prediction, until an action binds it
         self.candidates: OrderedDict[str, Pending] = OrderedDict()
+        # stream time before which nothing pending can expire (-inf: look)
+        self._next_expiry = -math.inf
 
     # state for snapshots ---------------------------------------------------------
 
@@ -91,6 +95,7 @@ class OnlineModel:
         self.counts = state["counts"]
         self.pending = state["pending"]
         self.candidates = state["candidates"]
+        self._next_expiry = -math.inf
 
     # events -----------------------------------------------------------------------
 
@@ -106,6 +111,8 @@ class OnlineModel:
         self, event: Mapping[str, Any], customer: Mapping[str, Any], device: Mapping[str, Any]
     ) -> bool:
         rule = self.spec.applies_to
+        if self._applies_to_all:
+            return True
         if rule.kinds is not None and event.get("kind") not in rule.kinds:
             return False
         if rule.device_types is not None and (
@@ -114,6 +121,8 @@ class OnlineModel:
             return False
         if rule.segments is not None and customer.get("segment") not in rule.segments:
             return False
+        if not rule.require:
+            return True
         sources = (event, customer, device)
         return all(lookup(sources, field) is not None for field in rule.require)
 
@@ -212,6 +221,8 @@ class OnlineModel:
             return
         store[key] = pending
         store.move_to_end(key)
+        if pending.ts is not None:
+            self._next_expiry = min(self._next_expiry, pending.ts + self._outcome.horizon_s)
         while len(store) > self._outcome.max_pending:
             store.popitem(last=False)
             self.counts["pending_dropped"] += 1
@@ -267,17 +278,22 @@ class OnlineModel:
 
     def expire(self, now: float) -> None:
         """Drop pending predictions older than the horizon at stream time ``now``."""
-        label = self._outcome
-        if label is None:
+        if now <= self._next_expiry:
             return
+        horizon = self._outcome.horizon_s if self._outcome is not None else math.inf
+        next_expiry = math.inf
         for store, counted in ((self.pending, True), (self.candidates, False)):
             while store:
                 oldest = next(iter(store.values()))
-                if oldest.ts is None or now - oldest.ts <= label.horizon_s:
+                if oldest.ts is None:
+                    break
+                if now - oldest.ts <= horizon:
+                    next_expiry = min(next_expiry, oldest.ts + horizon)
                     break
                 store.popitem(last=False)
                 if counted:
                     self.counts["pending_dropped"] += 1
+        self._next_expiry = next_expiry
 
     # reporting --------------------------------------------------------------------
 
