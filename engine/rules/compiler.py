@@ -1,0 +1,876 @@
+"""Rule files to a :class:`RuleSet`: validate everything, collect every error
+with its file, line and column, and compile expressions and templates once.
+
+>>> ruleset = compile_rules('''
+... - id: hot
+...   version: 1
+...   key: device
+...   when: {condition: "event.temperature > 90"}
+...   action: {type: support_case, payload: {reason: "hot: {{ event.temperature }}"}}
+... ''')
+>>> [rule.id for rule in ruleset], ruleset.get("hot").topic
+(['hot'], 'crm.actions.support')
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from engine.config import ACTION_TOPIC_SUFFIX
+from engine.rules.aggregates import AGGREGATORS, OPTIONAL_ARGUMENT, Aggregate
+from engine.rules.durations import parse_duration
+from engine.rules.errors import RuleError, RuleFileError
+from engine.rules.expr import (
+    FUNCTIONS,
+    ROOT_NAMES,
+    Expression,
+    ExpressionError,
+    compile_expression,
+)
+from engine.rules.model import BASE_EVENT_FIELDS, Rule, RuleSet, RuleTest
+from engine.rules.source import (
+    SourceFile,
+    item_position,
+    key_position,
+    load_yaml,
+    node_position,
+    parse_timestamp,
+    parse_yaml,
+    to_plain,
+    value_position,
+)
+from engine.rules.template import Payload, PayloadError, compile_payload
+from engine.rules.triggers.absence import AbsenceTrigger
+from engine.rules.triggers.base import Trigger
+from engine.rules.triggers.sequence import SequenceTrigger, Step
+from engine.rules.triggers.simple import ConditionTrigger, SilenceTrigger, SustainedTrigger
+from engine.rules.triggers.window import WindowTrigger
+
+RULE_ID = re.compile(r"^[a-z0-9-]+$")
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+CONSENT = re.compile(r"^[A-Za-z0-9_-]+$")
+
+#: Default topic of each action type.
+DEFAULT_TOPICS: dict[str, str] = {
+    action_type: "crm.actions." + suffix for action_type, suffix in ACTION_TOPIC_SUFFIX.items()
+}
+ACTION_TYPES: tuple[str, ...] = tuple(DEFAULT_TOPICS)
+KEYS = ("device", "customer")
+TRIGGERS = ("condition", "sustained", "window", "sequence", "absence", "silence")
+WINDOW_TYPES = ("sliding", "tumbling", "hopping", "session")
+CONTIGUITY = ("relaxed", "strict", "any")
+SKIP = ("past_last_event", "none")
+
+RULE_FIELDS = (
+    "id",
+    "version",
+    "description",
+    "enabled",
+    "key",
+    "priority",
+    "group",
+    "when",
+    "cooldown",
+    "requires_consent",
+    "action",
+    "tests",
+)
+TEST_FIELDS = (
+    "name",
+    "events",
+    "expect",
+    "expect_suppressed",
+    "until",
+    "customer",
+    "devices",
+    "scores",
+)
+EXPECT_FIELDS = (
+    "at",
+    "events",
+    "payload",
+    "key",
+    "evidence",
+    "topic",
+    "type",
+    "device_id",
+    "suppressed",
+)
+#: Fields of a rule that do not change what it does (kept out of its fingerprint).
+_NOT_BEHAVIOUR = ("description", "tests", "enabled")
+
+_MISSING = object()
+
+
+class _FileCompiler:
+    """Compiles the rules of one file, collecting errors instead of stopping."""
+
+    def __init__(self, source: SourceFile) -> None:
+        self.source = source
+        self.errors: list[RuleError] = []
+        #: Every rule id seen, with its position, compiled or not.
+        self.ids: list[tuple[str, tuple[int, int] | None]] = []
+
+    # errors ------------------------------------------------------------------
+    def error(self, position: tuple[int, int] | None, message: str) -> None:
+        self.errors.append(self.source.error(position, message))
+
+    def check_keys(self, mapping: Any, allowed: Sequence[str], what: str) -> None:
+        for key in mapping:
+            if key not in allowed:
+                self.error(
+                    key_position(mapping, key),
+                    f"unknown key '{key}' in {what} (allowed: {', '.join(allowed)})",
+                )
+
+    # typed fields --------------------------------------------------------------
+    def get(
+        self,
+        mapping: Any,
+        key: str,
+        kind: type | tuple[type, ...],
+        what: str,
+        *,
+        required: bool = False,
+        default: Any = None,
+    ) -> Any:
+        if key not in mapping:
+            if required:
+                self.error(node_position(mapping), f"{what} needs '{key}'")
+                return _MISSING
+            return default
+        value = mapping[key]
+        bad_bool = isinstance(value, bool) and kind in (int, (int, float))
+        if not isinstance(value, kind) or bad_bool:
+            self.error(value_position(mapping, key), f"'{key}' must be {_type_name(kind)}")
+            return _MISSING
+        return value
+
+    def choice(
+        self,
+        mapping: Any,
+        key: str,
+        options: Sequence[str],
+        what: str,
+        *,
+        required: bool = False,
+        default: str | None = None,
+    ) -> Any:
+        value = self.get(mapping, key, str, what, required=required, default=default)
+        if value is _MISSING or value is None:
+            return value
+        if value not in options:
+            self.error(
+                value_position(mapping, key),
+                f"'{key}' must be one of {', '.join(options)} (got '{value}')",
+            )
+            return _MISSING
+        return str(value)
+
+    def duration(
+        self, mapping: Any, key: str, what: str, *, required: bool = False, positive: bool = True
+    ) -> Any:
+        if key not in mapping:
+            if required:
+                self.error(node_position(mapping), f"{what} needs '{key}' (a duration)")
+                return _MISSING
+            return None
+        try:
+            seconds = parse_duration(to_plain(mapping[key]))
+        except ValueError as exc:
+            self.error(value_position(mapping, key), f"'{key}': {exc}")
+            return _MISSING
+        if positive and seconds <= 0:
+            self.error(value_position(mapping, key), f"'{key}' must be longer than zero")
+            return _MISSING
+        return seconds
+
+    def mapping(self, parent: Any, key: str, what: str, *, required: bool = False) -> Any:
+        value = self.get(parent, key, Mapping, what, required=required)
+        return value
+
+    # expressions -----------------------------------------------------------------
+    def expression(
+        self,
+        mapping: Any,
+        key: str,
+        what: str,
+        *,
+        names: frozenset[str] = ROOT_NAMES,
+        window_fields: frozenset[str] | None = frozenset(),
+        step_names: frozenset[str] = frozenset(),
+        required: bool = True,
+    ) -> Any:
+        if key not in mapping:
+            if required:
+                self.error(node_position(mapping), f"{what} needs '{key}' (an expression)")
+                return _MISSING
+            return None
+        text = mapping[key]
+        if not isinstance(text, str):
+            self.error(value_position(mapping, key), f"'{key}' must be an expression (a string)")
+            return _MISSING
+        return self.compile_text(
+            str(text),
+            value_position(mapping, key),
+            names=names,
+            window_fields=window_fields,
+            step_names=step_names,
+        )
+
+    def compile_text(
+        self,
+        text: str,
+        anchor: tuple[int, int] | None,
+        *,
+        names: frozenset[str] = ROOT_NAMES,
+        window_fields: frozenset[str] | None = frozenset(),
+        step_names: frozenset[str] = frozenset(),
+        shift: int = 0,
+        context: str = "",
+    ) -> Any:
+        try:
+            return compile_expression(
+                text, names, window_fields=window_fields, step_names=step_names
+            )
+        except ExpressionError as exc:
+            whole = context or text
+            position = self.source.locate(anchor, whole, shift + exc.offset)
+            self.error(position, exc.message)
+            return _MISSING
+
+    # file ---------------------------------------------------------------------------
+    def compile_document(self, data: Any) -> list[Rule]:
+        if data is None:
+            return []
+        rules_node = data
+        if isinstance(data, Mapping):
+            self.check_keys(data, ("rules",), "a rule file")
+            if "rules" not in data:
+                self.error(node_position(data), "a rule file is a list of rules or 'rules: [...]'")
+                return []
+            rules_node = data["rules"]
+            if rules_node is None:
+                return []
+        if not isinstance(rules_node, list):
+            self.error(node_position(data), "a rule file is a list of rules or 'rules: [...]'")
+            return []
+        compiled: list[Rule] = []
+        for index, node in enumerate(rules_node):
+            if not isinstance(node, Mapping):
+                self.error(item_position(rules_node, index), "a rule must be a mapping")
+                continue
+            rule = self.compile_rule(node, item_position(rules_node, index))
+            if rule is not None:
+                compiled.append(rule)
+        return compiled
+
+    def compile_rule(self, node: Any, position: tuple[int, int] | None) -> Rule | None:
+        before = len(self.errors)
+        self.check_keys(node, RULE_FIELDS, "a rule")
+        rule_id = self.get(node, "id", str, "a rule", required=True)
+        if isinstance(rule_id, str):
+            self.ids.append((str(rule_id), value_position(node, "id")))
+        if isinstance(rule_id, str) and not RULE_ID.match(rule_id):
+            self.error(
+                value_position(node, "id"),
+                f"rule id '{rule_id}' must match [a-z0-9-]+ (lower-case letters, digits, '-')",
+            )
+        what = f"rule '{rule_id}'" if isinstance(rule_id, str) else "a rule"
+        version = self.get(node, "version", int, what, default=1)
+        if isinstance(version, int) and version < 0:
+            self.error(value_position(node, "version"), "'version' must be >= 0")
+        description = self.get(node, "description", str, what, default="")
+        enabled = self.get(node, "enabled", bool, what, default=True)
+        key = self.choice(node, "key", KEYS, what, required=True)
+        priority = self.get(node, "priority", int, what, default=0)
+        group = self.get(node, "group", str, what)
+        if isinstance(group, str) and not group.strip():
+            self.error(value_position(node, "group"), "'group' must not be empty")
+        cooldown = self.duration(node, "cooldown", what, positive=False)
+        consent = self.get(node, "requires_consent", str, what)
+        if isinstance(consent, str) and not CONSENT.match(consent):
+            self.error(
+                value_position(node, "requires_consent"),
+                "'requires_consent' must be a consent name such as marketing or service",
+            )
+        trigger = self.compile_when(node, what)
+        action = self.compile_action(node, what, trigger)
+        tests = self.compile_tests(node, what)
+        if len(self.errors) != before or trigger is None or action is None:
+            return None
+        action_type, topic, payload = action
+        holder: list[Rule] = []
+        rule = Rule(
+            id=str(rule_id),
+            version=int(version),
+            key=str(key),
+            trigger=trigger,
+            action_type=action_type,
+            topic=topic,
+            payload=payload,
+            description=str(description),
+            enabled=bool(enabled),
+            priority=int(priority),
+            group=str(group) if group else None,
+            cooldown=cooldown or None,
+            requires_consent=str(consent) if consent else None,
+            fingerprint=_fingerprint(node),
+            file=self.source.path,
+            line=(position[0] + 1) if position else 1,
+            tests=tests,
+        )
+        holder.append(rule)
+        payload.on_error = lambda: _count_error(holder[0])
+        _analyse_usage(rule, payload)
+        return rule
+
+    # when ---------------------------------------------------------------------------
+    def compile_when(self, rule: Any, what: str) -> Trigger | None:
+        when = self.mapping(rule, "when", what, required=True)
+        if when is _MISSING:
+            return None
+        present = [key for key in when if key in TRIGGERS]
+        self.check_keys(when, TRIGGERS, "'when'")
+        if len(present) != 1:
+            found = ", ".join(present) or "none"
+            self.error(
+                value_position(rule, "when"),
+                f"'when' needs exactly one trigger of {', '.join(TRIGGERS)} (found: {found})",
+            )
+            return None
+        kind = present[0]
+        builder = getattr(self, f"when_{kind}")
+        return builder(when, kind)
+
+    def when_condition(self, when: Any, kind: str) -> Trigger | None:
+        condition = self.expression(when, kind, "'when'")
+        return None if condition is _MISSING else ConditionTrigger(condition)
+
+    def when_sustained(self, when: Any, kind: str) -> Trigger | None:
+        spec = self.mapping(when, kind, "'when'")
+        if spec is _MISSING:
+            return None
+        self.check_keys(spec, ("condition", "for", "filter"), "'sustained'")
+        condition = self.expression(spec, "condition", "'sustained'")
+        duration = self.duration(spec, "for", "'sustained'", required=True)
+        filter_ = self.expression(spec, "filter", "'sustained'", required=False)
+        if _MISSING in (condition, duration, filter_):
+            return None
+        return SustainedTrigger(condition, duration, filter_)
+
+    def when_silence(self, when: Any, kind: str) -> Trigger | None:
+        spec = self.mapping(when, kind, "'when'")
+        if spec is _MISSING:
+            return None
+        self.check_keys(spec, ("for", "filter"), "'silence'")
+        duration = self.duration(spec, "for", "'silence'", required=True)
+        filter_ = self.expression(spec, "filter", "'silence'", required=False)
+        if _MISSING in (duration, filter_):
+            return None
+        return SilenceTrigger(duration, filter_)
+
+    def when_absence(self, when: Any, kind: str) -> Trigger | None:
+        spec = self.mapping(when, kind, "'when'")
+        if spec is _MISSING:
+            return None
+        self.check_keys(spec, ("after", "missing", "within", "correlate"), "'absence'")
+        with_first = ROOT_NAMES | {"first"}
+        after = self.expression(spec, "after", "'absence'")
+        missing = self.expression(spec, "missing", "'absence'", names=with_first)
+        correlate = self.expression(
+            spec, "correlate", "'absence'", names=with_first, required=False
+        )
+        within = self.duration(spec, "within", "'absence'", required=True)
+        if _MISSING in (after, missing, correlate, within):
+            return None
+        return AbsenceTrigger(after, missing, within, correlate)
+
+    def when_sequence(self, when: Any, kind: str) -> Trigger | None:
+        spec = self.mapping(when, kind, "'when'")
+        if spec is _MISSING:
+            return None
+        self.check_keys(spec, ("steps", "within", "every", "contiguity", "skip"), "'sequence'")
+        within = self.duration(spec, "within", "'sequence'", required=True)
+        every = self.get(spec, "every", bool, "'sequence'", default=False)
+        contiguity = self.choice(spec, "contiguity", CONTIGUITY, "'sequence'", default="relaxed")
+        skip = self.choice(spec, "skip", SKIP, "'sequence'", default="past_last_event")
+        steps_node = self.get(spec, "steps", list, "'sequence'", required=True)
+        if steps_node is _MISSING:
+            return None
+        if not steps_node:
+            self.error(value_position(spec, "steps"), "'steps' needs at least one step")
+            return None
+        names: list[str] = []
+        for index, step in enumerate(steps_node):
+            name = step.get("as") if isinstance(step, Mapping) else None
+            names.append(name if isinstance(name, str) else f"step{index}")
+        all_names = frozenset(names)
+        steps: list[Step] = []
+        ok = True
+        for index, step in enumerate(steps_node):
+            if not isinstance(step, Mapping):
+                self.error(
+                    item_position(steps_node, index), "a step is {as: NAME, condition: EXPR}"
+                )
+                ok = False
+                continue
+            self.check_keys(step, ("as", "condition"), "a sequence step")
+            name = self.get(step, "as", str, "a sequence step", required=True)
+            if isinstance(name, str):
+                problem = _bad_step_name(name, names[:index])
+                if problem:
+                    self.error(value_position(step, "as"), problem)
+                    ok = False
+            else:
+                ok = False
+            earlier = frozenset(names[:index])
+            condition = self.expression(
+                step,
+                "condition",
+                "a sequence step",
+                names=ROOT_NAMES | earlier,
+                window_fields=earlier,
+                step_names=all_names,
+            )
+            if condition is _MISSING:
+                ok = False
+                continue
+            steps.append(Step(names[index], condition))
+        if not ok or _MISSING in (within, every, contiguity, skip):
+            return None
+        return SequenceTrigger(steps, within, every, contiguity, skip)
+
+    def when_window(self, when: Any, kind: str) -> Trigger | None:
+        spec = self.mapping(when, kind, "'when'")
+        if spec is _MISSING:
+            return None
+        allowed = ("type", "size", "advance", "gap", "grace", "filter", "aggregates", "having")
+        self.check_keys(spec, allowed, "'window'")
+        window_type = self.choice(spec, "type", WINDOW_TYPES, "'window'", required=True)
+        ok = window_type is not _MISSING
+        size = gap = advance = None
+        grace = 0.0
+        if window_type == "session":
+            gap = self.duration(spec, "gap", "a session window", required=True)
+            for unwanted in ("size", "advance"):
+                if unwanted in spec:
+                    self.error(
+                        key_position(spec, unwanted),
+                        f"a session window has no '{unwanted}' (it uses 'gap')",
+                    )
+                    ok = False
+        elif window_type is not _MISSING:
+            size = self.duration(spec, "size", f"a {window_type} window", required=True)
+            if "gap" in spec:
+                self.error(key_position(spec, "gap"), "'gap' is for session windows")
+                ok = False
+            if window_type == "hopping":
+                advance = self.duration(spec, "advance", "a hopping window", required=True)
+                if isinstance(advance, float) and isinstance(size, float) and advance > size:
+                    self.error(
+                        value_position(spec, "advance"), "'advance' must not be longer than 'size'"
+                    )
+                    ok = False
+            elif "advance" in spec:
+                self.error(key_position(spec, "advance"), "'advance' is for hopping windows")
+                ok = False
+        if window_type == "sliding" and "grace" in spec:
+            self.error(
+                key_position(spec, "grace"), "'grace' is for tumbling, hopping and session windows"
+            )
+            ok = False
+        elif "grace" in spec:
+            grace = self.duration(spec, "grace", "'window'", positive=False)
+        filter_ = self.expression(spec, "filter", "'window'", required=False)
+        aggregates = self.compile_aggregates(spec)
+        declared = spec.get("aggregates")
+        having = self.expression(
+            spec,
+            "having",
+            "'window'",
+            window_fields=frozenset(
+                str(name) for name in (declared if isinstance(declared, Mapping) else ())
+            ),
+        )
+        if not ok or _MISSING in (size, gap, advance, grace, filter_, aggregates, having):
+            return None
+        return WindowTrigger(
+            str(window_type),
+            float(size or 0.0),
+            aggregates,
+            having,
+            advance=advance,
+            gap=gap,
+            grace=float(grace or 0.0),
+            filter=filter_,
+        )
+
+    def compile_aggregates(self, spec: Any) -> Any:
+        node = self.mapping(spec, "aggregates", "'window'", required=True)
+        if node is _MISSING:
+            return _MISSING
+        if not node:
+            self.error(value_position(spec, "aggregates"), "'aggregates' needs at least one")
+            return _MISSING
+        aggregates: list[Aggregate] = []
+        ok = True
+        for name, text in node.items():
+            if not isinstance(name, str) or not NAME.match(name) or name.startswith("__"):
+                self.error(key_position(node, name), f"invalid aggregate name '{name}'")
+                ok = False
+                continue
+            aggregate = self.compile_aggregate(node, name, text)
+            if aggregate is None:
+                ok = False
+            else:
+                aggregates.append(aggregate)
+        return aggregates if ok else _MISSING
+
+    def compile_aggregate(self, node: Any, name: str, text: Any) -> Aggregate | None:
+        anchor = value_position(node, name)
+        usage = f"'{name}' must be an aggregate call such as count(), avg(event.vibration)"
+        if not isinstance(text, str):
+            self.error(anchor, usage)
+            return None
+        text = str(text)
+        try:
+            tree = ast.parse(text.strip(), mode="eval").body
+        except SyntaxError:
+            tree = None
+        if not (
+            isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) and not tree.keywords
+        ):
+            self.error(anchor, usage)
+            return None
+        function = tree.func.id
+        if function not in AGGREGATORS:
+            self.error(
+                self.source.locate(anchor, text, text.find(function)),
+                f"unknown aggregate '{function}' (aggregates: {', '.join(AGGREGATORS)})",
+            )
+            return None
+        if len(tree.args) > 1 or (not tree.args and function not in OPTIONAL_ARGUMENT):
+            self.error(
+                anchor,
+                f"{function}() takes one argument"
+                if function not in OPTIONAL_ARGUMENT
+                else f"{function}() takes at most one argument",
+            )
+            return None
+        if not tree.args:
+            return Aggregate(name, function, None)
+        open_paren = text.find("(")
+        close_paren = text.rfind(")")
+        inner = text[open_paren + 1 : close_paren]
+        argument = self.compile_text(inner, anchor, shift=open_paren + 1, context=text)
+        if argument is _MISSING:
+            return None
+        return Aggregate(name, function, argument)
+
+    # action ---------------------------------------------------------------------------
+    def compile_action(
+        self, rule: Any, what: str, trigger: Trigger | None
+    ) -> tuple[str, str, Payload] | None:
+        action = self.mapping(rule, "action", what, required=True)
+        if action is _MISSING:
+            return None
+        self.check_keys(action, ("type", "topic", "payload"), "'action'")
+        action_type = self.choice(action, "type", ACTION_TYPES, "'action'", required=True)
+        topic = self.get(action, "topic", str, "'action'")
+        if isinstance(topic, str) and not topic.strip():
+            self.error(value_position(action, "topic"), "'topic' must not be empty")
+            topic = _MISSING
+        payload_node = self.get(action, "payload", Mapping, "'action'", default={})
+        if payload_node is _MISSING:
+            return None
+        # Names come from the trigger as written, so that a broken trigger
+        # does not hide (or invent) errors in the payload.
+        extra, window = _declared_names(rule.get("when"))
+        try:
+            payload = compile_payload(
+                to_plain(payload_node),
+                ROOT_NAMES | extra,
+                window_fields=window,
+                step_names=extra,
+            )
+        except PayloadError as exc:
+            for problem in exc.errors:
+                container, key = _walk(payload_node, problem.path)
+                anchor = (
+                    item_position(container, key)
+                    if isinstance(key, int)
+                    else value_position(container, key)
+                )
+                text = str(container[key])
+                self.error(self.source.locate(anchor, text, problem.offset), problem.message)
+            return None
+        if _MISSING in (action_type, topic) or trigger is None:
+            return None
+        return str(action_type), str(topic or DEFAULT_TOPICS[action_type]), payload
+
+    # tests ---------------------------------------------------------------------------
+    def compile_tests(self, rule: Any, what: str) -> list[RuleTest]:
+        tests_node = self.get(rule, "tests", list, what, default=[])
+        if tests_node is _MISSING:
+            return []
+        tests: list[RuleTest] = []
+        for index, node in enumerate(tests_node):
+            position = item_position(tests_node, index)
+            if not isinstance(node, Mapping):
+                self.error(position, "a test is a mapping with name, events and expect")
+                continue
+            test = self.compile_test(node, position)
+            if test is not None:
+                tests.append(test)
+        return tests
+
+    def compile_test(self, node: Any, position: tuple[int, int] | None) -> RuleTest | None:
+        before = len(self.errors)
+        self.check_keys(node, TEST_FIELDS, "a test")
+        name = self.get(node, "name", str, "a test", required=True)
+        events_node = self.get(node, "events", list, "a test", required=True)
+        expect_node = self.get(node, "expect", list, "a test", required=True)
+        suppressed_node = self.get(node, "expect_suppressed", list, "a test")
+        customer = self.get(node, "customer", Mapping, "a test", default={})
+        devices = self.get(node, "devices", Mapping, "a test", default={})
+        scores_node = self.get(node, "scores", list, "a test", default=[])
+        until = None
+        if "until" in node:
+            try:
+                until = parse_timestamp(to_plain(node["until"]))
+            except ValueError as exc:
+                self.error(value_position(node, "until"), str(exc))
+        events: list[dict[str, Any]] = []
+        if isinstance(events_node, list):
+            for index, event in enumerate(events_node):
+                if not isinstance(event, Mapping):
+                    self.error(item_position(events_node, index), "an event must be a mapping")
+                    continue
+                for required in ("id", "ts"):
+                    if required not in event:
+                        self.error(
+                            item_position(events_node, index), f"a test event needs '{required}'"
+                        )
+                plain = to_plain(event)
+                if "ts" in plain:
+                    try:
+                        plain["ts"] = parse_timestamp(plain["ts"])
+                    except ValueError as exc:
+                        self.error(value_position(event, "ts"), str(exc))
+                events.append(plain)
+        expectations = self.compile_expectations(expect_node)
+        suppressed = (
+            self.compile_expectations(suppressed_node)
+            if isinstance(suppressed_node, list)
+            else None
+        )
+        scores = to_plain(scores_node) if isinstance(scores_node, list) else []
+        if (
+            isinstance(scores_node, list)
+            and isinstance(events_node, list)
+            and scores
+            and len(scores) != len(events_node)
+        ):
+            self.error(
+                value_position(node, "scores"),
+                "'scores' needs one entry (a mapping or null) per event",
+            )
+        if len(self.errors) != before:
+            return None
+        return RuleTest(
+            name=str(name),
+            events=events,
+            expect=expectations,
+            until=until,
+            customer=to_plain(customer),
+            devices=to_plain(devices),
+            scores=scores,
+            expect_suppressed=suppressed,
+            line=(position[0] + 1) if position else 0,
+        )
+
+    def compile_expectations(self, node: Any) -> list[dict[str, Any]]:
+        if not isinstance(node, list):
+            return []
+        expectations: list[dict[str, Any]] = []
+        for index, item in enumerate(node):
+            if not isinstance(item, Mapping):
+                self.error(item_position(node, index), "an expected firing must be a mapping")
+                continue
+            self.check_keys(item, EXPECT_FIELDS, "an expected firing")
+            plain = to_plain(item)
+            if "at" in plain:
+                try:
+                    plain["at"] = parse_timestamp(plain["at"])
+                except ValueError as exc:
+                    self.error(value_position(item, "at"), str(exc))
+            expectations.append(plain)
+        return expectations
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    names = {
+        str: "a string",
+        int: "an integer",
+        bool: "true or false",
+        list: "a list",
+        float: "a number",
+    }
+    if kind is Mapping:
+        return "a mapping"
+    if isinstance(kind, tuple):
+        return " or ".join(names.get(k, k.__name__) for k in kind)
+    return names.get(kind, kind.__name__)
+
+
+def _bad_step_name(name: str, earlier: list[str]) -> str | None:
+    if not NAME.match(name) or name.startswith("__"):
+        return f"step name '{name}' must be an identifier (letters, digits, '_')"
+    if name in ROOT_NAMES or name in FUNCTIONS or name == "first":
+        return f"step name '{name}' is reserved"
+    if name in earlier:
+        return f"duplicate step name '{name}'"
+    return None
+
+
+def _declared_names(when: Any) -> tuple[frozenset[str], frozenset[str]]:
+    """(extra names, window fields) a trigger offers templates, read from its
+    YAML even when it does not compile."""
+    if not isinstance(when, Mapping):
+        return frozenset(), frozenset()
+    if isinstance(when.get("sequence"), Mapping):
+        steps = when["sequence"].get("steps")
+        names = frozenset(
+            str(step["as"])
+            for step in (steps if isinstance(steps, list) else [])
+            if isinstance(step, Mapping) and isinstance(step.get("as"), str)
+        )
+        return names, names
+    if "absence" in when:
+        return frozenset({"first"}), frozenset()
+    if isinstance(when.get("window"), Mapping):
+        aggregates = when["window"].get("aggregates")
+        if isinstance(aggregates, Mapping):
+            return frozenset(), frozenset(str(name) for name in aggregates)
+    return frozenset(), frozenset()
+
+
+def _walk(node: Any, path: tuple[str | int, ...]) -> tuple[Any, str | int]:
+    for key in path[:-1]:
+        node = node[key]
+    return node, path[-1]
+
+
+def _count_error(rule: Rule) -> None:
+    rule.errors += 1
+
+
+def _fingerprint(node: Any) -> str:
+    behaviour = {k: v for k, v in to_plain(node).items() if k not in _NOT_BEHAVIOUR}
+    encoded = orjson.dumps(behaviour, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(encoded, digest_size=16).hexdigest()
+
+
+def _analyse_usage(rule: Rule, payload: Payload) -> None:
+    """Which event fields and scores the rule reads, so that stored events
+    keep only those fields and evidence names the scores."""
+    trigger = rule.trigger
+    event_like = {"event", "first", *trigger.extra_names()}
+    event_fields: set[str] | None = set(BASE_EVENT_FIELDS)
+    score_fields: set[str] | None = set()
+    for expression in [*trigger.expressions(), *payload.expressions]:
+        for name, fields in expression.usage.items():
+            if name in event_like and event_fields is not None:
+                if fields is None:
+                    event_fields = None
+                else:
+                    event_fields |= fields
+            elif name == "score" and score_fields is not None:
+                score_fields = None if fields is None else score_fields | fields
+    rule.event_fields = None if event_fields is None else frozenset(event_fields)
+    rule.score_fields = None if score_fields is None else frozenset(score_fields)
+
+
+def _rule_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
+    return [path]
+
+
+def compile_sources(sources: list[tuple[Any, SourceFile, list[RuleError]]]) -> RuleSet:
+    """Compile parsed files into one rule set; raises :class:`RuleFileError`."""
+    errors: list[RuleError] = []
+    rules: list[Rule] = []
+    files: list[str] = []
+    seen: dict[str, RuleError] = {}
+    for data, source, load_errors in sources:
+        files.append(source.path)
+        if load_errors:
+            errors.extend(load_errors)
+            continue
+        compiler = _FileCompiler(source)
+        rules.extend(compiler.compile_document(data))
+        for rule_id, position in compiler.ids:
+            where = source.error(position, "")
+            if rule_id in seen:
+                first = seen[rule_id]
+                compiler.errors.append(
+                    source.error(
+                        position,
+                        f"duplicate rule id '{rule_id}' "
+                        f"(first defined at {first.file}:{first.line}:{first.col})",
+                    )
+                )
+            else:
+                seen[rule_id] = where
+        errors.extend(sorted(compiler.errors, key=lambda e: (e.line, e.col)))
+    if errors:
+        raise RuleFileError(errors)
+    return RuleSet(
+        [rule for rule in rules if rule.enabled],
+        disabled=[rule for rule in rules if not rule.enabled],
+        files=files,
+    )
+
+
+def load_ruleset(path: str | Path | Sequence[str | Path]) -> RuleSet:
+    """Load and compile rule files: a file, a folder (its ``*.yaml`` and
+    ``*.yml``), or a list of them. Raises :class:`RuleFileError` listing every
+    error as ``file:line:col: message``."""
+    paths = [path] if isinstance(path, str | Path) else list(path)
+    sources: list[tuple[Any, SourceFile, list[RuleError]]] = []
+    for item in paths:
+        item = Path(item)
+        if not item.exists():
+            source = SourceFile(str(item), "")
+            sources.append((None, source, [source.error(None, "no such file or folder")]))
+            continue
+        for file in _rule_files(item):
+            sources.append(load_yaml(file))
+    return compile_sources(sources)
+
+
+def compile_rules(text: str, name: str = "<rules>") -> RuleSet:
+    """Compile the rule file ``text`` (named ``name`` in errors)."""
+    return compile_sources([parse_yaml(text, name)])
+
+
+__all__ = [
+    "ACTION_TYPES",
+    "DEFAULT_TOPICS",
+    "Expression",
+    "compile_rules",
+    "compile_sources",
+    "load_ruleset",
+]

@@ -1,0 +1,366 @@
+"""The rule evaluator: per-key state as plain data, timers, cooldown, consent,
+priority and groups, rendered actions.
+
+One :class:`RuleEngine` serves many customers; each customer actor owns one
+state (``engine.new_state()``) holding its customer-keyed rule state and the
+device-keyed rule state of each of its devices.
+
+>>> from engine.rules.compiler import compile_rules
+>>> engine = RuleEngine(compile_rules('''
+... - id: hot
+...   key: device
+...   when: {condition: "event.temperature > 90"}
+...   action: {type: support_case, payload: {temp: "{{ event.temperature }}"}}
+... '''))
+>>> state = engine.new_state()
+>>> event = {"id": "e1", "ts": 10.0, "device_id": "d1", "customer_id": "c1", "temperature": 95}
+>>> [(f.rule_id, f.key, f.at, f.payload) for f in engine.process(state, event)]
+[('hot', 'd1', 10.0, {'temp': 95})]
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+import orjson
+
+from engine.rules.expr import EMPTY, Scope
+from engine.rules.index import RuleIndex
+from engine.rules.model import Rule, RuleSet
+from engine.rules.runtime import LateEvent, Match, Run, new_key_state
+
+#: Version of the state layout; a state of another version is started afresh.
+STATE_VERSION = 1
+
+
+class Firing(msgspec.Struct, kw_only=True):
+    """A rule that fired for a key. ``suppressed`` says why it must not be
+    emitted (``"cooldown"``, ``"consent:<name>"``, ``"group"``); emitted
+    firings have ``suppressed=None``. ``device_id`` is the device a firing is
+    about: the key of a device rule; for a customer rule the device of the
+    event that triggered it (None for a closed window or session)."""
+
+    rule_id: str
+    rule_version: int
+    key_kind: str
+    key: str
+    at: float
+    event_ids: list[Any]
+    action_type: str
+    topic: str
+    payload: dict[str, Any]
+    evidence: dict[str, Any]
+    action_id: str
+    device_id: str | None = None
+    suppressed: str | None = None
+
+
+def action_id(
+    rule_id: str,
+    version: int,
+    key_kind: str,
+    key: str,
+    event_ids: list[Any],
+    bounds: list[float] | None,
+) -> str:
+    """A stable id: the same trigger (rule, version, key, event ids or window
+    bounds) always gives the same id, so a replay produces the same actions.
+
+    >>> action_id("r", 1, "device", "d1", ["e1"], None)
+    '911d7fc0c830c097cbd0ddc84021e077'
+
+    """
+    material = orjson.dumps([rule_id, version, key_kind, key, event_ids, bounds])
+    return hashlib.blake2b(material, digest_size=16).hexdigest()
+
+
+class RuleEngine:
+    """Evaluates a :class:`RuleSet` against events and time."""
+
+    def __init__(self, ruleset: RuleSet) -> None:
+        self.ruleset = ruleset
+        self._by_id: dict[str, Rule] = {rule.id: rule for rule in ruleset.rules}
+        self._index = RuleIndex(ruleset.rules)
+        self._has_device_rules = any(rule.key == "device" for rule in ruleset.rules)
+        self._has_customer_rules = any(rule.key == "customer" for rule in ruleset.rules)
+        self._late: list[LateEvent] = []
+
+    # state ---------------------------------------------------------------------
+    @staticmethod
+    def new_state() -> dict[str, Any]:
+        """A fresh state for one customer actor (plain, serialisable data)."""
+        return {"v": STATE_VERSION, "seq": 0, "device": {}, "customer": {}}
+
+    def _key_state(self, state: dict[str, Any], kind: str, key: str, ts: float) -> dict[str, Any]:
+        keys = state[kind]
+        ks = keys.get(key)
+        if ks is None:
+            ks = keys[key] = new_key_state(ts)
+        elif ks["t"] is None or ts > ks["t"]:
+            ks["t"] = ts
+        return ks
+
+    # events -------------------------------------------------------------------
+    def process(
+        self,
+        state: dict[str, Any],
+        event: Mapping[str, Any],
+        *,
+        customer: Mapping[str, Any] | None = None,
+        device: Mapping[str, Any] | None = None,
+        score: Mapping[str, Any] | None = None,
+    ) -> list[Firing]:
+        """Process one normalised event (``ts`` in epoch seconds): first the
+        timers of its keys due at or before ``event['ts']``, then the event.
+        Returns every firing, suppressed ones included, in order."""
+        if state.get("v") != STATE_VERSION:
+            state.clear()
+            state.update(self.new_state())
+        ts = event["ts"]
+        seq = state["seq"] + 1
+        state["seq"] = seq
+        customer = EMPTY if customer is None else customer
+        device = EMPTY if device is None else device
+        runs: list[Run] = []
+        device_run = customer_run = None
+        device_id = event.get("device_id")
+        if self._has_device_rules and device_id is not None:
+            key = str(device_id)
+            ks = self._key_state(state, "device", key, ts)
+            device_run = Run(ks, "device", key, customer, device, self._late)
+            runs.append(device_run)
+        customer_id = event.get("customer_id")
+        if self._has_customer_rules and customer_id is not None:
+            key = str(customer_id)
+            ks = self._key_state(state, "customer", key, ts)
+            customer_run = Run(ks, "customer", key, customer, device, self._late)
+            runs.append(customer_run)
+        if not runs:
+            return []
+        firings: list[Firing] = []
+        due_runs = [run for run in runs if run.ks["m"] is not None and run.ks["m"] <= ts]
+        if due_runs:
+            self._fire_timers(due_runs, ts, firings)
+        scope = Scope(event, customer, device, score, ts)
+        out: list[Match] = []
+        for run in runs:
+            run.scope = scope
+            run.out = out
+            run.seq = seq
+        candidates = self._index.candidates(event)
+        if (device_run is not None and device_run.ks["a"]) or (
+            customer_run is not None and customer_run.ks["a"]
+        ):
+            candidates = self._with_watchers(candidates, device_run, customer_run)
+        for rule in candidates:
+            run = device_run if rule.key == "device" else customer_run
+            if run is not None:
+                rule.trigger.on_event(rule, run, event, ts)
+        if out:
+            self._finish(out, firings)
+        return firings
+
+    def _with_watchers(self, candidates: tuple[Rule, ...], *runs: Run | None) -> tuple[Rule, ...]:
+        chosen = set(candidates)
+        for run in runs:
+            if run is None:
+                continue
+            for rule_id in run.ks["a"]:
+                rule = self._by_id.get(rule_id)
+                if rule is not None and rule.key == run.key_kind:
+                    chosen.add(rule)
+        return tuple(sorted(chosen, key=lambda rule: rule.order))
+
+    # time -------------------------------------------------------------------------
+    def advance(
+        self,
+        state: dict[str, Any],
+        now: float,
+        *,
+        customer: Mapping[str, Any] | None = None,
+        devices: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> list[Firing]:
+        """Move every key of ``state`` to time ``now`` and fire the timers due
+        at or before it (idle devices, closing windows). ``devices`` maps
+        device ids to their state, seen as ``device`` by device rules."""
+        if state.get("v") != STATE_VERSION:
+            return []
+        customer = EMPTY if customer is None else customer
+        devices = EMPTY if devices is None else devices
+        runs: list[Run] = []
+        for kind in ("device", "customer"):
+            for key, ks in state[kind].items():
+                if ks["t"] is None or now > ks["t"]:
+                    ks["t"] = now
+                if ks["m"] is None or ks["m"] > now:
+                    continue
+                context = devices.get(key, EMPTY) if kind == "device" else EMPTY
+                runs.append(Run(ks, kind, key, customer, context, self._late))
+        firings: list[Firing] = []
+        if runs:
+            self._fire_timers(runs, now, firings)
+        return firings
+
+    def next_due(self, state: dict[str, Any]) -> float | None:
+        """The earliest pending timer of any key in ``state`` (None: none)."""
+        earliest: float | None = None
+        for kind in ("device", "customer"):
+            for ks in state.get(kind, EMPTY).values():
+                due = ks["due"]
+                if not due:
+                    ks["m"] = None
+                    continue
+                first = min(due.values())
+                ks["m"] = first
+                if earliest is None or first < earliest:
+                    earliest = first
+        return earliest
+
+    def _fire_timers(self, runs: list[Run], upto: float, firings: list[Firing]) -> None:
+        """Fire due timers in time order (then rule order); the matches of one
+        instant form one step for groups."""
+        order = self._by_id
+        step: list[Match] = []
+        step_at: float | None = None
+        while True:
+            best: tuple[float, int, Run, str] | None = None
+            for run in runs:
+                ks = run.ks
+                bound = ks["m"]
+                if bound is None or bound > upto:
+                    continue
+                due = ks["due"]
+                if not due:
+                    ks["m"] = None
+                    continue
+                rule_id = min(due, key=lambda r: (due[r], order[r].order if r in order else -1))
+                at = due[rule_id]
+                ks["m"] = at
+                if at > upto:
+                    continue
+                rank = order[rule_id].order if rule_id in order else -1
+                if best is None or (at, rank) < (best[0], best[1]):
+                    best = (at, rank, run, rule_id)
+            if best is None:
+                break
+            at, _rank, run, rule_id = best
+            rule = order.get(rule_id)
+            if rule is None or rule.key != run.key_kind:
+                run.ks["due"].pop(rule_id, None)  # state of a rule that no longer exists
+                continue
+            if step_at is not None and at != step_at and step:
+                self._finish(step, firings)
+                step = []
+            step_at = at
+            run.out = step
+            run.scope = Scope(EMPTY, run.customer, run.device, None, at)
+            rule.trigger.on_timer(rule, run, at)
+            if run.ks["due"].get(rule_id, upto + 1) <= at:
+                run.ks["due"].pop(rule_id, None)  # a trigger must move its timer on
+        if step:
+            self._finish(step, firings)
+
+    # firings ----------------------------------------------------------------------
+    def _finish(self, matches: list[Match], firings: list[Firing]) -> None:
+        """Cooldown, consent and groups, in rule order; render the survivors."""
+        taken: set[str] = set()
+        for match in matches:
+            rule = match.rule
+            run = match.run
+            cooldowns = run.ks["cd"]
+            suppressed: str | None = None
+            until = cooldowns.get(rule.id)
+            if until is not None:
+                if match.at < until:
+                    suppressed = "cooldown"
+                else:
+                    del cooldowns[rule.id]
+            if suppressed is None and rule.requires_consent is not None:
+                consent = run.customer.get("consent")
+                if not (
+                    isinstance(consent, Mapping) and consent.get(rule.requires_consent) is True
+                ):
+                    suppressed = "consent:" + rule.requires_consent
+            if suppressed is None and rule.group is not None:
+                if rule.group in taken:
+                    suppressed = "group"
+                else:
+                    taken.add(rule.group)
+            if suppressed is None and rule.cooldown:
+                cooldowns[rule.id] = match.at + rule.cooldown
+            firings.append(self._firing(match, suppressed))
+
+    def _firing(self, match: Match, suppressed: str | None) -> Firing:
+        rule = match.rule
+        run = match.run
+        scope = Scope(
+            match.event,
+            run.customer,
+            run.device,
+            match.score,
+            match.at,
+            match.window,
+            match.names,
+        )
+        payload = rule.payload.render(scope)
+        evidence: dict[str, Any] = {"trigger": rule.trigger.kind, **match.evidence}
+        score = match.score if match.score is not None else EMPTY
+        evidence["scores"] = rule.project_scores(score)
+        event_ids = list(match.event_ids)
+        evidence["event_ids"] = event_ids
+        if run.key_kind == "device":
+            device_id: Any = run.key
+        else:
+            device_id = match.device_id
+        at = float(match.at)
+        return Firing(
+            rule_id=rule.id,
+            rule_version=rule.version,
+            key_kind=run.key_kind,
+            key=run.key,
+            at=at,
+            event_ids=event_ids,
+            action_type=rule.action_type,
+            topic=rule.topic,
+            payload=payload if isinstance(payload, dict) else {"value": payload},
+            evidence=evidence,
+            action_id=action_id(
+                rule.id, rule.version, run.key_kind, run.key, event_ids, match.bounds
+            ),
+            device_id=None if device_id is None else str(device_id),
+            suppressed=suppressed,
+        )
+
+    # reload and diagnostics --------------------------------------------------------
+    def adopt(self, state: dict[str, Any], previous: RuleEngine) -> None:
+        """After a reload: keep the state of rules whose definition is
+        unchanged (same id, version and compiled content), drop the rest."""
+        if state.get("v") != STATE_VERSION:
+            return
+        keep = {
+            rule_id
+            for rule_id, rule in self._by_id.items()
+            if (old := previous._by_id.get(rule_id)) is not None
+            and old.fingerprint == rule.fingerprint
+            and old.version == rule.version
+        }
+        for kind in ("device", "customer"):
+            for ks in state[kind].values():
+                for part in ("due", "r", "cd", "a"):
+                    mapping = ks[part]
+                    for rule_id in [r for r in mapping if r not in keep]:
+                        del mapping[rule_id]
+                ks["m"] = min(ks["due"].values()) if ks["due"] else None
+
+    def drain_late(self) -> list[LateEvent]:
+        """Events windows rejected as late since the last call."""
+        late, self._late = self._late, []
+        return late
+
+    def error_counts(self) -> dict[str, int]:
+        """Runtime evaluation errors per rule id (conditions or templates that
+        raised and were taken as false / null)."""
+        return {rule.id: rule.errors for rule in self.ruleset.rules if rule.errors}

@@ -1,0 +1,178 @@
+"""What triggers work with while the engine processes one step (an event, or
+timers due at one instant): the key's state, the scope, and where matches go.
+
+Per-key state is plain data (JSON / msgpack serialisable)::
+
+    {"t": 1200.0,          # stream time: the largest event time seen for the key
+     "m": 1800.0,          # lower bound of the earliest timer (None: no timer)
+     "due": {rule_id: t},  # each rule's earliest pending timer
+     "r": {rule_id: {...}},  # each rule's trigger state
+     "cd": {rule_id: t},   # cooldown: no action before t
+     "a": {rule_id: 1}}    # rules that must see every event of the key for now
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from engine.rules.expr import Evaluator, Scope
+
+if TYPE_CHECKING:
+    from engine.rules.model import Rule
+
+#: Event ids kept as evidence of one firing (the first and the most recent).
+MAX_EVIDENCE_IDS = 100
+
+
+def new_key_state(ts: float | None) -> dict[str, Any]:
+    return {"t": ts, "m": None, "due": {}, "r": {}, "cd": {}, "a": {}}
+
+
+def append_id(ids: list[Any], event_id: Any) -> None:
+    """Append, keeping the first id and the most recent ones."""
+    ids.append(event_id)
+    if len(ids) > MAX_EVIDENCE_IDS:
+        del ids[1]
+
+
+class Match:
+    """A trigger that fired, before cooldown, consent and group are applied."""
+
+    __slots__ = (
+        "at",
+        "bounds",
+        "device_id",
+        "event",
+        "event_ids",
+        "evidence",
+        "names",
+        "rule",
+        "run",
+        "score",
+        "window",
+    )
+
+    def __init__(
+        self,
+        rule: Rule,
+        run: Run,
+        at: float,
+        event_ids: list[Any],
+        *,
+        event: Mapping[str, Any],
+        score: Mapping[str, Any] | None,
+        evidence: dict[str, Any],
+        bounds: list[float] | None = None,
+        window: Mapping[str, Any] | None = None,
+        names: Mapping[str, Any] | None = None,
+        device_id: Any = None,
+    ) -> None:
+        self.rule = rule
+        self.run = run
+        self.at = at
+        self.event_ids = event_ids
+        self.event = event
+        self.score = score
+        self.evidence = evidence
+        self.bounds = bounds
+        self.window = window
+        self.names = names
+        self.device_id = device_id
+
+
+class LateEvent:
+    """An event a window rejected: its window had closed (see ``grace``)."""
+
+    __slots__ = ("event_id", "key", "key_kind", "rule_id", "ts")
+
+    def __init__(self, rule_id: str, key_kind: str, key: str, event_id: Any, ts: float) -> None:
+        self.rule_id = rule_id
+        self.key_kind = key_kind
+        self.key = key
+        self.event_id = event_id
+        self.ts = ts
+
+    def __repr__(self) -> str:
+        return (
+            f"LateEvent(rule_id={self.rule_id!r}, key_kind={self.key_kind!r}, "
+            f"key={self.key!r}, event_id={self.event_id!r}, ts={self.ts!r})"
+        )
+
+
+class Run:
+    """One key during one step: its state, the scope of the current event (or
+    the timer instant), and the list the step's matches go to."""
+
+    __slots__ = ("customer", "device", "key", "key_kind", "ks", "late", "out", "scope", "seq")
+
+    def __init__(
+        self,
+        ks: dict[str, Any],
+        key_kind: str,
+        key: str,
+        customer: Mapping[str, Any],
+        device: Mapping[str, Any],
+        late: list[LateEvent],
+    ) -> None:
+        self.ks = ks
+        self.key_kind = key_kind
+        self.key = key
+        self.customer = customer
+        self.device = device
+        self.late = late
+        self.out: list[Match] = []
+        self.scope: Scope = Scope()
+        self.seq = 0
+
+    # timers -----------------------------------------------------------------
+    def set_due(self, rule: Rule, due: float) -> None:
+        ks = self.ks
+        ks["due"][rule.id] = due
+        bound = ks["m"]
+        if bound is None or due < bound:
+            ks["m"] = due
+
+    def clear_due(self, rule: Rule) -> None:
+        # The bound "m" may stay low: it is only a hint that a scan is needed.
+        self.ks["due"].pop(rule.id, None)
+
+    # state ------------------------------------------------------------------
+    def state(self, rule: Rule) -> dict[str, Any] | None:
+        return self.ks["r"].get(rule.id)
+
+    def create_state(self, rule: Rule, initial: dict[str, Any]) -> dict[str, Any]:
+        self.ks["r"][rule.id] = initial
+        return initial
+
+    def drop_state(self, rule: Rule) -> None:
+        self.ks["r"].pop(rule.id, None)
+        self.ks["a"].pop(rule.id, None)
+        self.ks["due"].pop(rule.id, None)
+
+    def watch_all(self, rule: Rule, on: bool) -> None:
+        """While on, the rule sees every event of the key, not only those its
+        index entry selects (a sustained condition turning false, a strict
+        sequence broken by an unrelated event)."""
+        if on:
+            self.ks["a"][rule.id] = 1
+        else:
+            self.ks["a"].pop(rule.id, None)
+
+    # evaluation -------------------------------------------------------------
+    def truth(self, rule: Rule, condition: Evaluator, scope: Scope) -> bool:
+        try:
+            return bool(condition(scope))
+        except Exception:
+            rule.errors += 1
+            return False
+
+    def value(self, rule: Rule, expression: Evaluator, scope: Scope) -> Any:
+        try:
+            return expression(scope)
+        except Exception:
+            rule.errors += 1
+            return None
+
+    def mark_late(self, rule: Rule, event: Mapping[str, Any], ts: float) -> None:
+        self.late.append(LateEvent(rule.id, self.key_kind, self.key, event.get("id"), ts))

@@ -1,0 +1,164 @@
+"""``sequence``: steps that must happen in order within a time bound."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from engine.rules.expr import EMPTY, Expression, union_requirements
+from engine.rules.runtime import Match
+from engine.rules.triggers.base import Trigger
+
+if TYPE_CHECKING:
+    from engine.rules.model import Rule
+    from engine.rules.runtime import Run
+
+#: Open partial matches kept per rule and key; beyond it the oldest is dropped.
+MAX_PARTIALS = 256
+
+# A partial match is [started_at, next_step, {step name: event}, [event ids]].
+_START, _NEXT, _STEPS, _IDS = range(4)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    condition: Expression
+
+
+class SequenceTrigger(Trigger):
+    """``sequence: {steps, within, every, contiguity, skip}``.
+
+    - ``within`` is half-open: a match must complete at ts < t_first + within.
+    - ``every: false``: at most one partial match is open; events matching the
+      first step start nothing while it is; the next one after it completed
+      or timed out starts one. ``every: true``: every event matching the first
+      step starts its own partial match; the oldest completes first.
+    - ``contiguity``: ``relaxed`` ignores events in between; ``strict`` drops
+      a partial match when the key's next event does not match its next step;
+      ``any`` keeps a partial match open after an event extends it, so every
+      combination completes.
+    - ``skip: past_last_event`` discards every other partial match when one
+      completes, and the completing event starts nothing; ``skip: none``
+      keeps them.
+
+    State: ``{"p": [partial, ...]}``, oldest first; absent when none is open.
+    """
+
+    kind: ClassVar[str] = "sequence"
+
+    def __init__(
+        self,
+        steps: list[Step],
+        within: float,
+        every: bool = False,
+        contiguity: str = "relaxed",
+        skip: str = "past_last_event",
+    ) -> None:
+        self.steps = steps
+        self.within = within
+        self.every = every
+        self.contiguity = contiguity
+        self.skip_past_last = skip == "past_last_event"
+        self.names = frozenset(step.name for step in steps)
+
+    def expressions(self) -> list[Expression]:
+        return [step.condition for step in self.steps]
+
+    def requirement(self) -> dict[str, frozenset[Any]]:
+        return union_requirements([step.condition.requirement for step in self.steps])
+
+    def window_names(self) -> frozenset[str] | None:
+        return self.names
+
+    def extra_names(self) -> frozenset[str]:
+        return self.names
+
+    def _complete(self, rule: Rule, run: Run, partial: list[Any], event: Mapping[str, Any]) -> None:
+        steps: dict[str, Any] = dict(partial[_STEPS])
+        steps[self.steps[-1].name] = event
+        ids = [*partial[_IDS], event.get("id")]
+        ts = event["ts"]
+        run.out.append(
+            Match(
+                rule,
+                run,
+                ts,
+                ids,
+                event=event,
+                score=run.scope.score,
+                evidence={
+                    "steps": {name: step.get("id") for name, step in steps.items()},
+                    "started_at": partial[_START],
+                },
+                window=steps,
+                names=steps,
+                device_id=event.get("device_id"),
+            )
+        )
+
+    def on_event(self, rule: Rule, run: Run, event: Mapping[str, Any], ts: float) -> None:
+        scope = run.scope
+        state = run.state(rule)
+        partials: list[list[Any]] = state["p"] if state is not None else []
+        if partials:
+            partials = [p for p in partials if ts < p[_START] + self.within]
+        consumed = False
+        completed: list[list[Any]] = []
+        if partials:
+            kept: list[list[Any]] = []
+            last = len(self.steps) - 1
+            for partial in partials:
+                step = self.steps[partial[_NEXT]]
+                scope.names = partial[_STEPS]
+                matched = run.truth(rule, step.condition.evaluate, scope)
+                if not matched:
+                    if self.contiguity != "strict":
+                        kept.append(partial)
+                    continue
+                consumed = True
+                if self.contiguity == "any":
+                    kept.append(partial)
+                if partial[_NEXT] == last:
+                    completed.append(partial)
+                    continue
+                grown = partial if self.contiguity != "any" else _copy(partial)
+                grown[_STEPS] = {**grown[_STEPS], step.name: rule.project(event)}
+                grown[_IDS] = [*grown[_IDS], event.get("id")]
+                grown[_NEXT] += 1
+                kept.append(grown)
+            scope.names = EMPTY
+            partials = kept
+        if completed:
+            if self.skip_past_last:
+                self._complete(rule, run, completed[0], event)
+                partials = []
+            else:
+                for partial in completed:
+                    self._complete(rule, run, partial, event)
+        starts = not (completed and self.skip_past_last) and (
+            self.every or (not partials and not consumed)
+        )
+        if starts and run.truth(rule, self.steps[0].condition.evaluate, scope):
+            if len(self.steps) == 1:
+                self._complete(rule, run, [ts, 0, {}, []], event)
+            else:
+                partials.append(
+                    [ts, 1, {self.steps[0].name: rule.project(event)}, [event.get("id")]]
+                )
+                if len(partials) > MAX_PARTIALS:
+                    del partials[0]
+        if partials:
+            if state is None:
+                run.create_state(rule, {"p": partials})
+                if self.contiguity == "strict":
+                    run.watch_all(rule, True)
+            else:
+                state["p"] = partials
+        elif state is not None:
+            run.drop_state(rule)
+
+
+def _copy(partial: list[Any]) -> list[Any]:
+    return [partial[_START], partial[_NEXT], partial[_STEPS], partial[_IDS]]

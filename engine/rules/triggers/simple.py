@@ -1,0 +1,190 @@
+"""Triggers over single events: ``condition``, ``sustained`` and ``silence``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from engine.rules.expr import Expression
+from engine.rules.runtime import Match, append_id
+from engine.rules.triggers.base import Trigger
+
+if TYPE_CHECKING:
+    from engine.rules.model import Rule
+    from engine.rules.runtime import Run
+
+
+class ConditionTrigger(Trigger):
+    """``condition: EXPR``: fires on every event for which EXPR is true."""
+
+    kind: ClassVar[str] = "condition"
+
+    def __init__(self, condition: Expression) -> None:
+        self.condition = condition
+        self._test = condition.evaluate
+
+    def expressions(self) -> list[Expression]:
+        return [self.condition]
+
+    def requirement(self) -> dict[str, frozenset[Any]]:
+        return self.condition.requirement
+
+    def on_event(self, rule: Rule, run: Run, event: Mapping[str, Any], ts: float) -> None:
+        scope = run.scope
+        try:
+            fired = self._test(scope)
+        except Exception:
+            rule.errors += 1
+            return
+        if fired:
+            run.out.append(
+                Match(
+                    rule,
+                    run,
+                    ts,
+                    [event.get("id")],
+                    event=event,
+                    score=scope.score,
+                    evidence={},
+                    device_id=event.get("device_id"),
+                )
+            )
+
+
+class SustainedTrigger(Trigger):
+    """``sustained: {condition, for, filter?}``.
+
+    The first event where the condition is true at t0 starts a timer due at
+    t0 + for; an event where it is false cancels it; the timer firing fires the
+    rule once, and it fires again only after the condition was false and then
+    true again. With ``filter``, events the filter rejects are ignored (they
+    neither cancel nor re-arm); without it every event of the key counts.
+
+    State: ``{"s": t0, "ids": [...], "e": event, "sc": scores}`` while
+    running, ``{"f": 1}`` once fired; absent when idle.
+    """
+
+    kind: ClassVar[str] = "sustained"
+
+    def __init__(
+        self, condition: Expression, duration: float, filter: Expression | None = None
+    ) -> None:
+        self.condition = condition
+        self.duration = duration
+        self.filter = filter
+
+    def expressions(self) -> list[Expression]:
+        return [self.condition] + ([self.filter] if self.filter is not None else [])
+
+    def requirement(self) -> dict[str, frozenset[Any]]:
+        if self.filter is not None:
+            return self.filter.requirement
+        # Idle, only a true condition matters; busy, the rule asks to see all events.
+        return self.condition.requirement
+
+    def on_event(self, rule: Rule, run: Run, event: Mapping[str, Any], ts: float) -> None:
+        scope = run.scope
+        if self.filter is not None and not run.truth(rule, self.filter.evaluate, scope):
+            return
+        holds = run.truth(rule, self.condition.evaluate, scope)
+        state = run.state(rule)
+        if not holds:
+            if state is not None:
+                run.drop_state(rule)
+            return
+        if state is None:
+            run.create_state(
+                rule,
+                {
+                    "s": ts,
+                    "ids": [event.get("id")],
+                    "e": rule.project(event),
+                    "sc": rule.project_scores(scope.score),
+                },
+            )
+            run.set_due(rule, ts + self.duration)
+            if self.filter is None:
+                run.watch_all(rule, True)
+        elif "f" not in state:
+            append_id(state["ids"], event.get("id"))
+            state["e"] = rule.project(event)
+            state["sc"] = rule.project_scores(scope.score)
+
+    def on_timer(self, rule: Rule, run: Run, due: float) -> None:
+        run.clear_due(rule)
+        state = run.state(rule)
+        if state is None or "f" in state:
+            return
+        context = state["e"]
+        run.out.append(
+            Match(
+                rule,
+                run,
+                due,
+                list(state["ids"]),
+                event=context,
+                score=state["sc"],
+                evidence={"since": state["s"], "for": self.duration},
+                bounds=[state["s"], due],
+                device_id=context.get("device_id"),
+            )
+        )
+        run.create_state(rule, {"f": 1})
+
+
+class SilenceTrigger(Trigger):
+    """``silence: {for, filter?}``: a watchdog per key that fires when no
+    (matching) event arrived for ``for``; re-armed by every event and after
+    every firing. State: ``{"last": ts, "id": id, "e": event, "sc": scores}``.
+    """
+
+    kind: ClassVar[str] = "silence"
+
+    def __init__(self, duration: float, filter: Expression | None = None) -> None:
+        self.duration = duration
+        self.filter = filter
+
+    def expressions(self) -> list[Expression]:
+        return [self.filter] if self.filter is not None else []
+
+    def requirement(self) -> dict[str, frozenset[Any]]:
+        return self.filter.requirement if self.filter is not None else {}
+
+    def on_event(self, rule: Rule, run: Run, event: Mapping[str, Any], ts: float) -> None:
+        scope = run.scope
+        if self.filter is not None and not run.truth(rule, self.filter.evaluate, scope):
+            return
+        state = run.state(rule)
+        if state is not None and ts < state["last"]:
+            return  # an older event does not move the watchdog back
+        run.create_state(
+            rule,
+            {
+                "last": ts,
+                "id": event.get("id"),
+                "e": rule.project(event),
+                "sc": rule.project_scores(scope.score),
+            },
+        )
+        run.set_due(rule, ts + self.duration)
+
+    def on_timer(self, rule: Rule, run: Run, due: float) -> None:
+        state = run.state(rule)
+        if state is None:
+            run.clear_due(rule)
+            return
+        context = state["e"]
+        run.out.append(
+            Match(
+                rule,
+                run,
+                due,
+                [state["id"]],
+                event=context,
+                score=state["sc"],
+                evidence={"silent_since": state["last"], "for": self.duration},
+                bounds=[state["last"], due],
+                device_id=context.get("device_id"),
+            )
+        )
+        run.set_due(rule, due + self.duration)

@@ -1,0 +1,351 @@
+"""``window``: aggregates over sliding, tumbling, hopping and session windows."""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from engine.rules.aggregates import Aggregate
+from engine.rules.expr import EMPTY, Expression, Scope
+from engine.rules.runtime import MAX_EVIDENCE_IDS, Match, append_id
+from engine.rules.triggers.base import Trigger
+
+if TYPE_CHECKING:
+    from engine.rules.model import Rule
+    from engine.rules.runtime import Run
+
+_NUMBER = (int, float, bool)
+
+# A sliding entry is [ts, seq, event_id, value per aggregate...].
+_TS, _SEQ, _ID, _VALUES = 0, 1, 2, 3
+# An open tumbling/hopping window is [start, end, accs, ids, count, event, scores];
+# a session is [start, last, accs, ids, count, event, scores].
+_START, _END, _ACCS, _IDS, _N, _EVENT, _SCORES = range(7)
+_LAST = _END
+
+
+def _evidence_ids(ids: list[Any]) -> list[Any]:
+    if len(ids) <= MAX_EVIDENCE_IDS:
+        return list(ids)
+    return [ids[0], *ids[len(ids) - MAX_EVIDENCE_IDS + 1 :]]
+
+
+class WindowTrigger(Trigger):
+    """``window: {type, size, advance?, gap?, grace?, filter?, aggregates, having}``.
+
+    - ``sliding``: at time T the window holds events with ts in (T - size, T];
+      ``having`` is checked on each event that enters and fires when it turns
+      true (re-armed once it was false on an entering event).
+    - ``tumbling``: windows [s, s + size) aligned to the epoch;
+    - ``hopping``: windows [s, s + size) starting every ``advance``;
+    - ``session``: an event less than ``gap`` from a session's events joins
+      it (bridging two sessions merges them); one exactly ``gap`` after its
+      last event starts a new session.
+
+    Tumbling, hopping and session windows are checked when they close, at
+    end + grace (a session ends at last event + gap), by a timer. An event is
+    accepted while its window's end > (the key's stream time - grace);
+    otherwise it is late: it is reported and changes nothing.
+    """
+
+    kind: ClassVar[str] = "window"
+
+    def __init__(
+        self,
+        type: str,
+        size: float,
+        aggregates: list[Aggregate],
+        having: Expression,
+        *,
+        advance: float | None = None,
+        gap: float | None = None,
+        grace: float = 0.0,
+        filter: Expression | None = None,
+    ) -> None:
+        self.type = type
+        self.size = size
+        self.advance = advance if advance is not None else size
+        self.gap = gap or 0.0
+        self.grace = grace
+        self.filter = filter
+        self.aggregates = aggregates
+        self.having = having
+        self.aggregates_events = type != "sliding"
+        self._columns = [
+            (
+                a.name,
+                a.aggregator,
+                a.argument.evaluate if a.argument else None,
+                a.aggregator.numeric,
+            )
+            for a in aggregates
+        ]
+        self._names = frozenset(a.name for a in aggregates)
+
+    def expressions(self) -> list[Expression]:
+        found = [a.argument for a in self.aggregates if a.argument is not None]
+        found.append(self.having)
+        if self.filter is not None:
+            found.append(self.filter)
+        return found
+
+    def requirement(self) -> dict[str, frozenset[Any]]:
+        return self.filter.requirement if self.filter is not None else {}
+
+    def window_names(self) -> frozenset[str] | None:
+        return self._names
+
+    # values -------------------------------------------------------------
+    def _values(self, rule: Rule, run: Run) -> list[Any]:
+        scope = run.scope
+        values: list[Any] = []
+        for _name, _aggregator, argument, numeric in self._columns:
+            if argument is None:
+                values.append(1)
+                continue
+            try:
+                value = argument(scope)
+            except Exception:
+                rule.errors += 1
+                value = None
+            if numeric and value is not None and not isinstance(value, _NUMBER):
+                rule.errors += 1
+                value = None
+            values.append(value)
+        return values
+
+    def _results(self, accs: list[list[Any]], span: float) -> dict[str, Any]:
+        return {
+            name: aggregator.result(acc, span)
+            for (name, aggregator, _a, _n), acc in zip(self._columns, accs, strict=True)
+        }
+
+    # events -------------------------------------------------------------
+    def on_event(self, rule: Rule, run: Run, event: Mapping[str, Any], ts: float) -> None:
+        if self.filter is not None and not run.truth(rule, self.filter.evaluate, run.scope):
+            return
+        if self.type == "sliding":
+            self._slide(rule, run, event, ts)
+        elif self.type == "session":
+            self._join_session(rule, run, event, ts)
+        else:
+            self._assign(rule, run, event, ts)
+
+    def _slide(self, rule: Rule, run: Run, event: Mapping[str, Any], ts: float) -> None:
+        now = run.ks["t"]
+        low = now - self.size
+        if ts <= low:
+            run.mark_late(rule, event, ts)
+            return
+        state = run.state(rule)
+        if state is None:
+            state = run.create_state(
+                rule,
+                {
+                    "q": [],
+                    "acc": [c[1].new() if c[1].removable else None for c in self._columns],
+                    "on": 0,
+                },
+            )
+        entries: list[list[Any]] = state["q"]
+        accs: list[Any] = state["acc"]
+        values = self._values(rule, run)
+        entry = [ts, run.seq, event.get("id"), *values]
+        if not entries or ts >= entries[-1][_TS]:
+            entries.append(entry)
+        else:
+            bisect.insort(entries, entry, key=lambda e: (e[_TS], e[_SEQ]))
+        for (_name, aggregator, _a, _n), acc, value in zip(
+            self._columns, accs, values, strict=True
+        ):
+            if acc is not None:
+                aggregator.add(acc, value, ts, run.seq)
+        expired = 0
+        while expired < len(entries) and entries[expired][_TS] <= low:
+            old = entries[expired]
+            for index, ((_name, aggregator, _a, _n), acc) in enumerate(
+                zip(self._columns, accs, strict=True)
+            ):
+                if acc is not None:
+                    aggregator.remove(acc, old[_VALUES + index])
+            expired += 1
+        if expired:
+            del entries[:expired]
+        results: dict[str, Any] = {}
+        for index, ((name, aggregator, _a, _n), acc) in enumerate(
+            zip(self._columns, accs, strict=True)
+        ):
+            results[name] = (
+                aggregator.result(acc, self.size)
+                if acc is not None
+                else aggregator.scan(entries, _VALUES + index, self.size)
+            )
+        scope = run.scope
+        scope.window = results
+        try:
+            holds = run.truth(rule, self.having.evaluate, scope)
+        finally:
+            scope.window = EMPTY
+        if not holds:
+            state["on"] = 0
+            return
+        if state["on"]:
+            return
+        state["on"] = 1
+        run.out.append(
+            Match(
+                rule,
+                run,
+                now,
+                _evidence_ids([e[_ID] for e in entries]),
+                event=event,
+                score=scope.score,
+                evidence={
+                    "type": "sliding",
+                    "start": low,
+                    "end": now,
+                    "aggregates": results,
+                    "events": len(entries),
+                },
+                bounds=[low, now],
+                window=results,
+                device_id=event.get("device_id"),
+            )
+        )
+
+    def _add(
+        self,
+        rule: Rule,
+        run: Run,
+        window: list[Any],
+        values: list[Any],
+        event: Mapping[str, Any],
+        ts: float,
+    ) -> None:
+        for (_name, aggregator, _a, _n), acc, value in zip(
+            self._columns, window[_ACCS], values, strict=True
+        ):
+            aggregator.add(acc, value, ts, run.seq)
+        append_id(window[_IDS], event.get("id"))
+        window[_N] += 1
+        context = window[_EVENT]
+        if context is None or ts >= context.get("ts", ts):
+            window[_EVENT] = rule.project(event)
+            window[_SCORES] = rule.project_scores(run.scope.score)
+
+    def _new_window(self, start: float, end: float) -> list[Any]:
+        return [start, end, [c[1].new() for c in self._columns], [], 0, None, None]
+
+    def _assign(self, rule: Rule, run: Run, event: Mapping[str, Any], ts: float) -> None:
+        horizon = run.ks["t"] - self.grace
+        latest = math.floor(ts / self.advance) * self.advance
+        starts = []
+        start = latest
+        while start + self.size > ts:
+            if start + self.size > horizon:
+                starts.append(start)
+            start -= self.advance
+        if not starts:
+            run.mark_late(rule, event, ts)
+            return
+        state = run.state(rule)
+        if state is None:
+            state = run.create_state(rule, {"w": []})
+        windows: list[list[Any]] = state["w"]
+        values = self._values(rule, run)
+        for start in reversed(starts):
+            index = bisect.bisect_left(windows, start, key=lambda w: w[_START])
+            if index == len(windows) or windows[index][_START] != start:
+                windows.insert(index, self._new_window(start, start + self.size))
+            self._add(rule, run, windows[index], values, event, ts)
+        run.set_due(rule, windows[0][_END] + self.grace)
+
+    def _join_session(self, rule: Rule, run: Run, event: Mapping[str, Any], ts: float) -> None:
+        gap = self.gap
+        state = run.state(rule)
+        sessions: list[list[Any]] = state["w"] if state is not None else []
+        joined = [i for i, s in enumerate(sessions) if s[_START] - gap < ts < s[_LAST] + gap]
+        if not joined and ts + gap <= run.ks["t"] - self.grace:
+            run.mark_late(rule, event, ts)
+            return
+        if state is None:
+            state = run.create_state(rule, {"w": sessions})
+        if joined:
+            target = sessions[joined[0]]
+            for index in reversed(joined[1:]):
+                self._merge(target, sessions.pop(index))
+        else:
+            target = [ts, ts, [c[1].new() for c in self._columns], [], 0, None, None]
+            index = bisect.bisect_left(sessions, ts, key=lambda s: s[_START])
+            sessions.insert(index, target)
+        target[_START] = min(target[_START], ts)
+        target[_LAST] = max(target[_LAST], ts)
+        self._add(rule, run, target, self._values(rule, run), event, ts)
+        run.set_due(rule, sessions[0][_LAST] + gap + self.grace)
+
+    def _merge(self, target: list[Any], other: list[Any]) -> None:
+        for (_name, aggregator, _a, _n), acc, more in zip(
+            self._columns, target[_ACCS], other[_ACCS], strict=True
+        ):
+            aggregator.merge(acc, more)
+        target[_START] = min(target[_START], other[_START])
+        target[_LAST] = max(target[_LAST], other[_LAST])
+        ids = target[_IDS]
+        for event_id in other[_IDS]:
+            append_id(ids, event_id)
+        target[_N] += other[_N]
+        if other[_EVENT] is not None and (
+            target[_EVENT] is None or other[_EVENT].get("ts", 0) >= target[_EVENT].get("ts", 0)
+        ):
+            target[_EVENT], target[_SCORES] = other[_EVENT], other[_SCORES]
+
+    # timers -------------------------------------------------------------
+    def on_timer(self, rule: Rule, run: Run, due: float) -> None:
+        state = run.state(rule)
+        windows: list[list[Any]] = state["w"] if state is not None else []
+        session = self.type == "session"
+        while windows:
+            window = windows[0]
+            end = window[_LAST] + self.gap if session else window[_END]
+            closes = end + self.grace
+            if closes > due:
+                break
+            windows.pop(0)
+            self._close(rule, run, window, window[_START], end, closes)
+        if windows:
+            first = windows[0]
+            end = first[_LAST] + self.gap if session else first[_END]
+            run.set_due(rule, end + self.grace)
+        else:
+            run.drop_state(rule)
+
+    def _close(
+        self, rule: Rule, run: Run, window: list[Any], start: float, end: float, closes: float
+    ) -> None:
+        results = self._results(window[_ACCS], end - start)
+        context = window[_EVENT] or EMPTY
+        scope = Scope(context, run.customer, run.device, window[_SCORES], closes, results)
+        if not run.truth(rule, self.having.evaluate, scope):
+            return
+        run.out.append(
+            Match(
+                rule,
+                run,
+                closes,
+                _evidence_ids(window[_IDS]),
+                event=context,
+                score=window[_SCORES],
+                evidence={
+                    "type": self.type,
+                    "start": start,
+                    "end": end,
+                    "aggregates": results,
+                    "events": window[_N],
+                },
+                bounds=[start, end],
+                window=results,
+                device_id=context.get("device_id") if run.key_kind == "device" else None,
+            )
+        )
