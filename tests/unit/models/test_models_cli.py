@@ -220,3 +220,21 @@ def test_status_from_a_file_that_is_not_a_snapshot(
 
     assert code == 1
     assert "not a model snapshot" in capsys.readouterr().err
+
+
+def test_status_defaults_to_the_configured_worker_port(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    status_server: tuple[str, dict],
+    tmp_path: Path,
+) -> None:
+    url, payload = status_server
+    port = url.split(":")[2].split("/")[0]
+    (tmp_path / "iotcrm.toml").write_text("[worker]\nweb_port = 1\n")
+    monkeypatch.setenv("IOTCRM_CONFIG", str(tmp_path / "iotcrm.toml"))
+    monkeypatch.setenv("IOTCRM_WORKER_WEB_PORT", port)  # the environment wins over the file
+
+    code = main(["models", "status"])
+
+    assert code == 0
+    assert json.loads(capsys.readouterr().out) == payload
