@@ -99,7 +99,9 @@ class OnlineModel:
 
     # events -----------------------------------------------------------------------
 
-    def scope_key(self, event: Mapping[str, Any], customer: Mapping[str, Any], device: Any) -> Any:
+    def scope_key(
+        self, event: Mapping[str, Any], customer: Mapping[str, Any], device: Mapping[str, Any]
+    ) -> Any:
         scope = self.spec.scope
         if scope == "global":
             return GLOBAL_SCOPE
