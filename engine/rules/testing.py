@@ -12,7 +12,9 @@ with their ``suppressed`` reason.
 Context: ``customer:`` (its ``customer_id`` is the default for events without
 one), ``devices: {device_id: {...}}``, and model scores per event (a
 ``score:`` object in the event, or a test-level ``scores:`` list with one
-entry per event); ``until:`` advances time after the last event.
+entry per event); an event may also carry ``customer:`` / ``device:``
+objects, which replace the context from then on. ``until:`` advances time
+after the last event.
 """
 
 from __future__ import annotations
@@ -107,17 +109,23 @@ def run_test(rule: Rule, test: RuleTest) -> TestOutcome:
     alone = dataclasses.replace(rule, enabled=True)
     runner = OfflineRunner(RuleSet([alone]))
     default_customer = test.customer.get("customer_id")
+    customer: dict[str, Any] = dict(test.customer)
+    devices = {str(k): v for k, v in test.devices.items()}
     results = []
     for index, raw in enumerate(test.events):
         event = dict(raw)
         score = event.pop("score", None)
         if score is None and index < len(test.scores):
             score = test.scores[index]
+        customer = event.pop("customer", None) or customer
         if "customer_id" not in event and default_customer is not None:
             event["customer_id"] = default_customer
         device_id = event.get("device_id")
-        device = test.devices.get(str(device_id)) if device_id is not None else None
-        results.extend(runner.feed(event, customer=test.customer, device=device, score=score))
+        device = event.pop("device", None)
+        if device_id is not None and device is not None:
+            devices[str(device_id)] = device
+        device = devices.get(str(device_id)) if device_id is not None else None
+        results.extend(runner.feed(event, customer=customer, device=device, score=score))
     results.extend(runner.finish(test.until))
     firings = [r.firing for r in results]
     emitted = [f for f in firings if f.suppressed is None]
