@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from cassandra import ConsistencyLevel
+from cassandra import ConsistencyLevel, ProtocolVersion
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import (
     EXEC_PROFILE_DEFAULT,
@@ -107,6 +107,8 @@ def build_cluster(settings: Settings, *, request_timeout_s: float = 10.0) -> Clu
         port=cfg.port,
         auth_provider=auth,
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        # Cassandra 4 and 5 speak v5; saying so skips the driver's downgrade dance.
+        protocol_version=ProtocolVersion.V5,
         # Come back quickly after an outage; the sink's own backoff paces retries.
         reconnection_policy=ExponentialReconnectionPolicy(base_delay=0.5, max_delay=10.0),
     )

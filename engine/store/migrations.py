@@ -25,7 +25,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, Protocol
@@ -176,7 +176,16 @@ def applied_migrations(session: CqlSession, keyspace: str) -> dict[int, AppliedM
     rows = session.execute(
         f"SELECT version, name, checksum FROM {check_identifier(keyspace)}.schema_migrations"
     )
-    return {row.version: AppliedMigration(row.version, row.name, row.checksum) for row in rows}
+    recorded = (AppliedMigration(*(_column(row, c) for c in _RECORD_COLUMNS)) for row in rows)
+    return {migration.version: migration for migration in recorded}
+
+
+_RECORD_COLUMNS = ("version", "name", "checksum")
+
+
+def _column(row: Any, name: str) -> Any:
+    """A column of a dict row or a named-tuple row (the session's row factory decides)."""
+    return row[name] if isinstance(row, Mapping) else getattr(row, name)
 
 
 def pending_migrations(

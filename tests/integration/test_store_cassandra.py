@@ -41,11 +41,6 @@ def settings() -> Settings:
     return msgspec.structs.replace(
         base,
         cassandra=msgspec.structs.replace(base.cassandra, keyspace=f"iotcrm_test_{RUN}"),
-        kafka=msgspec.structs.replace(
-            base.kafka,
-            action_topic_prefix=f"test-{RUN}.crm.actions.",
-            registry_topic=f"test-{RUN}.iot.registry",
-        ),
     )
 
 
@@ -84,11 +79,28 @@ async def kafka(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
     except Exception as exc:
         await admin.close()
         pytest.fail(f"Kafka is not reachable at {settings.kafka.bootstrap} ({exc!r}); {HINT}")
-    topics = [*action_topics(settings), settings.kafka.registry_topic]
-    await admin.create_topics([NewTopic(t, num_partitions=2, replication_factor=1) for t in topics])
     yield admin
-    await admin.delete_topics(topics)
     await admin.close()
+
+
+@pytest.fixture
+async def sink_settings(
+    settings: Settings, kafka: AIOKafkaAdminClient, request: pytest.FixtureRequest
+) -> AsyncIterator[Settings]:
+    """Settings naming action and registry topics of this test alone (2 partitions each)."""
+    prefix = f"test-{RUN}-{request.node.name[-20:]}".replace("_", "-")
+    own = msgspec.structs.replace(
+        settings,
+        kafka=msgspec.structs.replace(
+            settings.kafka,
+            action_topic_prefix=f"{prefix}.crm.actions.",
+            registry_topic=f"{prefix}.iot.registry",
+        ),
+    )
+    names = [*action_topics(own), own.kafka.registry_topic]
+    await kafka.create_topics([NewTopic(t, num_partitions=2, replication_factor=1) for t in names])
+    yield own
+    await kafka.delete_topics(names)
 
 
 async def eventually(
@@ -341,7 +353,7 @@ async def records_after(
         ends = await consumer.end_offsets(tps)
         count = 0
         # Positions reach the end offsets (past transaction markers) once all is read.
-        while any(await consumer.position(tp) < ends[tp] for tp in tps):
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
             batch = await consumer.getmany(timeout_ms=200)
             count += sum(len(records) for records in batch.values())
         return count
@@ -350,8 +362,9 @@ async def records_after(
 
 
 async def test_sink_writes_committed_actions_and_mirrors_the_registry(
-    settings: Settings, store: CassandraStore, kafka: AIOKafkaAdminClient
+    sink_settings: Settings, store: CassandraStore, kafka: AIOKafkaAdminClient
 ) -> None:
+    settings = sink_settings
     customer = f"{RUN}-sink"
     group = f"test-{RUN}-sink"
     sink = CassandraSink(settings, store, group_id=group, lag_interval_s=0.2)
@@ -424,8 +437,9 @@ class FlakyStore:
 
 
 async def test_sink_holds_back_during_an_outage_and_loses_nothing(
-    settings: Settings, store: CassandraStore, kafka: AIOKafkaAdminClient
+    sink_settings: Settings, store: CassandraStore, kafka: AIOKafkaAdminClient
 ) -> None:
+    settings = sink_settings
     customer = f"{RUN}-outage"
     group = f"test-{RUN}-outage"
     flaky = FlakyStore(store)

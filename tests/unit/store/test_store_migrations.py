@@ -23,15 +23,17 @@ from engine.store.migrations import (
 class RecordingSession:
     """Keeps ``schema_migrations`` rows in memory and logs every other statement."""
 
-    def __init__(self) -> None:
+    def __init__(self, dict_rows: bool = False) -> None:
         self.statements: list[str] = []
         self.versions: dict[str, dict[int, SimpleNamespace]] = {}
+        self.dict_rows = dict_rows
 
     def execute(self, query: str, parameters: Sequence[Any] | None = None) -> list[Any]:
         text = " ".join(query.split())
         select = re.match(r"SELECT version, name, checksum FROM (\w+)\.schema_migrations", text)
         if select:
-            return list(self.versions.get(select.group(1), {}).values())
+            rows = list(self.versions.get(select.group(1), {}).values())
+            return [vars(row) for row in rows] if self.dict_rows else rows
         insert = re.match(r"INSERT INTO (\w+)\.schema_migrations", text)
         if insert:
             version, name, checksum, _applied_at = parameters or ()
@@ -73,8 +75,9 @@ def test_first_run_applies_every_migration_in_order_and_records_it() -> None:
     }
 
 
-def test_second_run_applies_nothing() -> None:
-    session = RecordingSession()
+@pytest.mark.parametrize("dict_rows", [False, True], ids=["tuple-rows", "dict-rows"])
+def test_second_run_applies_nothing(dict_rows: bool) -> None:
+    session = RecordingSession(dict_rows)
     apply_migrations(session, "ks", 1)
     executed_before = len(session.statements)
 
