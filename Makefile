@@ -14,8 +14,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	touch $@
 
+# The demo runs on its own fresh Kafka and Cassandra (separate ports and data),
+# so it never mixes with a previous run or with the test servers.
+DEMO_ENV := IOTCRM_STATE_DIR=$(CURDIR)/.state/demo IOTCRM_LOCAL_KAFKA_PORT=29092 \
+	IOTCRM_LOCAL_CASSANDRA_PORT=29042 IOTCRM_KAFKA_BOOTSTRAP=127.0.0.1:29092 \
+	IOTCRM_CASSANDRA_PORT=29042 IOTCRM_WORKER_STATE_DIR=$(CURDIR)/.state/demo/worker \
+	IOTCRM_WORKER_WEB_PORT=6067
+
 demo: install
-	$(SERVICES) run -- $(BIN)/iotcrm demo
+	rm -rf .state/demo
+	$(DEMO_ENV) $(SERVICES) run -- $(BIN)/iotcrm demo
 
 test: install lint
 	$(SERVICES) run -- $(BIN)/pytest -q

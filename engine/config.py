@@ -23,7 +23,7 @@ import msgspec
 
 class KafkaSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     bootstrap: str = "127.0.0.1:19092"
-    device_topic_pattern: str = r"^iot\.device\..+"
+    device_topic_prefix: str = "iot.device."
     telemetry_topic: str = "iot.telemetry"
     registry_topic: str = "iot.registry"
     customers_topic: str = "crm.customers"
@@ -31,6 +31,7 @@ class KafkaSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     late_topic: str = "iot.late"
     customer_events_topic: str = "iotcrm.events.by-customer"
     outcomes_topic: str = "crm.outcomes"
+    customer360_topic: str = "iotcrm.customer360"
     action_topic_prefix: str = "crm.actions."
     partitions: int = 4
     replication_factor: int = 1
@@ -54,6 +55,11 @@ class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     batch_size: int = 500
     batch_within_s: float = 0.05
     idle_allowance_s: float = 5.0
+    processing_guarantee: str = "at_least_once"
+    commit_interval_s: float = 1.0
+    model_checkpoint_interval_s: float = 5.0
+    run_ingest: bool = True
+    run_sink: bool = True
 
 
 class RulesSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -67,8 +73,15 @@ class ModelsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class QualitySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     dedup_horizon_s: float = 86400.0
+    dedup_max_ids: int = 2048
     allowed_lateness_s: float = 30.0
     max_future_skew_s: float = 300.0
+    max_payload_bytes: int = 65536
+    max_nesting: int = 8
+    expected_interval_s: dict[str, float] = msgspec.field(default_factory=dict)
+    default_expected_interval_s: float = 300.0
+    gap_factor: float = 3.0
+    gaps_kept: int = 10
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

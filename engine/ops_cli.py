@@ -1,7 +1,151 @@
-"""Operator commands: placeholder."""
+"""Operator commands: ``setup``, ``worker``, ``state`` and ``demo``."""
+
+from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import logging
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+from engine.config import ConfigError, Settings, load_settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    del subparsers
+    setup = subparsers.add_parser(
+        "setup", help="create the Kafka topics and migrate the Cassandra schema (idempotent)"
+    )
+    setup.set_defaults(func=run_setup)
+
+    worker = subparsers.add_parser(
+        "worker", help="run a worker replica (ingest, customer actors, Cassandra sink, web)"
+    )
+    worker.add_argument("--loglevel", default="info")
+    worker.add_argument(
+        "--no-setup", action="store_true", help="do not create topics or migrate the schema first"
+    )
+    worker.set_defaults(func=run_worker)
+
+    state = subparsers.add_parser("state", help="show live state")
+    state_sub = state.add_subparsers(dest="what", metavar="WHAT", required=True)
+    customer = state_sub.add_parser("customer", help="a customer's live state, as JSON")
+    customer.add_argument("customer_id")
+    customer.add_argument(
+        "--url", default=None, help="worker web address (default http://127.0.0.1:<web_port>)"
+    )
+    customer.set_defaults(func=run_state_customer)
+
+    demo = subparsers.add_parser(
+        "demo",
+        help="start a worker, simulate a device fleet for about a minute, report what happened",
+    )
+    demo.add_argument("--customers", type=int, default=40)
+    demo.add_argument("--devices-per-customer", type=int, default=3)
+    demo.add_argument("--span", default="2d", help="simulated time span (default 2d)")
+    demo.add_argument("--seconds", type=float, default=45.0, help="publishing time (default 45)")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(func=run_demo)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    try:
+        return load_settings(args.config)
+    except ConfigError as exc:
+        print(f"iotcrm: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+async def setup(settings: Settings) -> dict[str, Any]:
+    """Create missing topics and apply pending Cassandra migrations."""
+    from engine.kafka import ensure_topics
+    from engine.store.cassandra import build_cluster
+    from engine.store.migrations import apply_migrations
+
+    created = await ensure_topics(settings)
+
+    def migrate() -> list[int]:
+        cluster = build_cluster(settings)
+        try:
+            session = cluster.connect()
+            return apply_migrations(
+                session, settings.cassandra.keyspace, settings.cassandra.replication_factor
+            )
+        finally:
+            cluster.shutdown()
+
+    applied = await asyncio.to_thread(migrate)
+    return {"topics_created": created, "migrations_applied": applied}
+
+
+def run_setup(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    result = asyncio.run(setup(settings))
+    print(json.dumps(result))
+    return 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    logging.basicConfig(
+        level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not args.no_setup:
+        asyncio.run(setup(settings))
+    from engine.models import ModelConfigError
+    from engine.rules import RuleFileError
+
+    try:
+        from agents.app import Runtime
+
+        runtime = Runtime(settings)
+    except RuleFileError as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        print("iotcrm worker: refusing to start with broken rules", file=sys.stderr)
+        return 1
+    except ModelConfigError as exc:
+        print(f"iotcrm worker: {exc}", file=sys.stderr)
+        return 1
+    from faust.worker import Worker
+
+    worker = Worker(runtime.app, loglevel=args.loglevel, quiet=True, override_logging=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+def fetch_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def run_state_customer(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    base = args.url or f"http://127.0.0.1:{settings.worker.web_port}"
+    try:
+        status, body = fetch_json(f"{base}/customers/{args.customer_id}")
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"iotcrm state: no worker answers at {base}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(body, indent=2, sort_keys=True))
+    return 0 if status == 200 else 1
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from loadtest.demo import DemoOptions, run
+
+    settings = _settings(args)
+    options = DemoOptions(
+        customers=args.customers,
+        devices_per_customer=args.devices_per_customer,
+        span=args.span,
+        seconds=args.seconds,
+        seed=args.seed,
+        config=args.config,
+    )
+    return asyncio.run(run(settings, options))

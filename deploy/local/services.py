@@ -98,15 +98,21 @@ def fetch(service: Service) -> None:
     service.lib_dir.mkdir(parents=True, exist_ok=True)
     log(f"fetching {service.name} {service.version} from Maven Central into {service.lib_dir}")
     command = [
-        "mvn", "-B", "-q", "-f", str(pom),
+        "mvn",
+        "-B",
+        "-q",
+        "-f",
+        str(pom),
         "dependency:copy-dependencies",
         "-DincludeScope=runtime",
         f"-DoutputDirectory={service.lib_dir}",
-    ]  # fmt: skip
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
-        raise ServiceError(f"fetching {service.name} failed (mvn exit {result.returncode}):\n{tail}")
+        raise ServiceError(
+            f"fetching {service.name} failed (mvn exit {result.returncode}):\n{tail}"
+        )
     marker.write_text(service.version)
 
 
@@ -258,9 +264,17 @@ def _write_kafka_config(service: Service) -> Path:
         cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
         result = subprocess.run(
             [
-                "java", "-cp", f"{service.lib_dir}/*", "kafka.tools.StorageTool",
-                "format", "-t", cluster_id, "-c", str(config), "-g",
-            ],  # fmt: skip
+                "java",
+                "-cp",
+                f"{service.lib_dir}/*",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(config),
+                "-g",
+            ],
             capture_output=True,
             text=True,
         )
@@ -272,10 +286,17 @@ def _write_kafka_config(service: Service) -> Path:
 def _kafka_command(service: Service) -> list[str]:
     config = _write_kafka_config(service)
     return [
-        "java", "-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        "java",
+        "-Xms256m",
+        "-Xmx512m",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
         f"-Dlog4j.configuration=file:{service.home / 'log4j.properties'}",
-        "-cp", f"{service.lib_dir}/*", "kafka.Kafka", str(config),
-    ]  # fmt: skip
+        "-cp",
+        f"{service.lib_dir}/*",
+        "kafka.Kafka",
+        str(config),
+    ]
 
 
 def _write_cassandra_config(service: Service) -> Path:
@@ -334,7 +355,11 @@ def _cassandra_command(service: Service) -> list[str]:
         for word in line.split()
     ]
     return [
-        "java", "-Xms1g", "-Xmx1g", "-Xss512k", *jvm_options,
+        "java",
+        "-Xms1g",
+        "-Xmx1g",
+        "-Xss512k",
+        *jvm_options,
         f"-javaagent:{jamm}",
         f"-Dcassandra.config=file://{conf / 'cassandra.yaml'}",
         "-Dcassandra-foreground=yes",
@@ -344,9 +369,10 @@ def _cassandra_command(service: Service) -> list[str]:
         "-Dcassandra.skip_wait_for_gossip_to_settle=0",
         "-Dcassandra.superuser_setup_delay_ms=0",
         "-Dcassandra.ring_delay_ms=0",
-        "-cp", f"{conf}:{service.lib_dir}/*",
+        "-cp",
+        f"{conf}:{service.lib_dir}/*",
         "org.apache.cassandra.service.CassandraDaemon",
-    ]  # fmt: skip
+    ]
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -394,7 +420,9 @@ def start(service: Service) -> bool:
                 start_new_session=True,
             )
         service.pid_file.write_text(str(process.pid))
-        log(f"starting {service.name} {service.version} (pid {process.pid}, log {service.log_file})")
+        log(
+            f"starting {service.name} {service.version} (pid {process.pid}, log {service.log_file})"
+        )
     deadline = time.monotonic() + service.ready_timeout_s
     while time.monotonic() < deadline:
         if is_ready(service):

@@ -1,0 +1,229 @@
+"""The worker: one Faust app wired from ``Settings``.
+
+``Runtime(settings)`` builds everything a worker runs:
+
+- the ingest service (pattern-subscribed device topics -> customer-keyed stream);
+- the customer actor agent over the customer-keyed stream, ``crm.customers``
+  and ``crm.outcomes`` (co-partitioned), with its tables;
+- a tick timer (time for idle keys) and the rule hot reload;
+- the Cassandra sink (action log, registry mirror, customer 360);
+- web views: ``/health``, ``/metrics``, ``/customers/{id}``, ``/models/status``.
+
+Start it with ``iotcrm worker``; replicas share the work through Kafka's
+consumer groups (Faust's for the actor, ingest's own for the device topics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import faust
+import orjson
+from mode import Service
+
+from agents.customer import TICK_KEY, CustomerAgent
+from agents.ingest import IngestService
+from engine.actor import CustomerActor
+from engine.config import Settings
+from engine.models import ModelSet, load_models
+from engine.quality import StreamHygiene
+from engine.rules import RuleEngine
+from engine.rules_watch import RulesWatcher
+from tables.definitions import define_tables
+from tables.state import decode_state, summary
+
+log = logging.getLogger(__name__)
+
+
+class SummaryPublisher:
+    """Publishes changed customers' 360 summaries to a compacted topic, at most
+    once per customer per interval; the Cassandra sink upserts them."""
+
+    def __init__(self, runtime: Runtime, interval_s: float = 2.0) -> None:
+        self.rt = runtime
+        self.interval_s = interval_s
+        self.pending: dict[str, dict[str, Any]] = {}
+
+    def mark(self, written: dict[str, Any]) -> None:
+        for customer_id, (_anchor, state) in written.items():
+            self.pending[customer_id] = summary(state)
+
+    async def flush(self) -> None:
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, {}
+        producer = self.rt.app.producer
+        topic = self.rt.settings.kafka.customer360_topic
+        for customer_id, snapshot in pending.items():
+            await producer.send(
+                topic,
+                customer_id.encode(),
+                orjson.dumps(snapshot),
+                partition=None,
+                timestamp=None,
+                headers=None,
+            )
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        w, k = settings.worker, settings.kafka
+        Path(w.state_dir).mkdir(parents=True, exist_ok=True)
+        self.app = faust.App(
+            w.app_id,
+            broker=[f"kafka://{host}" for host in k.bootstrap.split(",")],
+            store="rocksdb://",
+            datadir=w.state_dir,
+            topic_partitions=k.partitions,
+            topic_replication_factor=k.replication_factor,
+            processing_guarantee=w.processing_guarantee,
+            broker_commit_interval=w.commit_interval_s,
+            web_port=w.web_port,
+            web_host="127.0.0.1",
+            web_in_thread=False,
+            key_serializer="raw",
+            value_serializer="raw",
+            producer_linger_ms=5,
+            stream_buffer_maxsize=max(4096, w.batch_size * 4),
+            consumer_auto_offset_reset="earliest",
+            table_cleanup_interval=60.0,
+            loghandlers=[],
+        )
+        self.customers, self.timers, self.model_checkpoints = define_tables(self.app, settings)
+        self.rules_watcher = RulesWatcher(settings.rules.path)
+        ruleset = self.rules_watcher.load_initial()
+        self.actor = CustomerActor(RuleEngine(ruleset), StreamHygiene(settings.quality))
+        self.models_path = settings.models.path
+        load_models(self.models_path)  # refuse to start on a broken model file
+        self.models_by_partition: dict[int, ModelSet] = {}
+        self.summaries = SummaryPublisher(self)
+        self.agent_logic = CustomerAgent(self)
+        self.ingest: IngestService | None = IngestService(settings) if w.run_ingest else None
+        self.sink: Any = None
+        self.action_counts: dict[str, int] = {}
+        self._wire()
+
+    def new_models(self) -> ModelSet:
+        return load_models(self.models_path)
+
+    def on_actions(self, actions: list[tuple[str, dict[str, Any]]]) -> None:
+        for _topic, action in actions:
+            self.action_counts[action["type"]] = self.action_counts.get(action["type"], 0) + 1
+
+    # ---------------------------------------------------------------- wiring
+
+    def _wire(self) -> None:
+        app, k, w = self.app, self.settings.kafka, self.settings.worker
+        self.actor_topic = app.topic(
+            k.customer_events_topic,
+            k.customers_topic,
+            k.outcomes_topic,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=k.partitions,
+        )
+        self.events_topic = app.topic(k.customer_events_topic, key_type=bytes, value_type=bytes)
+        app.agent(self.actor_topic, name="customer-actor")(self.agent_logic.run)
+
+        @app.timer(interval=1.0)
+        async def tick() -> None:
+            wall = orjson.dumps({"wall": time.time()})
+            for tp in app.assignor.assigned_actives():
+                if tp.topic == k.customer_events_topic:
+                    await self.events_topic.send(key=TICK_KEY, value=wall, partition=tp.partition)
+            await self.summaries.flush()
+
+        @app.timer(interval=self.settings.rules.reload_interval_s)
+        async def reload_rules() -> None:
+            ruleset = self.rules_watcher.poll()
+            if ruleset is not None:
+                self.actor.use_rules(RuleEngine(ruleset))
+
+        @app.on_partitions_revoked.connect
+        async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+            # Partitions may move: models are reloaded from their checkpoints and
+            # the timer index is rebuilt from the timers table on the next batch.
+            self.models_by_partition.clear()
+            self.agent_logic.due_index_stale = True
+
+        if self.ingest is not None:
+            app.service(self.ingest)
+        if w.run_sink:
+            app.service(SinkService(self.settings, self))
+        self._pages()
+
+    def _pages(self) -> None:
+        app = self.app
+
+        @app.page("/health")
+        async def health(web: Any, request: Any) -> Any:
+            return web.json(self.health())
+
+        @app.page("/metrics")
+        async def metrics(web: Any, request: Any) -> Any:
+            return web.json(self.metrics())
+
+        @app.page("/customers/{customer_id}")
+        async def customer(web: Any, request: Any, customer_id: str) -> Any:
+            blob = self.customers.get(customer_id)
+            if blob is None:
+                return web.json({"error": f"no state for customer {customer_id!r}"}, status=404)
+            return web.json(summary(decode_state(blob)))
+
+        @app.page("/models/status")
+        async def models_status(web: Any, request: Any) -> Any:
+            return web.json(self.models_status())
+
+    # ---------------------------------------------------------------- views
+
+    def models_status(self) -> dict[str, Any]:
+        return {
+            f"p{partition}": models.metrics()
+            for partition, models in sorted(self.models_by_partition.items())
+        }
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "actor": self.agent_logic.stats.as_dict(),
+            "actions_by_type": dict(self.action_counts),
+            "ingest": self.ingest.metrics.as_dict() if self.ingest else None,
+            "sink": self.sink.metrics.as_dict() if self.sink else None,
+            "rules": self.rules_watcher.status(),
+        }
+
+    def health(self) -> dict[str, Any]:
+        sink_ok = self.sink.metrics.healthy if self.sink else True
+        return {
+            "status": "ok" if sink_ok else "degraded",
+            "assigned": sorted(
+                f"{tp.topic}:{tp.partition}" for tp in self.app.assignor.assigned_actives()
+            ),
+            "rules": self.rules_watcher.status(),
+            "cassandra_sink": "ok" if sink_ok else "behind (writes retried, nothing dropped)",
+        }
+
+
+class SinkService(Service):
+    """Runs the Cassandra sink beside the actor; retries until Cassandra answers."""
+
+    def __init__(self, settings: Settings, runtime: Runtime, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.rt = runtime
+
+    async def on_start(self) -> None:
+        from engine.store.cassandra import CassandraStore
+        from engine.store.sink import CassandraSink
+
+        store = CassandraStore(self.settings)
+        self.rt.sink = CassandraSink(self.settings, store)
+        await self.rt.sink.start()
+
+    async def on_stop(self) -> None:
+        if self.rt.sink is not None:
+            await asyncio.shield(self.rt.sink.stop())

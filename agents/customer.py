@@ -1,0 +1,307 @@
+"""The customer actor as a Faust agent: Kafka in and out, tables, ticks.
+
+One logical actor per customer: the agent consumes the customer-keyed event
+stream together with ``crm.customers`` (profiles) and ``crm.outcomes``
+(delayed labels), all co-partitioned by customer_id, so one worker sees every
+record of a customer in order. The logic itself is ``engine.actor``.
+
+Per batch (``stream.take_events``):
+
+1. group records by customer (one customer's records share a partition);
+2. per customer: read its state once, apply profiles, outcomes and events,
+   fire its due timers, collect actions;
+3. send actions (and late events) and wait until Kafka acknowledged them;
+4. only then write each customer's state once, so state that says "seen"
+   implies its actions were delivered (at least once; a replay repeats an
+   action with the same ``action_id`` and never loses one).
+
+Faust writes a table key to the changelog partition of the *current event*,
+so each customer's state is read and written with one of its own records set
+as the current event.
+
+Idle keys: every worker sends a tick record to each partition it owns once
+a second; a tick moves the partition's time (see ``PartitionClock``) and
+fires the timers that are due, so a silent device is noticed when its
+partition is quiet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import orjson
+from faust.streams import _current_event
+
+from engine.actor import ActorOutput
+from tables.state import (
+    CustomerState,
+    apply_profile,
+    decode_state,
+    encode_state,
+    new_customer_state,
+)
+
+log = logging.getLogger(__name__)
+
+TICK_KEY = b"\x00tick"
+
+
+@dataclass
+class PartitionClock:
+    """Event time of one partition, for the timers of its idle keys.
+
+    ``stream_ts`` is the largest event time seen. When no event has arrived
+    for longer than the idle allowance (wall clock), the partition's time
+    moves on with the wall clock from its stream time: a replay or a burst
+    keeps event time, a quiet partition still ages.
+    """
+
+    stream_ts: float | None = None
+    arrived_at: float = field(default_factory=time.monotonic)
+
+    def on_event(self, ts: float) -> None:
+        if self.stream_ts is None or ts > self.stream_ts:
+            self.stream_ts = ts
+        self.arrived_at = time.monotonic()
+
+    def now(self, idle_allowance_s: float) -> float | None:
+        if self.stream_ts is None:
+            return None
+        idle = time.monotonic() - self.arrived_at
+        return self.stream_ts + idle if idle > idle_allowance_s else self.stream_ts
+
+
+@dataclass
+class ActorStats:
+    events: int = 0
+    profiles: int = 0
+    outcomes: int = 0
+    actions: int = 0
+    late: int = 0
+    duplicates: int = 0
+    suppressed: int = 0
+    batches: int = 0
+    timer_firings: int = 0
+    last_batch_at: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def set_current(event: faust.EventT) -> None:
+    """Make ``event`` Faust's current event: table writes go to its partition."""
+    _current_event.set(weakref.ref(event))
+
+
+class CustomerAgent:
+    """Owns the table, the timer index and the per-partition models of a worker."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.rt = runtime  # agents.app.Runtime
+        self.stats = ActorStats()
+        self.clocks: dict[int, PartitionClock] = defaultdict(PartitionClock)
+        #: partition -> customer_id -> earliest pending timer.
+        self.due: dict[int, dict[str, float]] = defaultdict(dict)
+        self.due_index_stale = True
+        self._last_checkpoint: dict[int, float] = {}
+
+    # ----------------------------------------------------------- the stream
+
+    async def run(self, stream: faust.StreamT) -> None:
+        settings = self.rt.settings.worker
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+            try:
+                await self.handle_batch(batch)
+            except Exception:
+                log.exception("customer actor failed on a batch of %d records", len(batch))
+                raise
+
+    async def handle_batch(self, batch: Iterable[faust.EventT]) -> None:
+        k = self.rt.settings.kafka
+        if self.due_index_stale:
+            self._rebuild_due_index()
+        groups: dict[str, list[faust.EventT]] = {}
+        ticked: dict[int, faust.EventT] = {}
+        for record in batch:
+            key = record.key
+            if key == TICK_KEY:
+                ticked[record.message.partition] = record
+                continue
+            if key is None:
+                log.warning(
+                    "%s: record without key at offset %s ignored",
+                    record.message.topic,
+                    record.message.offset,
+                )
+                continue
+            groups.setdefault(key.decode(), []).append(record)
+
+        emitted_at = time.time()
+        written: dict[str, tuple[faust.EventT, CustomerState]] = {}
+        out = ActorOutput()
+        for customer_id, records in groups.items():
+            anchor = records[-1]
+            set_current(anchor)
+            state = self._load(customer_id)
+            events: list[dict[str, Any]] = []
+            for record in records:
+                topic = record.message.topic
+                if topic == k.customer_events_topic:
+                    event = orjson.loads(record.value)
+                    events.append(event)
+                    self.clocks[record.message.partition].on_event(event["ts"])
+                elif topic == k.customers_topic:
+                    apply_profile(state, orjson.loads(record.value) if record.value else None)
+                    self.stats.profiles += 1
+                elif topic == k.outcomes_topic:
+                    outcome = orjson.loads(record.value)
+                    self._models(anchor.message.partition).observe_outcome(outcome)
+                    self.stats.outcomes += 1
+            if events:
+                models = self._models(anchor.message.partition)
+                out.extend(self.rt.actor.handle_events(state, events, models, emitted_at))
+            written[customer_id] = (anchor, state)
+
+        # Time moves for idle keys: the partitions' stream time after this batch,
+        # and the wall-clock-aged time of ticked partitions.
+        partitions = {anchor.message.partition: anchor for anchor, _ in written.values()}
+        partitions.update(ticked)
+        for partition, anchor in partitions.items():
+            now = self.clocks[partition].now(
+                self.rt.settings.worker.idle_allowance_s if partition in ticked else float("inf")
+            )
+            if now is not None:
+                out.extend(self._advance_partition(partition, anchor, now, written, emitted_at))
+
+        await self._send(out)
+        for customer_id, (anchor, state) in written.items():
+            set_current(anchor)
+            self.rt.customers[customer_id] = encode_state(state)
+            self._index_due(anchor.message.partition, customer_id, state)
+        self._checkpoint_models(partitions)
+        self.stats.batches += 1
+        self.stats.last_batch_at = emitted_at
+        self.stats.events += out.processed
+        self.stats.duplicates += out.duplicates
+        self.stats.suppressed += out.suppressed
+        self.rt.summaries.mark(written)
+
+    def _load(self, customer_id: str) -> CustomerState:
+        blob = self.rt.customers.get(customer_id)
+        return decode_state(blob) if blob is not None else new_customer_state(customer_id)
+
+    def _advance_partition(
+        self,
+        partition: int,
+        anchor: faust.EventT,
+        now: float,
+        written: dict[str, tuple[faust.EventT, CustomerState]],
+        emitted_at: float,
+    ) -> ActorOutput:
+        out = ActorOutput()
+        due = self.due[partition]
+        for customer_id in [c for c, t in due.items() if t <= now]:
+            if customer_id in written:
+                state = written[customer_id][1]
+            else:
+                set_current(anchor)
+                state = self._load(customer_id)
+                written[customer_id] = (anchor, state)
+            fired = self.rt.actor.advance(state, now, emitted_at)
+            self.stats.timer_firings += len(fired.actions)
+            out.extend(fired)
+            due.pop(customer_id, None)
+        return out
+
+    async def _send(self, out: ActorOutput) -> None:
+        producer = self.rt.app.producer
+        k = self.rt.settings.kafka
+        futures = []
+        for topic, action in out.actions:
+            futures.append(
+                await producer.send(
+                    topic,
+                    action["customer_id"].encode(),
+                    orjson.dumps(action),
+                    partition=None,
+                    timestamp=None,
+                    headers=None,
+                )
+            )
+        for event, reason in out.late:
+            envelope = {
+                "reason": reason,
+                "reason_code": "late",
+                "event": event,
+                "received_at": time.time(),
+            }
+            futures.append(
+                await producer.send(
+                    k.late_topic,
+                    event["device_id"].encode(),
+                    orjson.dumps(envelope),
+                    partition=None,
+                    timestamp=None,
+                    headers=None,
+                )
+            )
+        if futures:
+            await asyncio.gather(*futures)
+        self.stats.actions += len(out.actions)
+        self.stats.late += len(out.late)
+        self.rt.on_actions(out.actions)
+
+    # ----------------------------------------------------------- timers
+
+    def _index_due(self, partition: int, customer_id: str, state: CustomerState) -> None:
+        next_due = self.rt.actor.next_due(state)
+        previous = self.due[partition].get(customer_id)
+        if next_due == previous:
+            return
+        if next_due is None:
+            self.due[partition].pop(customer_id, None)
+        else:
+            self.due[partition][customer_id] = next_due
+        self.rt.timers[customer_id] = orjson.dumps([partition, next_due])
+
+    def _rebuild_due_index(self) -> None:
+        """After start or a rebalance: the pending timers of the partitions we own."""
+        self.due.clear()
+        for customer_id, blob in self.rt.timers.items():
+            partition, next_due = orjson.loads(blob)
+            if next_due is not None:
+                self.due[partition][customer_id] = next_due
+        self.due_index_stale = False
+
+    # ----------------------------------------------------------- models
+
+    def _models(self, partition: int) -> Any:
+        models = self.rt.models_by_partition.get(partition)
+        if models is None:
+            models = self.rt.new_models()
+            blob = self.rt.model_checkpoints.get(f"p{partition}")
+            if blob is not None:
+                models.restore(blob)
+                log.info("partition %d: models restored from checkpoint", partition)
+            self.rt.models_by_partition[partition] = models
+            self._last_checkpoint[partition] = time.monotonic()
+        return models
+
+    def _checkpoint_models(self, partitions: dict[int, faust.EventT]) -> None:
+        interval = self.rt.settings.worker.model_checkpoint_interval_s
+        now = time.monotonic()
+        for partition, anchor in partitions.items():
+            models = self.rt.models_by_partition.get(partition)
+            if models is None or now - self._last_checkpoint.get(partition, 0.0) < interval:
+                continue
+            set_current(anchor)
+            self.rt.model_checkpoints[f"p{partition}"] = models.snapshot()
+            self._last_checkpoint[partition] = now

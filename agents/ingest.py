@@ -1,0 +1,218 @@
+"""Ingest: per-device topics (by pattern) -> validated, enriched, customer-keyed events.
+
+Faust's aiokafka driver subscribes only to named topics, so ingest runs its
+own aiokafka consumer with ``subscribe(pattern=...)``: a device topic created
+after the worker started is picked up at the next metadata refresh
+(``kafka.metadata_max_age_ms``). The shared ``iot.telemetry`` topic matches
+the same subscription.
+
+Each batch is inspected (``engine.quality``); accepted events are produced to
+``kafka.customer_events_topic`` keyed by customer_id (the repartition that
+gives every customer one actor), with the Kafka timestamp set to event time;
+rejected ones go to ``iot.deadletter`` with the original bytes and the reason.
+Offsets are committed only after every record of the batch is acknowledged:
+at least once, and duplicates are dropped by the actor's dedup.
+
+The device registry is a compacted topic read in full by every worker before
+it consumes anything, then followed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from mode import Service
+
+from engine.config import Settings
+from engine.events import SourcePosition
+from engine.kafka import behind, client_options
+from engine.quality import Accepted, DeviceRegistry, Inspector, deadletter_value
+
+log = logging.getLogger(__name__)
+
+
+class CompactedTopicView:
+    """Reads a compacted topic from the beginning into ``apply(key, value)``, then follows it."""
+
+    def __init__(self, settings: Settings, topic: str, apply: Any) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.apply = apply
+        self.consumer: AIOKafkaConsumer | None = None
+        self.loaded = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.consumer = AIOKafkaConsumer(
+            **client_options(self.settings), enable_auto_commit=False, group_id=None
+        )
+        await self.consumer.start()
+        partitions = await _partitions_of(self.consumer, self.topic)
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_beginning(*tps)
+        end = await self.consumer.end_offsets(tps)
+        await self._read_until(end)
+        self.loaded.set()
+        self._task = asyncio.create_task(self._follow(), name=f"follow {self.topic}")
+
+    async def _read_until(self, end: dict[TopicPartition, int]) -> None:
+        assert self.consumer is not None
+        while await behind(self.consumer, end):
+            await self._poll(timeout_ms=500)
+
+    async def _follow(self) -> None:
+        while True:
+            await self._poll(timeout_ms=1000)
+
+    async def _poll(self, timeout_ms: int) -> None:
+        assert self.consumer is not None
+        batches = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=5000)
+        for records in batches.values():
+            for record in records:
+                problem = self.apply(record.key, record.value)
+                if problem:
+                    log.warning(
+                        "%s: ignored record at offset %s: %s", self.topic, record.offset, problem
+                    )
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.consumer:
+            await self.consumer.stop()
+
+
+async def _partitions_of(
+    consumer: AIOKafkaConsumer, topic: str, timeout_s: float = 30.0
+) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            return sorted(partitions)
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"topic {topic} does not exist; run `iotcrm setup` first")
+
+
+class IngestMetrics:
+    def __init__(self) -> None:
+        self.consumed = 0
+        self.accepted = 0
+        self.deadlettered = 0
+        self.batches = 0
+        self.subscribed_topics = 0
+        self.last_batch_at: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+class IngestService(Service):
+    """The pattern-subscribed ingest consumer, as a service of the worker."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.registry = DeviceRegistry(settings.kafka.registry_topic)
+        self.registry_view = CompactedTopicView(
+            settings, settings.kafka.registry_topic, self.registry.apply
+        )
+        self.inspector = Inspector(
+            settings.quality, self.registry, device_topic_prefix=settings.kafka.device_topic_prefix
+        )
+        self.metrics = IngestMetrics()
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+
+    async def on_start(self) -> None:
+        k = self.settings.kafka
+        await self.registry_view.start()
+        log.info("device registry loaded: %d devices", len(self.registry))
+        self.producer = AIOKafkaProducer(
+            **client_options(self.settings),
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_batch_size=256 * 1024,
+        )
+        await self.producer.start()
+        self.consumer = AIOKafkaConsumer(
+            **client_options(self.settings),
+            group_id=f"{self.settings.worker.app_id}-ingest",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            metadata_max_age_ms=k.metadata_max_age_ms,
+            max_poll_records=self.settings.worker.batch_size,
+            fetch_max_wait_ms=20,
+        )
+        await self.consumer.start()
+        pattern = f"^{re.escape(k.device_topic_prefix)}.+|^{re.escape(k.telemetry_topic)}$"
+        self.consumer.subscribe(pattern=pattern)
+        self.add_future(self._run())
+
+    async def on_stop(self) -> None:
+        if self.consumer:
+            await self.consumer.stop()
+        if self.producer:
+            await self.producer.stop()
+        await self.registry_view.stop()
+
+    async def _run(self) -> None:
+        assert self.consumer is not None
+        while not self.should_stop:
+            batches = await self.consumer.getmany(
+                timeout_ms=200, max_records=self.settings.worker.batch_size
+            )
+            if batches:
+                await self.ingest(batches)
+                await self.consumer.commit()
+            self.metrics.subscribed_topics = len(self.consumer.subscription())
+
+    async def ingest(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        """Inspect and forward one poll's records; returns once all are acknowledged."""
+        assert self.producer is not None
+        k = self.settings.kafka
+        records = [
+            (record.value, SourcePosition(tp.topic, tp.partition, record.offset))
+            for tp, partition_records in batches.items()
+            for record in partition_records
+        ]
+        verdicts = self.inspector.inspect_many(records)
+        received_at = time.time()
+        sends = []
+        send = self.producer.send
+        for (raw, source), verdict in zip(records, verdicts, strict=True):
+            if isinstance(verdict, Accepted):
+                event = verdict.event
+                sends.append(
+                    await send(
+                        k.customer_events_topic,
+                        orjson.dumps(event),
+                        key=event["customer_id"].encode(),
+                        timestamp_ms=int(event["ts"] * 1000),
+                    )
+                )
+                self.metrics.accepted += 1
+            else:
+                sends.append(
+                    await send(
+                        k.deadletter_topic,
+                        deadletter_value(raw, verdict, source, received_at),
+                        key=source.topic.encode(),
+                    )
+                )
+                self.metrics.deadlettered += 1
+        if sends:
+            await asyncio.gather(*sends)
+        self.metrics.consumed += len(records)
+        self.metrics.batches += 1
+        self.metrics.last_batch_at = received_at

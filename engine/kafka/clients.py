@@ -1,0 +1,33 @@
+"""Connection options shared by every aiokafka client of the project."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from engine.config import Settings
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """``bootstrap_servers`` plus SASL/TLS when a username is configured.
+
+    The password is only ever read from ``IOTCRM_KAFKA_SASL_PASSWORD``.
+    """
+    options: dict[str, Any] = {"bootstrap_servers": settings.kafka.bootstrap}
+    if settings.kafka.sasl_username:
+        options.update(
+            security_protocol="SASL_SSL",
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_plain_username=settings.kafka.sasl_username,
+            sasl_plain_password=Settings.secret("KAFKA_SASL_PASSWORD") or "",
+        )
+    return options
+
+
+async def behind(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:
+    """True while the consumer's position is before ``end`` on some partition."""
+    for tp, offset in end.items():
+        if await consumer.position(tp) < offset:
+            return True
+    return False

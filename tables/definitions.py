@@ -1,0 +1,41 @@
+"""The worker's Faust tables (RocksDB store, changelog-backed).
+
+All are keyed so that they are co-partitioned with the customer-keyed stream
+(the actor writes every key with one of that customer's records as the
+current event):
+
+- ``customers``: customer_id -> msgpack ``CustomerState`` (``tables.state``):
+  profile, consent, devices and their health, usage aggregates, rule state;
+- ``timers``: customer_id -> JSON ``[partition, next due time]``, so a worker
+  that takes over a partition knows which idle customers have timers;
+- ``model-checkpoints``: ``p<partition>`` -> the models' snapshot of that
+  partition (``engine.models.ModelSet.snapshot``).
+"""
+
+from __future__ import annotations
+
+import faust
+
+from engine.config import Settings
+
+
+def define_tables(
+    app: faust.App, settings: Settings
+) -> tuple[faust.Table, faust.Table, faust.Table]:
+    partitions = settings.kafka.partitions
+
+    def table(name: str, help_text: str) -> faust.Table:
+        return app.Table(
+            name,
+            default=None,
+            partitions=partitions,
+            key_type=str,
+            value_type=bytes,
+            help=help_text,
+        )
+
+    return (
+        table("customers", "per-customer actor state"),
+        table("timers", "next timer per customer"),
+        table("model-checkpoints", "model snapshots per partition"),
+    )
