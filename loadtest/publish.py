@@ -19,6 +19,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
+from aiokafka.structs import TopicPartition
 
 from loadtest.simulator import GHOST_DEVICE_IDS, Simulation
 
@@ -153,19 +154,30 @@ async def create_topics(sim: Simulation, options: PublishOptions) -> int:
         await admin.close()
 
 
+def _unready(cluster: Any, topic: str) -> bool:
+    partitions = cluster.partitions_for_topic(topic)
+    if not partitions:
+        return True
+    return any(
+        cluster.leader_for_partition(TopicPartition(topic, p)) in (None, -1) for p in partitions
+    )
+
+
 async def _await_metadata(producer: AIOKafkaProducer, topics: list[str], timeout_s: float) -> None:
     """Fetch metadata for all topics at once (auto-creating them on the broker
-    if it allows), instead of one blocking lookup per new topic on first send."""
+    if it allows) and wait until each partition has a leader: otherwise every
+    new topic costs a blocking lookup on its first send, and a fresh topic's
+    first batch waits for its leader."""
     client = producer.client
     client.set_topics(sorted(set(topics)))
     deadline = time.monotonic() + timeout_s
     while True:
         await client.force_metadata_update()
-        missing = [t for t in topics if client.cluster.partitions_for_topic(t) is None]
+        missing = [t for t in topics if _unready(client.cluster, t)]
         if not missing:
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"no metadata for {len(missing)} topics, e.g. {missing[0]}")
+            raise TimeoutError(f"no leader for {len(missing)} topics, e.g. {missing[0]}")
         await asyncio.sleep(0.2)
 
 
