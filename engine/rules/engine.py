@@ -83,16 +83,20 @@ class RuleEngine:
     def __init__(self, ruleset: RuleSet) -> None:
         self.ruleset = ruleset
         self._by_id: dict[str, Rule] = {rule.id: rule for rule in ruleset.rules}
+        self._by_state_key: dict[str, Rule] = {rule.state_key: rule for rule in ruleset.rules}
+        #: Names the rule set; a state stamped with it needs no adoption.
+        self.signature = hashlib.blake2b(
+            orjson.dumps(sorted(self._by_state_key)), digest_size=8
+        ).hexdigest()
         self._index = RuleIndex(ruleset.rules)
         self._has_device_rules = any(rule.key == "device" for rule in ruleset.rules)
         self._has_customer_rules = any(rule.key == "customer" for rule in ruleset.rules)
         self._late: list[LateEvent] = []
 
     # state ---------------------------------------------------------------------
-    @staticmethod
-    def new_state() -> dict[str, Any]:
+    def new_state(self) -> dict[str, Any]:
         """A fresh state for one customer actor (plain, serialisable data)."""
-        return {"v": STATE_VERSION, "seq": 0, "device": {}, "customer": {}}
+        return {"v": STATE_VERSION, "sig": self.signature, "seq": 0, "device": {}, "customer": {}}
 
     def _key_state(self, state: dict[str, Any], kind: str, key: str, ts: float) -> dict[str, Any]:
         keys = state[kind]
@@ -116,61 +120,83 @@ class RuleEngine:
         """Process one normalised event (``ts`` in epoch seconds): first the
         timers of its keys due at or before ``event['ts']``, then the event.
         Returns every firing, suppressed ones included, in order."""
-        if state.get("v") != STATE_VERSION:
-            state.clear()
-            state.update(self.new_state())
+        if state.get("sig") != self.signature:
+            self.adopt(state)
         ts = event["ts"]
         seq = state["seq"] + 1
         state["seq"] = seq
         customer = EMPTY if customer is None else customer
         device = EMPTY if device is None else device
-        runs: list[Run] = []
-        device_run = customer_run = None
-        device_id = event.get("device_id")
-        if self._has_device_rules and device_id is not None:
-            key = str(device_id)
-            ks = self._key_state(state, "device", key, ts)
-            device_run = Run(ks, "device", key, customer, device, self._late)
-            runs.append(device_run)
-        customer_id = event.get("customer_id")
-        if self._has_customer_rules and customer_id is not None:
-            key = str(customer_id)
-            ks = self._key_state(state, "customer", key, ts)
-            customer_run = Run(ks, "customer", key, customer, device, self._late)
-            runs.append(customer_run)
-        if not runs:
-            return []
+        device_ks = customer_ks = None
+        device_key = customer_key = ""
+        if self._has_device_rules:
+            device_id = event.get("device_id")
+            if device_id is not None:
+                device_key = device_id if type(device_id) is str else str(device_id)
+                device_ks = self._key_state(state, "device", device_key, ts)
+        if self._has_customer_rules:
+            customer_id = event.get("customer_id")
+            if customer_id is not None:
+                customer_key = customer_id if type(customer_id) is str else str(customer_id)
+                customer_ks = self._key_state(state, "customer", customer_key, ts)
         firings: list[Firing] = []
-        due_runs = [run for run in runs if run.ks["m"] is not None and run.ks["m"] <= ts]
-        if due_runs:
+        device_run = customer_run = None
+        late = self._late
+        due_device = device_ks is not None and device_ks["m"] is not None and device_ks["m"] <= ts
+        due_customer = (
+            customer_ks is not None and customer_ks["m"] is not None and customer_ks["m"] <= ts
+        )
+        if due_device or due_customer:
+            due_runs = []
+            if due_device:
+                due_runs.append(Run(device_ks, "device", device_key, customer, device, late))
+            if due_customer:
+                due_runs.append(Run(customer_ks, "customer", customer_key, customer, device, late))
             self._fire_timers(due_runs, ts, firings)
+        candidates = self._index.candidates(event)
+        if (device_ks is not None and device_ks["a"]) or (
+            customer_ks is not None and customer_ks["a"]
+        ):
+            candidates = self._with_watchers(candidates, device_ks, customer_ks)
+        if not candidates:
+            return firings
         scope = Scope(event, customer, device, score, ts)
         out: list[Match] = []
-        for run in runs:
-            run.scope = scope
-            run.out = out
-            run.seq = seq
-        candidates = self._index.candidates(event)
-        if (device_run is not None and device_run.ks["a"]) or (
-            customer_run is not None and customer_run.ks["a"]
-        ):
-            candidates = self._with_watchers(candidates, device_run, customer_run)
         for rule in candidates:
-            run = device_run if rule.key == "device" else customer_run
-            if run is not None:
-                rule.trigger.on_event(rule, run, event, ts)
+            if rule.key == "device":
+                if device_run is None:
+                    if device_ks is None:
+                        continue
+                    device_run = Run(device_ks, "device", device_key, customer, device, late)
+                    device_run.scope, device_run.out, device_run.seq = scope, out, seq
+                run = device_run
+            else:
+                if customer_run is None:
+                    if customer_ks is None:
+                        continue
+                    customer_run = Run(
+                        customer_ks, "customer", customer_key, customer, device, late
+                    )
+                    customer_run.scope, customer_run.out, customer_run.seq = scope, out, seq
+                run = customer_run
+            rule.trigger.on_event(rule, run, event, ts)
         if out:
             self._finish(out, firings)
         return firings
 
-    def _with_watchers(self, candidates: tuple[Rule, ...], *runs: Run | None) -> tuple[Rule, ...]:
+    def _with_watchers(
+        self,
+        candidates: tuple[Rule, ...],
+        device_ks: dict[str, Any] | None,
+        customer_ks: dict[str, Any] | None,
+    ) -> tuple[Rule, ...]:
         chosen = set(candidates)
-        for run in runs:
-            if run is None:
+        for ks, kind in ((device_ks, "device"), (customer_ks, "customer")):
+            if ks is None:
                 continue
-            for rule_id in run.ks["a"]:
-                rule = self._by_id.get(rule_id)
-                if rule is not None and rule.key == run.key_kind:
+            for state_key in ks["a"]:
+                rule = self._by_state_key.get(state_key)
+                if rule is not None and rule.key == kind:
                     chosen.add(rule)
         return tuple(sorted(chosen, key=lambda rule: rule.order))
 
@@ -186,8 +212,8 @@ class RuleEngine:
         """Move every key of ``state`` to time ``now`` and fire the timers due
         at or before it (idle devices, closing windows). ``devices`` maps
         device ids to their state, seen as ``device`` by device rules."""
-        if state.get("v") != STATE_VERSION:
-            return []
+        if state.get("sig") != self.signature:
+            self.adopt(state)
         customer = EMPTY if customer is None else customer
         devices = EMPTY if devices is None else devices
         runs: list[Run] = []
@@ -222,7 +248,7 @@ class RuleEngine:
     def _fire_timers(self, runs: list[Run], upto: float, firings: list[Firing]) -> None:
         """Fire due timers in time order (then rule order); the matches of one
         instant form one step for groups."""
-        order = self._by_id
+        order = self._by_state_key
         step: list[Match] = []
         step_at: float | None = None
         while True:
@@ -236,20 +262,20 @@ class RuleEngine:
                 if not due:
                     ks["m"] = None
                     continue
-                rule_id = min(due, key=lambda r: (due[r], order[r].order if r in order else -1))
-                at = due[rule_id]
+                state_key = min(due, key=lambda k: (due[k], order[k].order if k in order else -1))
+                at = due[state_key]
                 ks["m"] = at
                 if at > upto:
                     continue
-                rank = order[rule_id].order if rule_id in order else -1
+                rank = order[state_key].order if state_key in order else -1
                 if best is None or (at, rank) < (best[0], best[1]):
-                    best = (at, rank, run, rule_id)
+                    best = (at, rank, run, state_key)
             if best is None:
                 break
-            at, _rank, run, rule_id = best
-            rule = order.get(rule_id)
+            at, _rank, run, state_key = best
+            rule = order.get(state_key)
             if rule is None or rule.key != run.key_kind:
-                run.ks["due"].pop(rule_id, None)  # state of a rule that no longer exists
+                run.ks["due"].pop(state_key, None)  # state of a rule that no longer exists
                 continue
             if step_at is not None and at != step_at and step:
                 self._finish(step, firings)
@@ -258,8 +284,8 @@ class RuleEngine:
             run.out = step
             run.scope = Scope(EMPTY, run.customer, run.device, None, at)
             rule.trigger.on_timer(rule, run, at)
-            if run.ks["due"].get(rule_id, upto + 1) <= at:
-                run.ks["due"].pop(rule_id, None)  # a trigger must move its timer on
+            if run.ks["due"].get(state_key, upto + 1) <= at:
+                run.ks["due"].pop(state_key, None)  # a trigger must move its timer on
         if step:
             self._finish(step, firings)
 
@@ -272,12 +298,12 @@ class RuleEngine:
             run = match.run
             cooldowns = run.ks["cd"]
             suppressed: str | None = None
-            until = cooldowns.get(rule.id)
+            until = cooldowns.get(rule.state_key)
             if until is not None:
                 if match.at < until:
                     suppressed = "cooldown"
                 else:
-                    del cooldowns[rule.id]
+                    del cooldowns[rule.state_key]
             if suppressed is None and rule.requires_consent is not None:
                 consent = run.customer.get("consent")
                 if not (
@@ -290,7 +316,7 @@ class RuleEngine:
                 else:
                     taken.add(rule.group)
             if suppressed is None and rule.cooldown:
-                cooldowns[rule.id] = match.at + rule.cooldown
+                cooldowns[rule.state_key] = match.at + rule.cooldown
             firings.append(self._firing(match, suppressed))
 
     def _firing(self, match: Match, suppressed: str | None) -> Firing:
@@ -335,25 +361,30 @@ class RuleEngine:
         )
 
     # reload and diagnostics --------------------------------------------------------
-    def adopt(self, state: dict[str, Any], previous: RuleEngine) -> None:
+    def adopt(self, state: dict[str, Any], previous: RuleEngine | None = None) -> None:
         """After a reload: keep the state of rules whose definition is
-        unchanged (same id, version and compiled content), drop the rest."""
-        if state.get("v") != STATE_VERSION:
+        unchanged (same id, version and compiled content), drop the rest.
+
+        Rule state is filed under ``<id>@<fingerprint>``, so the state itself
+        tells which definition wrote it and ``previous`` is not needed (it is
+        accepted for symmetry). A state already stamped with this rule set's
+        signature returns at once, so calling this per batch is cheap."""
+        del previous
+        if state.get("sig") == self.signature:
             return
-        keep = {
-            rule_id
-            for rule_id, rule in self._by_id.items()
-            if (old := previous._by_id.get(rule_id)) is not None
-            and old.fingerprint == rule.fingerprint
-            and old.version == rule.version
-        }
+        if state.get("v") != STATE_VERSION:
+            state.clear()
+            state.update(self.new_state())
+            return
+        keep = self._by_state_key
         for kind in ("device", "customer"):
             for ks in state[kind].values():
                 for part in ("due", "r", "cd", "a"):
                     mapping = ks[part]
-                    for rule_id in [r for r in mapping if r not in keep]:
-                        del mapping[rule_id]
+                    for state_key in [k for k in mapping if k not in keep]:
+                        del mapping[state_key]
                 ks["m"] = min(ks["due"].values()) if ks["due"] else None
+        state["sig"] = self.signature
 
     def drain_late(self) -> list[LateEvent]:
         """Events windows rejected as late since the last call."""

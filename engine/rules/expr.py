@@ -98,6 +98,9 @@ class Expression:
     requirement: dict[str, frozenset[Any]] = field(default_factory=dict)
     is_constant: bool = False
     constant: Any = None
+    #: The requirement says everything: an event offered by the rule index
+    #: (which checks it) makes the expression true without evaluating it.
+    exact: bool = False
 
 
 # --------------------------------------------------------------------------- functions
@@ -648,7 +651,9 @@ class _Compiler:
             else:
                 steps.append(_COMPARE[type(op)])
         if len(steps) == 1:
-            evaluate = self.single_compare(node.ops[0], compiled[0], compiled[1], steps[0])
+            evaluate = self.direct_compare(node.ops[0], operands[0], compiled[1]) or (
+                self.single_compare(node.ops[0], compiled[0], compiled[1], steps[0])
+            )
         else:
 
             def evaluate(s: Scope) -> Any:
@@ -661,6 +666,35 @@ class _Compiler:
                 return True
 
         return self.fold(node, evaluate, compiled)
+
+    def direct_compare(self, op: ast.cmpop, left: ast.AST, right: _Compiled) -> Evaluator | None:
+        """``event.f <op> constant`` (the commonest test) as one closure."""
+        if not (
+            isinstance(left, ast.Attribute)
+            and isinstance(left.value, ast.Name)
+            and left.value.id in ("event", "score")
+            and isinstance(right, _Const)
+            and right.value is not None
+        ):
+            return None
+        name, constant = left.attr, right.value
+        if left.value.id == "event":
+            if isinstance(op, ast.Eq):
+                return lambda s: s.event.get(name) == constant
+            if isinstance(op, ast.Gt):
+                return lambda s: (v := s.event.get(name)) is not None and v > constant
+            if isinstance(op, ast.Lt):
+                return lambda s: (v := s.event.get(name)) is not None and v < constant
+            if isinstance(op, ast.GtE):
+                return lambda s: (v := s.event.get(name)) is not None and v >= constant
+            if isinstance(op, ast.LtE):
+                return lambda s: (v := s.event.get(name)) is not None and v <= constant
+            return None
+        if isinstance(op, ast.Gt):
+            return lambda s: (v := s.score.get(name)) is not None and v > constant
+        if isinstance(op, ast.Lt):
+            return lambda s: (v := s.score.get(name)) is not None and v < constant
+        return None
 
     def single_compare(
         self,
@@ -815,6 +849,16 @@ def _conjunct_requirement(node: ast.AST) -> dict[str, frozenset[Any]]:
     return {}
 
 
+def _is_exact(node: ast.AST) -> bool:
+    """True when the requirement extracted from ``node`` says all it tests:
+    an event that meets the requirement makes the expression true."""
+    if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.And):
+        return all(_is_exact(value) for value in node.values)
+    if not (isinstance(node, ast.Compare) and len(node.ops) == 1):
+        return False
+    return bool(_conjunct_requirement(node))
+
+
 def intersect_requirements(parts: list[dict[str, frozenset[Any]]]) -> dict[str, frozenset[Any]]:
     """Requirements that must all hold (``a and b``)."""
     merged: dict[str, frozenset[Any]] = {}
@@ -889,4 +933,6 @@ def compile_expression(
     if isinstance(compiled, _Const):
         value = compiled.value
         return Expression(text, lambda _s: value, usage, {}, True, value)
-    return Expression(text, compiled, usage, _conjunct_requirement(tree.body))
+    return Expression(
+        text, compiled, usage, _conjunct_requirement(tree.body), exact=_is_exact(tree.body)
+    )

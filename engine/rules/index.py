@@ -55,10 +55,8 @@ class RuleIndex:
         fields = self.fields
         if len(fields) == 1:
             key: Any = event.get(fields[0])
-        elif len(fields) == 2:
-            key = (event.get(fields[0]), event.get(fields[1]))
         else:
-            key = tuple(event.get(f) for f in fields)
+            key = tuple(map(event.get, fields))
         try:
             return self._memo[key]
         except KeyError:

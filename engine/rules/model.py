@@ -56,6 +56,11 @@ class Rule:
     score_fields: frozenset[str] | None = frozenset()
     order: int = 0
     errors: int = 0
+    #: Name of the rule's entries in per-key state: id and definition.
+    state_key: str = field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        self.state_key = f"{self.id}@{self.fingerprint[:12]}"
 
     def project(self, event: Mapping[str, Any]) -> dict[str, Any]:
         """The part of ``event`` the rule needs later (stored in its state)."""

@@ -5,10 +5,13 @@ Per-key state is plain data (JSON / msgpack serialisable)::
 
     {"t": 1200.0,          # stream time: the largest event time seen for the key
      "m": 1800.0,          # lower bound of the earliest timer (None: no timer)
-     "due": {rule_id: t},  # each rule's earliest pending timer
-     "r": {rule_id: {...}},  # each rule's trigger state
-     "cd": {rule_id: t},   # cooldown: no action before t
-     "a": {rule_id: 1}}    # rules that must see every event of the key for now
+     "due": {rule: t},     # each rule's earliest pending timer
+     "r": {rule: {...}},   # each rule's trigger state
+     "cd": {rule: t},      # cooldown: no action before t
+     "a": {rule: 1}}       # rules that must see every event of the key for now
+
+Rules are named by their ``state_key`` (``<id>@<fingerprint>``), so the state
+of a rule whose definition changed is never mistaken for the new rule's.
 """
 
 from __future__ import annotations
@@ -104,7 +107,18 @@ class Run:
     """One key during one step: its state, the scope of the current event (or
     the timer instant), and the list the step's matches go to."""
 
-    __slots__ = ("customer", "device", "key", "key_kind", "ks", "late", "out", "scope", "seq")
+    __slots__ = (
+        "customer",
+        "device",
+        "key",
+        "key_kind",
+        "ks",
+        "late",
+        "out",
+        "projections",
+        "scope",
+        "seq",
+    )
 
     def __init__(
         self,
@@ -124,40 +138,50 @@ class Run:
         self.out: list[Match] = []
         self.scope: Scope = Scope()
         self.seq = 0
+        self.projections: dict[frozenset[str] | None, dict[str, Any]] = {}
 
     # timers -----------------------------------------------------------------
     def set_due(self, rule: Rule, due: float) -> None:
         ks = self.ks
-        ks["due"][rule.id] = due
+        ks["due"][rule.state_key] = due
         bound = ks["m"]
         if bound is None or due < bound:
             ks["m"] = due
 
     def clear_due(self, rule: Rule) -> None:
         # The bound "m" may stay low: it is only a hint that a scan is needed.
-        self.ks["due"].pop(rule.id, None)
+        self.ks["due"].pop(rule.state_key, None)
 
     # state ------------------------------------------------------------------
     def state(self, rule: Rule) -> dict[str, Any] | None:
-        return self.ks["r"].get(rule.id)
+        return self.ks["r"].get(rule.state_key)
 
     def create_state(self, rule: Rule, initial: dict[str, Any]) -> dict[str, Any]:
-        self.ks["r"][rule.id] = initial
+        self.ks["r"][rule.state_key] = initial
         return initial
 
     def drop_state(self, rule: Rule) -> None:
-        self.ks["r"].pop(rule.id, None)
-        self.ks["a"].pop(rule.id, None)
-        self.ks["due"].pop(rule.id, None)
+        self.ks["r"].pop(rule.state_key, None)
+        self.ks["a"].pop(rule.state_key, None)
+        self.ks["due"].pop(rule.state_key, None)
 
     def watch_all(self, rule: Rule, on: bool) -> None:
         """While on, the rule sees every event of the key, not only those its
         index entry selects (a sustained condition turning false, a strict
         sequence broken by an unrelated event)."""
         if on:
-            self.ks["a"][rule.id] = 1
+            self.ks["a"][rule.state_key] = 1
         else:
-            self.ks["a"].pop(rule.id, None)
+            self.ks["a"].pop(rule.state_key, None)
+
+    def project(self, rule: Rule, event: Mapping[str, Any]) -> dict[str, Any]:
+        """``rule.project(event)``, shared by the rules of this step that keep
+        the same fields (stored events are never changed, so sharing is safe)."""
+        projections = self.projections
+        projected = projections.get(rule.event_fields)
+        if projected is None or projected.get("id") != event.get("id"):
+            projected = projections[rule.event_fields] = rule.project(event)
+        return projected
 
     # evaluation -------------------------------------------------------------
     def truth(self, rule: Rule, condition: Evaluator, scope: Scope) -> bool:

@@ -96,7 +96,7 @@ class AbsenceTrigger(Trigger):
             watch = [
                 ts + self.within,
                 ts,
-                rule.project(event),
+                run.project(rule, event),
                 event.get("id"),
                 rule.project_scores(scope.score),
             ]

@@ -124,7 +124,7 @@ class SequenceTrigger(Trigger):
                     completed.append(partial)
                     continue
                 grown = partial if self.contiguity != "any" else _copy(partial)
-                grown[_STEPS] = {**grown[_STEPS], step.name: rule.project(event)}
+                grown[_STEPS] = {**grown[_STEPS], step.name: run.project(rule, event)}
                 grown[_IDS] = [*grown[_IDS], event.get("id")]
                 grown[_NEXT] += 1
                 kept.append(grown)
@@ -145,7 +145,7 @@ class SequenceTrigger(Trigger):
                 self._complete(rule, run, [ts, 0, {}, []], event)
             else:
                 partials.append(
-                    [ts, 1, {self.steps[0].name: rule.project(event)}, [event.get("id")]]
+                    [ts, 1, {self.steps[0].name: run.project(rule, event)}, [event.get("id")]]
                 )
                 if len(partials) > MAX_PARTIALS:
                     del partials[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from engine.rules.expr import Expression
+from engine.rules.expr import Evaluator, Expression
 from engine.rules.runtime import Match, append_id
 from engine.rules.triggers.base import Trigger
 
@@ -21,7 +21,8 @@ class ConditionTrigger(Trigger):
 
     def __init__(self, condition: Expression) -> None:
         self.condition = condition
-        self._test = condition.evaluate
+        # The rule index checks an exact condition before offering an event.
+        self._test = None if condition.exact else condition.evaluate
 
     def expressions(self) -> list[Expression]:
         return [self.condition]
@@ -31,24 +32,26 @@ class ConditionTrigger(Trigger):
 
     def on_event(self, rule: Rule, run: Run, event: Mapping[str, Any], ts: float) -> None:
         scope = run.scope
-        try:
-            fired = self._test(scope)
-        except Exception:
-            rule.errors += 1
-            return
-        if fired:
-            run.out.append(
-                Match(
-                    rule,
-                    run,
-                    ts,
-                    [event.get("id")],
-                    event=event,
-                    score=scope.score,
-                    evidence={},
-                    device_id=event.get("device_id"),
-                )
+        test = self._test
+        if test is not None:
+            try:
+                if not test(scope):
+                    return
+            except Exception:
+                rule.errors += 1
+                return
+        run.out.append(
+            Match(
+                rule,
+                run,
+                ts,
+                [event.get("id")],
+                event=event,
+                score=scope.score,
+                evidence={},
+                device_id=event.get("device_id"),
             )
+        )
 
 
 class SustainedTrigger(Trigger):
@@ -72,6 +75,8 @@ class SustainedTrigger(Trigger):
         self.condition = condition
         self.duration = duration
         self.filter = filter
+        self._filter = _residual(filter)
+        self._condition = condition.evaluate
 
     def expressions(self) -> list[Expression]:
         return [self.condition] + ([self.filter] if self.filter is not None else [])
@@ -84,10 +89,14 @@ class SustainedTrigger(Trigger):
 
     def on_event(self, rule: Rule, run: Run, event: Mapping[str, Any], ts: float) -> None:
         scope = run.scope
-        if self.filter is not None and not run.truth(rule, self.filter.evaluate, scope):
-            return
-        holds = run.truth(rule, self.condition.evaluate, scope)
-        state = run.state(rule)
+        try:
+            if self._filter is not None and not self._filter(scope):
+                return
+            holds = self._condition(scope)
+        except Exception:
+            rule.errors += 1
+            holds = False
+        state = run.ks["r"].get(rule.state_key)
         if not holds:
             if state is not None:
                 run.drop_state(rule)
@@ -98,7 +107,7 @@ class SustainedTrigger(Trigger):
                 {
                     "s": ts,
                     "ids": [event.get("id")],
-                    "e": rule.project(event),
+                    "e": run.project(rule, event),
                     "sc": rule.project_scores(scope.score),
                 },
             )
@@ -107,7 +116,7 @@ class SustainedTrigger(Trigger):
                 run.watch_all(rule, True)
         elif "f" not in state:
             append_id(state["ids"], event.get("id"))
-            state["e"] = rule.project(event)
+            state["e"] = run.project(rule, event)
             state["sc"] = rule.project_scores(scope.score)
 
     def on_timer(self, rule: Rule, run: Run, due: float) -> None:
@@ -143,6 +152,7 @@ class SilenceTrigger(Trigger):
     def __init__(self, duration: float, filter: Expression | None = None) -> None:
         self.duration = duration
         self.filter = filter
+        self._filter = _residual(filter)
 
     def expressions(self) -> list[Expression]:
         return [self.filter] if self.filter is not None else []
@@ -152,20 +162,17 @@ class SilenceTrigger(Trigger):
 
     def on_event(self, rule: Rule, run: Run, event: Mapping[str, Any], ts: float) -> None:
         scope = run.scope
-        if self.filter is not None and not run.truth(rule, self.filter.evaluate, scope):
+        if self._filter is not None and not run.truth(rule, self._filter, scope):
             return
-        state = run.state(rule)
-        if state is not None and ts < state["last"]:
+        state = run.ks["r"].get(rule.state_key)
+        if state is None:
+            state = run.create_state(rule, {})
+        elif ts < state["last"]:
             return  # an older event does not move the watchdog back
-        run.create_state(
-            rule,
-            {
-                "last": ts,
-                "id": event.get("id"),
-                "e": rule.project(event),
-                "sc": rule.project_scores(scope.score),
-            },
-        )
+        state["last"] = ts
+        state["id"] = event.get("id")
+        state["e"] = run.project(rule, event)
+        state["sc"] = rule.project_scores(scope.score)
         run.set_due(rule, ts + self.duration)
 
     def on_timer(self, rule: Rule, run: Run, due: float) -> None:
@@ -188,3 +195,11 @@ class SilenceTrigger(Trigger):
             )
         )
         run.set_due(rule, due + self.duration)
+
+
+def _residual(filter: Expression | None) -> Evaluator | None:
+    """What is left to evaluate of a filter once the rule index has checked
+    its requirement: nothing when the filter is exact."""
+    if filter is None or filter.exact:
+        return None
+    return filter.evaluate

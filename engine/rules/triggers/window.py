@@ -73,6 +73,8 @@ class WindowTrigger(Trigger):
         self.aggregates = aggregates
         self.having = having
         self.aggregates_events = type != "sliding"
+        # The rule index checks an exact filter before offering an event.
+        self._filter = None if filter is None or filter.exact else filter.evaluate
         self._columns = [
             (
                 a.name,
@@ -124,7 +126,7 @@ class WindowTrigger(Trigger):
 
     # events -------------------------------------------------------------
     def on_event(self, rule: Rule, run: Run, event: Mapping[str, Any], ts: float) -> None:
-        if self.filter is not None and not run.truth(rule, self.filter.evaluate, run.scope):
+        if self._filter is not None and not run.truth(rule, self._filter, run.scope):
             return
         if self.type == "sliding":
             self._slide(rule, run, event, ts)
@@ -232,7 +234,7 @@ class WindowTrigger(Trigger):
         window[_N] += 1
         context = window[_EVENT]
         if context is None or ts >= context.get("ts", ts):
-            window[_EVENT] = rule.project(event)
+            window[_EVENT] = run.project(rule, event)
             window[_SCORES] = rule.project_scores(run.scope.score)
 
     def _new_window(self, start: float, end: float) -> list[Any]:

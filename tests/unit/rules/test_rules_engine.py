@@ -296,14 +296,43 @@ def test_state_is_plain_data_with_string_keys():
     assert orjson.loads(orjson.dumps(state)) == state
 
 
-def test_the_index_gives_the_same_results_as_offering_every_rule_every_event():
+def test_the_index_offers_exactly_the_rules_whose_requirements_an_event_meets():
     engine = engine_for(MIXED)
     stream = random_stream(11)
     indexed = feed(engine, stream, until=10**6)
-    unindexed = engine_for(MIXED)
-    everything = tuple(unindexed.ruleset.rules)
-    unindexed._index.candidates = lambda _event: everything  # type: ignore[method-assign]
-    assert shape(feed(unindexed, stream, until=10**6)) == shape(indexed)
+    brute = engine_for(MIXED)
+    rules = brute.ruleset.rules
+    requirements = [rule.trigger.requirement() for rule in rules]
+    assert any(requirements) and not all(requirements)
+
+    def every_rule_that_may_care(item):
+        return tuple(
+            rule
+            for rule, requirement in zip(rules, requirements, strict=True)
+            if all(item.get(f) in values for f, values in requirement.items())
+        )
+
+    brute._index.candidates = every_rule_that_may_care  # type: ignore[method-assign]
+    assert shape(feed(brute, stream, until=10**6)) == shape(indexed)
+
+
+def test_exact_filters_checked_by_the_index_give_the_same_results_as_evaluated_ones():
+    stream = random_stream(5)
+    exact = engine_for(MIXED)
+    evaluated = engine_for(
+        MIXED.replace("== 'telemetry'", "== 'telemetry' and True").replace(
+            "== 'error'\"", "== 'error' and True\""
+        )
+    )
+    assert [
+        r.trigger.filter.exact for r in exact.ruleset.rules if getattr(r.trigger, "filter", None)
+    ]
+    assert not any(
+        r.trigger.filter.exact
+        for r in evaluated.ruleset.rules
+        if getattr(r.trigger, "filter", None)
+    )
+    assert shape(feed(exact, stream, until=10**6)) == shape(feed(evaluated, stream, until=10**6))
 
 
 QUIET = MIXED[MIXED.index("- id: quiet") :]
