@@ -78,7 +78,8 @@ class Runtime:
             w.app_id,
             broker=[f"kafka://{host}" for host in k.bootstrap.split(",")],
             store="rocksdb://",
-            datadir=w.state_dir,
+            # Per app: table stores of another app id must never be reopened.
+            datadir=str(Path(w.state_dir) / w.app_id),
             topic_partitions=k.partitions,
             topic_replication_factor=k.replication_factor,
             processing_guarantee=w.processing_guarantee,
@@ -97,7 +98,9 @@ class Runtime:
         self.customers, self.timers, self.model_checkpoints = define_tables(self.app, settings)
         self.rules_watcher = RulesWatcher(settings.rules.path)
         ruleset = self.rules_watcher.load_initial()
-        self.actor = CustomerActor(RuleEngine(ruleset), StreamHygiene(settings.quality))
+        self.actor = CustomerActor(
+            RuleEngine(ruleset), StreamHygiene(settings.quality), settings.action_topic
+        )
         self.models_path = settings.models.path
         load_models(self.models_path)  # refuse to start on a broken model file
         self.models_by_partition: dict[int, ModelSet] = {}
@@ -221,7 +224,9 @@ class SinkService(Service):
         from engine.store.sink import CassandraSink
 
         store = CassandraStore(self.settings)
-        self.rt.sink = CassandraSink(self.settings, store)
+        self.rt.sink = CassandraSink(
+            self.settings, store, group_id=f"{self.settings.worker.app_id}-cassandra-sink"
+        )
         await self.rt.sink.start()
 
     async def on_stop(self) -> None:

@@ -15,12 +15,13 @@ code. Order of work for one event, always the same:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engine.actions import build_action
 from engine.quality import StreamHygiene
+from engine.rules.compiler import DEFAULT_TOPICS as DEFAULT_ACTION_TOPICS
 from tables.state import (
     CustomerState,
     customer_view,
@@ -63,9 +64,21 @@ class CustomerActor:
     ``use_rules``); ``hygiene`` a ``StreamHygiene``.
     """
 
-    def __init__(self, rules: Any, hygiene: StreamHygiene) -> None:
+    def __init__(
+        self, rules: Any, hygiene: StreamHygiene, action_topic: Callable[[str], str] | None = None
+    ) -> None:
         self.rules = rules
         self.hygiene = hygiene
+        self._action_topic = action_topic
+
+    def topic_for(self, firing: Any) -> str:
+        """Where a firing's action goes: a topic the rule names explicitly, else
+        the configured topic for its type (``Settings.action_topic``)."""
+        if self._action_topic is None or firing.topic != DEFAULT_ACTION_TOPICS.get(
+            firing.action_type
+        ):
+            return firing.topic
+        return self._action_topic(firing.action_type)
 
     def use_rules(self, rules: Any) -> None:
         self.rules = rules
@@ -133,15 +146,14 @@ class CustomerActor:
             if firing.suppressed:
                 out.suppressed += 1
                 continue
-            device_id = firing.key if firing.key_kind == "device" else None
             action = build_action(
                 firing,
                 customer_id=state["customer_id"],
-                device_id=device_id,
+                device_id=firing.device_id,
                 emitted_at=emitted_at,
             )
             note_action(state, action)
-            out.actions.append((firing.topic, action))
+            out.actions.append((self.topic_for(firing), action))
 
 
 def _event_ts(event: Mapping[str, Any]) -> float:

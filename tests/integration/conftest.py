@@ -1,0 +1,62 @@
+"""Integration fixtures: the real local Kafka and Cassandra, real worker processes.
+
+The servers are started by ``deploy/local/services.py`` (``make test`` does it).
+If they do not answer, every integration test fails with that message: an
+integration test is never skipped.
+
+Each test gets its own namespace: topic names, consumer groups, Cassandra
+keyspace, web port and state folder all carry a random id, so tests never
+read each other's records and can run against long-lived servers.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from engine.ops_cli import setup
+from tests.integration.kit import REPO, Namespace
+
+sys.path.insert(0, str(REPO / "deploy" / "local"))
+import services
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session", autouse=True)
+def servers_up() -> None:
+    missing = [s.name for s in services.SERVICES.values() if not services.is_ready(s)]
+    if missing:
+        pytest.fail(
+            f"{', '.join(missing)} not answering: start them with "
+            "`python3 deploy/local/services.py start` (make test does it)",
+            pytrace=False,
+        )
+
+
+@pytest.fixture
+async def namespace(tmp_path: Path) -> AsyncIterator[Namespace]:
+    """A fresh namespace with its topics and keyspace created (``iotcrm setup``)."""
+    ns = Namespace(REPO / ".state" / "test-logs" / tmp_path.name)
+    print(f"namespace {ns.id}: logs in {ns.tmp}")
+    ns.tmp.mkdir(parents=True, exist_ok=True)
+    await setup(ns.settings)
+    yield ns
+    for worker in ns.workers:
+        worker.kill()
+        # Shown by pytest when the test failed.
+        print(f"--- {worker.log_path} (tail) ---\n{worker.log_tail(40)}")
+
+
+@pytest.fixture
+async def producer(namespace: Namespace) -> AsyncIterator[AIOKafkaProducer]:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=namespace.settings.kafka.bootstrap, acks="all", linger_ms=2
+    )
+    await producer.start()
+    yield producer
+    await producer.stop()

@@ -1,0 +1,163 @@
+"""Helpers of the integration tests: namespaces, producers and downstream readers."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from engine.config import Settings, load_settings
+from engine.kafka import behind
+from loadtest.harness import WorkerProcess, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Namespace:
+    """One test's private corner of Kafka and Cassandra, as IOTCRM_* variables."""
+
+    def __init__(self, tmp: Path, rules: Path | str = "rules") -> None:
+        self.id = f"t{secrets.token_hex(4)}"
+        self.tmp = tmp / self.id
+        self.env: dict[str, str] = {
+            "IOTCRM_CONFIG": str(REPO / "iotcrm.toml"),
+            "IOTCRM_KAFKA_DEVICE_TOPIC_PREFIX": f"{self.id}.device.",
+            "IOTCRM_KAFKA_TELEMETRY_TOPIC": f"{self.id}.telemetry",
+            "IOTCRM_KAFKA_REGISTRY_TOPIC": f"{self.id}.registry",
+            "IOTCRM_KAFKA_CUSTOMERS_TOPIC": f"{self.id}.customers",
+            "IOTCRM_KAFKA_DEADLETTER_TOPIC": f"{self.id}.deadletter",
+            "IOTCRM_KAFKA_LATE_TOPIC": f"{self.id}.late",
+            "IOTCRM_KAFKA_CUSTOMER_EVENTS_TOPIC": f"{self.id}.events.by-customer",
+            "IOTCRM_KAFKA_OUTCOMES_TOPIC": f"{self.id}.outcomes",
+            "IOTCRM_KAFKA_CUSTOMER360_TOPIC": f"{self.id}.customer360",
+            "IOTCRM_KAFKA_ACTION_TOPIC_PREFIX": f"{self.id}.actions.",
+            "IOTCRM_KAFKA_PARTITIONS": "2",
+            "IOTCRM_CASSANDRA_KEYSPACE": f"iotcrm_{self.id}",
+            "IOTCRM_WORKER_APP_ID": self.id,
+            "IOTCRM_WORKER_WEB_PORT": str(free_port()),
+            "IOTCRM_WORKER_STATE_DIR": str(tmp / "worker"),
+            "IOTCRM_WORKER_BATCH_WITHIN_S": "0.02",
+            "IOTCRM_WORKER_COMMIT_INTERVAL_S": "0.5",
+            "IOTCRM_WORKER_MODEL_CHECKPOINT_INTERVAL_S": "1.0",
+            "IOTCRM_RULES_PATH": str(rules if Path(rules).is_absolute() else REPO / rules),
+            "IOTCRM_RULES_RELOAD_INTERVAL_S": "0.5",
+            "IOTCRM_MODELS_PATH": str(REPO / "models" / "models.yaml"),
+            "IOTCRM_QUALITY_MAX_FUTURE_SKEW_S": "300",
+        }
+        self.workers: list[WorkerProcess] = []
+
+    @property
+    def settings(self) -> Settings:
+        return load_settings(self.env["IOTCRM_CONFIG"], environ=self.env)
+
+    def device_topic(self, device_id: str) -> str:
+        return self.env["IOTCRM_KAFKA_DEVICE_TOPIC_PREFIX"] + device_id
+
+    def action_topic(self, action_type: str) -> str:
+        return self.settings.action_topic(action_type)
+
+    def worker(self, name: str = "w1", **overrides: str) -> WorkerProcess:
+        env = {**self.env, **overrides}
+        if self.workers and "IOTCRM_WORKER_WEB_PORT" not in overrides:
+            env["IOTCRM_WORKER_WEB_PORT"] = str(free_port())
+        if self.workers and "IOTCRM_WORKER_STATE_DIR" not in overrides:
+            env["IOTCRM_WORKER_STATE_DIR"] = str(self.tmp / f"worker-{name}")
+        worker = WorkerProcess(env, log_path=self.tmp / f"{name}.log", cwd=REPO)
+        self.workers.append(worker)
+        return worker
+
+
+async def send_json(producer: AIOKafkaProducer, topic: str, key: str | None, value: Any) -> None:
+    payload = value if isinstance(value, bytes) else orjson.dumps(value)
+    await producer.send_and_wait(topic, payload, key=key.encode() if key else None)
+
+
+async def register(
+    producer: AIOKafkaProducer,
+    ns: Namespace,
+    devices: dict[str, tuple[str, str]],
+    consent: dict[str, dict[str, bool]] | None = None,
+) -> None:
+    """Register devices (device_id -> (customer_id, device_type)) and their customers."""
+    k = ns.settings.kafka
+    for device_id, (customer_id, device_type) in devices.items():
+        await send_json(
+            producer,
+            k.registry_topic,
+            device_id,
+            {"device_id": device_id, "customer_id": customer_id, "device_type": device_type},
+        )
+    for customer_id in {c for c, _ in devices.values()}:
+        await send_json(
+            producer,
+            k.customers_topic,
+            customer_id,
+            {
+                "customer_id": customer_id,
+                "tier": "gold",
+                "consent": (consent or {}).get(customer_id, {"marketing": True, "service": True}),
+            },
+        )
+
+
+class TopicReader:
+    """A downstream consumer: reads everything a topic received since the test began."""
+
+    def __init__(self, bootstrap: str, topics: list[str]) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.records: list[Any] = []
+        self.consumer: AIOKafkaConsumer | None = None
+
+    async def __aenter__(self) -> TopicReader:
+        self.consumer = AIOKafkaConsumer(
+            *self.topics,
+            bootstrap_servers=self.bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            metadata_max_age_ms=1000,
+        )
+        await self.consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.consumer is not None
+        await self.consumer.stop()
+
+    async def poll(self) -> list[Any]:
+        assert self.consumer is not None
+        batches = await self.consumer.getmany(timeout_ms=200)
+        for records in batches.values():
+            self.records += records
+        return self.records
+
+    def values(self) -> list[Any]:
+        return [orjson.loads(r.value) for r in self.records]
+
+
+async def read_all(bootstrap: str, topic: str) -> list[Any]:
+    """Every record currently in ``topic`` (all partitions)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        records: list[Any] = []
+        while await behind(consumer, end):
+            batches = await consumer.getmany(timeout_ms=500)
+            for batch in batches.values():
+                records += batch
+        return records
+    finally:
+        await consumer.stop()
