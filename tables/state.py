@@ -33,6 +33,9 @@ USAGE_DAYS_KEPT = 14
 BASELINE_MIN_DAYS = 3
 BASELINE_DAYS = 7
 RECENT_ACTIONS_KEPT = 20
+SUPPORT_WINDOW_S = 30 * 86400.0
+#: Weight of the newest measurement in the smoothed consumption per cycle.
+CONSUMABLE_SMOOTHING = 0.3
 DAY_S = 86400.0
 
 #: Event fields that are identity or bookkeeping, not readings.
@@ -52,6 +55,7 @@ def new_customer_state(customer_id: str) -> CustomerState:
         "counts": {"events": 0, "actions": 0},
         "last_event_at": None,
         "recent_actions": [],
+        "support_case_times": [],
     }
 
 
@@ -79,8 +83,8 @@ def record_event(state: CustomerState, device_state: dict[str, Any], event: dict
     for name, value in event.items():
         if name not in _NOT_READINGS:
             last[name] = value
-    if "level" in event:
-        _track_consumable(device_state, event["level"], ts)
+    if isinstance(event.get("level"), int | float):
+        _track_consumable(device_state, event, ts)
     counts = state["counts"]
     counts["events"] += 1
     state["last_event_at"] = ts
@@ -89,17 +93,37 @@ def record_event(state: CustomerState, device_state: dict[str, Any], event: dict
         _add_usage(state["usage"], ts, float(usage_min))
 
 
-def _track_consumable(device_state: dict[str, Any], level: float, ts: float) -> None:
-    """Level drop per day between refills, the input of the depletion estimate."""
-    track = device_state.setdefault(
-        "consumable", {"since_ts": ts, "since_level": level, "drop_per_day": None}
-    )
-    if level > track["since_level"] + 5.0:  # a refill: start a new stretch
-        track.update(since_ts=ts, since_level=level)
+def _track_consumable(device_state: dict[str, Any], event: dict[str, Any], ts: float) -> None:
+    """Consumption per cycle and cycles per day, the inputs of the depletion estimate.
+
+    A level that rises is a refill: the next drop is measured from it.
+    """
+    level = event["level"]
+    cycles = event.get("cycles")
+    track = device_state.get("consumable")
+    if track is None:
+        device_state["consumable"] = {
+            "level": level, "cycles": cycles, "ts": ts, "first_cycles": cycles,
+            "first_ts": ts, "drop_per_cycle": None, "cycles_per_day": None,
+        }  # fmt: skip
         return
-    elapsed_days = (ts - track["since_ts"]) / DAY_S
-    if elapsed_days >= 0.25:
-        track["drop_per_day"] = (track["since_level"] - level) / elapsed_days
+    if isinstance(cycles, int | float) and isinstance(track["cycles"], int | float):
+        used_cycles = cycles - track["cycles"]
+        drop = track["level"] - level
+        if used_cycles > 0 and drop > 0:
+            per_cycle = drop / used_cycles
+            previous = track["drop_per_cycle"]
+            track["drop_per_cycle"] = (
+                per_cycle
+                if previous is None
+                else previous + CONSUMABLE_SMOOTHING * (per_cycle - previous)
+            )
+        if track["first_cycles"] is None:
+            track.update(first_cycles=cycles, first_ts=ts)
+        elapsed_days = (ts - track["first_ts"]) / DAY_S
+        if elapsed_days >= 0.25:
+            track["cycles_per_day"] = (cycles - track["first_cycles"]) / elapsed_days
+    track.update(level=level, cycles=cycles if cycles is not None else track["cycles"], ts=ts)
 
 
 def _add_usage(usage: dict[str, Any], ts: float, minutes: float) -> None:
@@ -141,7 +165,14 @@ def customer_view(state: CustomerState) -> dict[str, Any]:
             None if last_use is None or last_event is None else (last_event - last_use) / DAY_S
         ),
         "actions": state["counts"]["actions"],
+        "support_cases_30d": _support_cases_30d(state),
     }
+
+
+def _support_cases_30d(state: CustomerState) -> int:
+    times: list[float] = state.get("support_case_times", [])
+    now = state["last_event_at"]
+    return len(times) if now is None else sum(1 for t in times if t > now - SUPPORT_WINDOW_S)
 
 
 def device_view(device_state: dict[str, Any]) -> dict[str, Any]:
@@ -153,7 +184,8 @@ def device_view(device_state: dict[str, Any]) -> dict[str, Any]:
         "last_ts": device_state.get("last_ts"),
         "events": device_state.get("events", 0),
         "gap_count": device_state.get("gap_count", 0),
-        "level_drop_per_day": consumable.get("drop_per_day"),
+        "level_drop_per_cycle": consumable.get("drop_per_cycle"),
+        "cycles_per_day": consumable.get("cycles_per_day"),
     }
 
 
@@ -162,6 +194,11 @@ def note_action(state: CustomerState, action: dict[str, Any]) -> None:
     recent: list[dict[str, Any]] = state["recent_actions"]
     recent.append({"action_id": action["action_id"], "type": action["type"], "at": action["at"]})
     del recent[: max(0, len(recent) - RECENT_ACTIONS_KEPT)]
+    if action["type"] == "support_case":
+        times: list[float] = state.setdefault("support_case_times", [])
+        times.append(action["at"])
+        cutoff = action["at"] - SUPPORT_WINDOW_S
+        times[:] = [t for t in times if t > cutoff]
 
 
 def summary(state: CustomerState) -> dict[str, Any]:

@@ -1,0 +1,215 @@
+"""The customer actor's logic without Faust: hygiene, aggregates, models, rules, actions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.actor import CustomerActor
+from engine.config import load_settings
+from engine.quality import StreamHygiene
+from engine.rules import RuleEngine, compile_rules, load_ruleset
+from tables.state import (
+    DAY_S,
+    apply_profile,
+    customer_view,
+    decode_state,
+    device_view,
+    encode_state,
+    new_customer_state,
+    record_event,
+)
+
+RULES = """
+- id: hot
+  version: 2
+  key: device
+  when: {condition: "event.temperature > 80"}
+  action: {type: support_case, payload: {t: "{{ event.temperature }}"}}
+- id: offer
+  version: 1
+  key: customer
+  requires_consent: marketing
+  when: {condition: "event.kind == 'usage' and event.usage_min > 100"}
+  action: {type: coupon, payload: {sku: x}}
+- id: quiet
+  version: 1
+  key: device
+  when: {silence: {for: 60s}}
+  action: {type: support_case, topic: ops.custom, payload: {reason: silent}}
+"""
+
+
+def engine_from(tmp_path: Path, text: str = RULES) -> RuleEngine:
+    path = tmp_path / "rules.yaml"
+    path.write_text(text)
+    return RuleEngine(load_ruleset(path))
+
+
+@pytest.fixture
+def actor(tmp_path: Path) -> CustomerActor:
+    settings = load_settings(path=None, environ={"IOTCRM_KAFKA_ACTION_TOPIC_PREFIX": "ns.a."})
+    return CustomerActor(
+        engine_from(tmp_path), StreamHygiene(settings.quality), settings.action_topic
+    )
+
+
+def event(eid: str, ts: float, device: str = "d1", **fields: object) -> dict:
+    return {
+        "id": eid, "ts": ts, "device_id": device, "customer_id": "c1",
+        "device_type": "compressor", "kind": "telemetry", **fields,
+    }  # fmt: skip
+
+
+def test_actions_follow_the_contract_and_the_configured_topics(actor: CustomerActor) -> None:
+    state = new_customer_state("c1")
+    out = actor.handle_events(state, [event("e1", 100.0, temperature=90.0)], None, 555.0)
+    assert out.processed == 1
+    [(topic, action)] = out.actions
+    assert topic == "ns.a.support"
+    assert action["customer_id"] == "c1" and action["device_id"] == "d1"
+    assert action["rule"] == {"id": "hot", "version": 2}
+    assert action["at"] == 100.0 and action["emitted_at"] == 555.0
+    assert action["evidence"]["event_ids"] == ["e1"]
+    assert state["counts"]["actions"] == 1
+
+
+def test_an_explicit_rule_topic_is_kept(actor: CustomerActor) -> None:
+    state = new_customer_state("c1")
+    actor.handle_events(state, [event("e1", 100.0, temperature=20.0)], None, 0.0)
+    out = actor.advance(state, 160.0, emitted_at=1.0)
+    [(topic, action)] = out.actions
+    assert topic == "ops.custom"
+    assert action["at"] == 160.0, "a timer firing is stamped with its due time"
+
+
+def test_duplicates_are_dropped_and_late_events_set_aside(actor: CustomerActor) -> None:
+    state = new_customer_state("c1")
+    batch = [
+        event("e1", 1000.0, temperature=90.0),
+        event("e1", 1000.0, temperature=90.0),
+        event("e2", 1001.0),
+    ]
+    out = actor.handle_events(state, batch, None, 0.0)
+    assert (out.processed, out.duplicates, len(out.actions)) == (2, 1, 1)
+    late = actor.handle_events(state, [event("old", 900.0)], None, 0.0)
+    assert late.processed == 0 and len(late.late) == 1
+    assert "behind the stream time" in late.late[0][1]
+
+
+def test_a_batch_is_processed_in_event_time_order(actor: CustomerActor) -> None:
+    state = new_customer_state("c1")
+    batch = [event("b", 20.0, temperature=95.0), event("a", 10.0, temperature=91.0)]
+    out = actor.handle_events(state, batch, None, 0.0)
+    assert [a["evidence"]["event_ids"] for _, a in out.actions] == [["a"], ["b"]]
+
+
+def test_marketing_actions_need_consent(actor: CustomerActor) -> None:
+    state = new_customer_state("c1")
+    usage = event("u1", 50.0, kind="usage", usage_min=150.0)
+    apply_profile(state, {"customer_id": "c1", "consent": {"marketing": False}})
+    out = actor.handle_events(state, [usage], None, 0.0)
+    assert out.actions == [] and out.suppressed == 1
+    apply_profile(state, {"customer_id": "c1", "consent": {"marketing": True}})
+    out = actor.handle_events(state, [{**usage, "id": "u2", "ts": 60.0}], None, 0.0)
+    assert [a["type"] for _, a in out.actions] == ["coupon"]
+
+
+def test_models_score_before_rules(tmp_path: Path) -> None:
+    rules = engine_from(
+        tmp_path,
+        """
+- id: risky
+  version: 1
+  key: device
+  when: {condition: "score.risk > 0.5"}
+  action: {type: support_case, payload: {risk: "{{ score.risk }}"}}
+""",
+    )
+    seen: list[dict] = []
+
+    class Risk:
+        def process(self, ev: dict, *, customer: dict, device: dict) -> dict[str, float]:
+            seen.append({"event": ev["id"], "events_before": device["events"]})
+            return {"risk": 0.9}
+
+    actor = CustomerActor(rules, StreamHygiene(load_settings(path=None, environ={}).quality))
+    out = actor.handle_events(new_customer_state("c1"), [event("e1", 1.0)], Risk(), 0.0)
+    assert out.actions[0][1]["payload"] == {"risk": 0.9}
+    assert seen == [{"event": "e1", "events_before": 1}], "device state includes the event"
+
+
+def test_state_survives_encoding_mid_stream(actor: CustomerActor) -> None:
+    stream = [event(f"e{i}", 10.0 * i, temperature=70.0 + 3 * (i % 5)) for i in range(40)]
+    whole = new_customer_state("c1")
+    expected = [a for e in stream for _, a in actor.handle_events(whole, [e], None, 0.0).actions]
+    halves = new_customer_state("c1")
+    got = [a for e in stream[:17] for _, a in actor.handle_events(halves, [e], None, 0.0).actions]
+    halves = decode_state(encode_state(halves))
+    got += [a for e in stream[17:] for _, a in actor.handle_events(halves, [e], None, 0.0).actions]
+    assert got == expected and len(expected) > 3
+    for state in (halves, whole):
+        for device in state["devices"].values():
+            device.pop("last_seen")  # wall-clock time of arrival
+    assert halves == whole
+
+
+def test_hot_reload_keeps_state_of_unchanged_rules(tmp_path: Path) -> None:
+    sustained = """
+- id: long-hot
+  version: 1
+  key: device
+  when: {sustained: {condition: "event.temperature > 80", for: 60s}}
+  action: {type: maintenance_booking, payload: {}}
+"""
+    other_v1 = (
+        "\n- id: other\n  version: 1\n  key: device\n  when: {condition: 'False'}\n"
+        "  action: {type: coupon, payload: {}}\n"
+    )
+    hygiene = StreamHygiene(load_settings(path=None, environ={}).quality)
+    actor = CustomerActor(RuleEngine(compile_rules(sustained + other_v1)), hygiene)
+    state = new_customer_state("c1")
+    actor.handle_events(state, [event("e1", 0.0, temperature=90.0)], None, 0.0)
+    other_v2 = other_v1.replace("version: 1", "version: 2")
+    actor.use_rules(RuleEngine(compile_rules(sustained + other_v2)))
+    out = actor.handle_events(state, [event("e2", 61.0, temperature=90.0)], None, 0.0)
+    assert [(a["rule"]["id"], a["at"]) for _, a in out.actions] == [("long-hot", 60.0)]
+
+
+def test_usage_baseline_and_days_since_use() -> None:
+    state = new_customer_state("c1")
+    device = state["devices"].setdefault("w1", {})
+    for day in range(4):
+        for minutes in (30.0, 30.0):
+            record_event(
+                state,
+                device,
+                event(
+                    f"u{day}{minutes}",
+                    day * DAY_S + 3600 + minutes,
+                    "w1",
+                    kind="usage",
+                    usage_min=minutes,
+                ),
+            )
+    view = customer_view(state)
+    assert view["usage_today_min"] == 60.0
+    assert view["usage_baseline_min"] == 60.0  # three full days of 60 minutes
+    record_event(state, device, event("t", 5 * DAY_S + 3600, "w1"))
+    assert customer_view(state)["days_since_use"] == pytest.approx(2.0, abs=0.01)
+
+
+def test_consumable_rates_for_the_depletion_model() -> None:
+    state = new_customer_state("c1")
+    washer = state["devices"].setdefault("w1", {})
+    readings = [(0.0, 80.0, 10), (0.2 * DAY_S, 77.0, 11), (0.5 * DAY_S, 71.0, 13)]
+    for i, (ts, level, cycles) in enumerate(readings):
+        record_event(
+            state, washer, event(f"c{i}", ts, "w1", kind="consumable", level=level, cycles=cycles)
+        )
+    view = device_view(washer)
+    assert view["level_drop_per_cycle"] == pytest.approx(3.0)
+    assert view["cycles_per_day"] == pytest.approx(6.0)
+    record_event(state, washer, event("refill", 0.6 * DAY_S, "w1", kind="consumable", level=100.0))
+    assert device_view(washer)["level_drop_per_cycle"] == pytest.approx(3.0)
