@@ -263,7 +263,10 @@ def _power(left: Any, right: Any) -> Any:
     # An integer power with a big exponent could take unbounded time and memory.
     if type(left) is int and type(right) is int and abs(right) > 64:
         return float(left) ** right
-    return left**right
+    result = left**right
+    if isinstance(result, complex):
+        raise ValueError("a negative number to a fractional power")
+    return result
 
 
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {

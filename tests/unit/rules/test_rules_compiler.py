@@ -418,3 +418,11 @@ def test_the_fingerprint_ignores_description_and_tests_but_not_behaviour():
     changed = compile_rules(MINIMAL.replace("event.x > 1", "event.x > 2"))
     assert described.get("r").fingerprint == base.fingerprint
     assert changed.get("r").fingerprint != base.fingerprint
+
+
+def test_yaml_tags_never_construct_python_objects(tmp_path: Path):
+    marker = tmp_path / "pwned"
+    text = f'- !!python/object/apply:os.system ["touch {marker}"]\n'
+    with pytest.raises(RuleFileError):
+        compile_rules(text)
+    assert not marker.exists()

@@ -159,6 +159,11 @@ def test_sequence_repetition_is_refused_so_memory_stays_bounded():
         compile_expression("event.s * event.n").evaluate(Scope({"s": "x", "n": 10**9}))
 
 
+def test_powers_never_yield_complex_numbers():
+    with pytest.raises(ValueError):
+        compile_expression("event.x ** 0.5").evaluate(Scope({"x": -8}))
+
+
 def test_large_integer_powers_become_floats():
     assert compile_expression("event.b ** 100").evaluate(Scope({"b": 10})) == pytest.approx(1e100)
 

@@ -195,3 +195,9 @@ def test_three_steps_and_a_single_step_sequence():
         (0.0, ["a0"]),
         (1.0, ["a1"]),
     ]
+
+
+def test_strict_contiguity_with_every_true_keeps_only_unbroken_partials():
+    engine = engine_for(sequence("contiguity: strict\n      every: true\n      skip: none"))
+    # a0 is broken by a1 (not a b); a1 is extended by b2.
+    assert summary(feed(engine, kinds(("a", 0), ("a", 1), ("b", 2)))) == [(2.0, ["a1", "b2"])]

@@ -247,3 +247,20 @@ def test_customer_window_spans_the_customers_devices_and_names_no_device():
         engine, [event("a", 1, device_id="d1"), event("b", 2, device_id="d2")], until=3600
     )
     assert (firing.key_kind, firing.key, firing.device_id) == ("customer", "c1", None)
+
+
+def test_hopping_windows_close_at_end_plus_grace_and_reject_later_events():
+    engine = engine_for(
+        window_rule(
+            "type: hopping\n      size: 10m\n      advance: 5m\n      grace: 1m",
+            having="window.n >= 1",
+        )
+    )
+    state = engine.new_state()
+    firings = feed(engine, [event("a", 310), event("b", 620), event("c", 299)], state=state)
+    # [0, 600) closes at 660: at stream time 620 c (299) still joins it, but
+    # not [-300, 300), whose end is already past 620 - grace.
+    assert firings == []
+    firings = feed(engine, [event("d", 960), event("e", 250)], state=state)
+    assert [(f.at, f.event_ids) for f in firings] == [(660.0, ["a", "c"]), (960.0, ["a", "b"])]
+    assert [x.event_id for x in engine.drain_late()] == ["e"]
