@@ -34,6 +34,8 @@ from engine.rules.runtime import LateEvent, Match, Run, new_key_state
 
 #: Version of the state layout; a state of another version is started afresh.
 STATE_VERSION = 1
+#: Timers fired by one process/advance call at most.
+MAX_TIMERS_PER_CALL = 100_000
 
 
 class Firing(msgspec.Struct, kw_only=True):
@@ -247,11 +249,15 @@ class RuleEngine:
 
     def _fire_timers(self, runs: list[Run], upto: float, firings: list[Firing]) -> None:
         """Fire due timers in time order (then rule order); the matches of one
-        instant form one step for groups."""
+        instant form one step for groups. At most ``MAX_TIMERS_PER_CALL``
+        timers fire per call (a 1 s watchdog advanced by a year must not stall
+        a worker); the rest stay due for the next call."""
         order = self._by_state_key
         step: list[Match] = []
         step_at: float | None = None
-        while True:
+        budget = MAX_TIMERS_PER_CALL
+        while budget > 0:
+            budget -= 1
             best: tuple[float, int, Run, str] | None = None
             for run in runs:
                 ks = run.ks

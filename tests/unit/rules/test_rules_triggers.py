@@ -271,3 +271,14 @@ def test_emitted_helper_drops_suppressed():
     engine = engine_for(CONDITION.replace("key: device", "key: device\n  requires_consent: x"))
     firings = feed(engine, [event("a", 1, kind="error", code=3)])
     assert len(firings) == 1 and emitted(firings) == []
+
+
+def test_one_call_fires_a_bounded_number_of_timers(monkeypatch):
+    import engine.rules.engine as module
+
+    monkeypatch.setattr(module, "MAX_TIMERS_PER_CALL", 3)
+    engine = engine_for(SILENCE)
+    state = engine.new_state()
+    feed(engine, [event("t1", 0, kind="telemetry")], state=state)
+    assert [f.at for f in engine.advance(state, 10**6)] == [7200.0, 14400.0, 21600.0]
+    assert [f.at for f in engine.advance(state, 10**6)] == [28800.0, 36000.0, 43200.0]
