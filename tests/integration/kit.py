@@ -146,6 +146,9 @@ async def read_all(bootstrap: str, topic: str) -> list[Any]:
     )
     await consumer.start()
     try:
+        # A new client knows no topic's partitions until it asks: without this,
+        # an existing topic would read as empty.
+        await consumer._client.force_metadata_update()
         partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         if not tps:
