@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -150,6 +151,7 @@ class CassandraStore:
         self._cluster: Cluster | None = None
         self._session: Session | None = None
         self._statements: dict[str, PreparedStatement] = {}
+        self._completions: _Completions | None = None
 
     @property
     def keyspace(self) -> str:
@@ -239,11 +241,12 @@ class CassandraStore:
         """Run requests concurrently (bounded); raise the first error after all
         have finished, so no request outlives the call."""
         session = await self._ready()
+        completions = self._completions_for(asyncio.get_running_loop())
         pending: list[asyncio.Future[list[Any]]] = []
         for statement, params in requests:
             await self._slots.acquire()
             try:
-                future = _bridge(session.execute_async(statement, params))
+                future = completions.future_of(session.execute_async(statement, params))
             except BaseException:
                 self._slots.release()
                 raise
@@ -254,6 +257,11 @@ class CassandraStore:
             if isinstance(result, BaseException):
                 raise result
         return results
+
+    def _completions_for(self, loop: asyncio.AbstractEventLoop) -> _Completions:
+        if self._completions is None or self._completions.loop is not loop:
+            self._completions = _Completions(loop)
+        return self._completions
 
     async def _execute(self, name: str, params: Sequence[Any]) -> list[dict[str, Any]]:
         await self._ready()
@@ -279,9 +287,8 @@ class CassandraStore:
         latest: dict[str, int] = {}
         requests: list[tuple[Any, Sequence[Any]]] = []
         for row in rows:
-            values = row.values()
-            requests.append((self._statements["insert_action_log"], (*values, log_ttl)))
-            requests.append((self._statements["insert_action_by_id"], (*values, by_id_ttl)))
+            requests.append((self._statements["insert_action_log"], (*row, log_ttl)))
+            requests.append((self._statements["insert_action_by_id"], (*row, by_id_ttl)))
             latest[row.customer_id] = max(row.at_ms, latest.get(row.customer_id, row.at_ms))
         touch = self._statements["touch_last_action"]
         ttl_360 = self._ttl["customer_360"]
@@ -462,17 +469,46 @@ class CassandraStore:
         await self._execute_all([(f"DROP KEYSPACE IF EXISTS {self._keyspace}", ())])
 
 
-def _bridge(response: ResponseFuture) -> asyncio.Future[list[Any]]:
-    """An asyncio future completed from the driver's I/O thread."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[list[Any]] = loop.create_future()
+class _Completions:
+    """Hands the driver's completions (from its I/O thread) to one event loop.
 
-    def settle(setter: str, value: Any) -> None:
-        if not future.done():
-            getattr(future, setter)(value)
+    Completions queue up and a single ``call_soon_threadsafe`` drains all that
+    arrived meanwhile: under load one loop wake-up settles many requests,
+    instead of a self-pipe write and a wake-up per request.
+    """
 
-    response.add_callbacks(
-        callback=lambda rows: loop.call_soon_threadsafe(settle, "set_result", list(rows or ())),
-        errback=lambda exc: loop.call_soon_threadsafe(settle, "set_exception", exc),
-    )
-    return future
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._done: list[tuple[asyncio.Future[list[Any]], bool, Any]] = []
+        self._drain_scheduled = False
+
+    def future_of(self, response: ResponseFuture) -> asyncio.Future[list[Any]]:
+        future: asyncio.Future[list[Any]] = self.loop.create_future()
+        response.add_callbacks(
+            callback=self._complete,
+            callback_args=(future, True),
+            errback=self._complete,
+            errback_args=(future, False),
+        )
+        return future
+
+    def _complete(self, value: Any, future: asyncio.Future[list[Any]], ok: bool) -> None:
+        with self._lock:
+            self._done.append((future, ok, value))
+            if self._drain_scheduled:
+                return
+            self._drain_scheduled = True
+        self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            done, self._done = self._done, []
+            self._drain_scheduled = False
+        for future, ok, value in done:
+            if future.done():  # the awaiting task was cancelled
+                continue
+            if ok:
+                future.set_result(list(value or ()))
+            else:
+                future.set_exception(value)

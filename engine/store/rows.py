@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -32,9 +32,9 @@ class InvalidRecord(ValueError):
     """A record that can never be stored, however often it is retried."""
 
 
-@dataclass(frozen=True, slots=True)
-class ActionRow:
-    """One action as bound to ``action_log`` and ``actions_by_id`` (column order)."""
+class ActionRow(NamedTuple):
+    """One action as bound to ``action_log`` and ``actions_by_id``: the
+    tuple is the statements' parameters in column order."""
 
     customer_id: str
     at_ms: int
@@ -49,9 +49,6 @@ class ActionRow:
     schema_version: str | None
     topic: str | None
     written_at_ms: int
-
-    def values(self) -> tuple[Any, ...]:
-        return astuple(self)
 
 
 #: Column names in ``ActionRow`` order, for the INSERT statements.

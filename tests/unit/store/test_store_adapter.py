@@ -30,12 +30,28 @@ class Response:
 
     def __init__(self, result: Any) -> None:
         self.result = result
-        self.callbacks: tuple[Callable[[Any], None], Callable[[Exception], None]] | None = None
+        self.registered = threading.Event()
+        self.callbacks: tuple[Callable[..., None], tuple[Any, ...]] | None = None
+        self.errbacks: tuple[Callable[..., None], tuple[Any, ...]] | None = None
 
     def add_callbacks(
-        self, callback: Callable[[Any], None], errback: Callable[[Exception], None]
+        self,
+        callback: Callable[..., None],
+        errback: Callable[..., None],
+        callback_args: tuple[Any, ...] = (),
+        errback_args: tuple[Any, ...] = (),
     ) -> None:
-        self.callbacks = (callback, errback)
+        self.callbacks, self.errbacks = (callback, callback_args), (errback, errback_args)
+        self.registered.set()
+
+    def settle(self) -> None:
+        assert self.callbacks is not None and self.errbacks is not None
+        if isinstance(self.result, Exception):
+            errback, args = self.errbacks
+            errback(self.result, *args)
+        else:
+            callback, args = self.callbacks
+            callback(self.result, *args)
 
 
 class FakeSession:
@@ -69,15 +85,12 @@ class FakeSession:
 
     def _serve(self) -> None:
         while (response := self._queue.get()) is not None:
-            while response.callbacks is None:  # registered right after execute_async
-                pass
+            # Callbacks are registered right after execute_async returns.
+            if not response.registered.wait(timeout=5):
+                raise AssertionError("callbacks never registered")
             with self._lock:
                 self.in_flight -= 1
-            callback, errback = response.callbacks
-            if isinstance(response.result, Exception):
-                errback(response.result)
-            else:
-                callback(response.result)
+            response.settle()
 
     def close(self) -> None:
         self._queue.put(None)

@@ -44,7 +44,7 @@ def make_action(**overrides: Any) -> dict[str, Any]:
 
 def as_read_back(row: ActionRow) -> dict[str, Any]:
     """What Cassandra returns for a row: naive UTC datetimes for timestamps."""
-    values = dict(zip(ACTION_COLUMNS, row.values(), strict=True))
+    values = dict(zip(ACTION_COLUMNS, row, strict=True))
     for column in ("at", "emitted_at", "written_at"):
         if values[column] is not None:
             values[column] = datetime.fromtimestamp(values[column] / 1000, UTC).replace(tzinfo=None)
