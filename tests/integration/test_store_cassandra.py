@@ -478,3 +478,117 @@ async def test_sink_holds_back_during_an_outage_and_loses_nothing(
     assert await records_after(settings, after, topics) == 0
     assert sink.metrics.written == 80
     assert sink.metrics.retries == flaky.failures
+
+
+class CutCable:
+    """A TCP relay in front of Cassandra that can be unplugged and plugged in
+    again: to the driver it looks exactly like Cassandra going down and
+    coming back on the same address, without touching the shared server."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def plug(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def unplug(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, upstream_writer))
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                sink.transport.abort()
+                self._writers.discard(sink)
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+
+@pytest.mark.usefixtures("store")  # the keyspace exists before the cable is plugged in
+async def test_sink_survives_cassandra_going_away_and_coming_back(
+    sink_settings: Settings, cql: Session, kafka: AIOKafkaAdminClient
+) -> None:
+    """Cassandra unreachable at start, then up, then down again while
+    actions keep coming, then back: every action ends up stored once."""
+    cable = CutCable(
+        sink_settings.cassandra.contact_points.split(",")[0], sink_settings.cassandra.port
+    )
+    await cable.plug()
+    await cable.unplug()  # keep the port, start "down"
+    settings = msgspec.structs.replace(
+        sink_settings,
+        cassandra=msgspec.structs.replace(sink_settings.cassandra, port=cable.port),
+    )
+    customer = f"{RUN}-cable"
+    group = f"test-{RUN}-cable"
+    topics = action_topics(settings)
+    store = CassandraStore(settings, request_timeout_s=2.0)
+    sink = CassandraSink(
+        settings,
+        store,
+        group_id=group,
+        mirror_registry=False,
+        batch_size=10,
+        backoff=Backoff(base_s=0.05, max_s=0.5),
+        lag_interval_s=0.1,
+    )
+
+    def stored() -> int:  # counted directly, not through the cable
+        (row,) = cql.execute(
+            f"SELECT COUNT(*) AS n FROM {settings.cassandra.keyspace}.action_log "
+            "WHERE customer_id = %s",
+            (customer,),
+        )
+        return int(row["n"])
+
+    await sink.start()
+    try:
+        await produce(settings, action_records(settings, customer, range(0, 20)))
+        await eventually(lambda: sink.metrics.retries >= 2)
+        assert not store.connected and sink.metrics.healthy is False
+
+        await cable.plug()
+        await eventually(stored, 20, deadline_s=60)
+        await eventually(lambda: sink.metrics.healthy)
+        retries_before_outage = sink.metrics.retries
+        committed_before_outage = await committed_offsets(kafka, group, topics)
+
+        await cable.unplug()
+        await produce(settings, action_records(settings, customer, range(20, 70)))
+        await eventually(lambda: sink.metrics.retries >= retries_before_outage + 2)
+        assert sink.metrics.healthy is False
+        assert await committed_offsets(kafka, group, topics) == committed_before_outage
+        await eventually(lambda: (sink.metrics.lag or 0) >= 50)
+
+        await cable.plug()
+        await eventually(stored, 70, deadline_s=60)
+        await eventually(lambda: sink.metrics.lag, 0)
+        assert sink.metrics.healthy is True
+    finally:
+        await sink.stop()
+        await store.close()
+        if cable._server is not None:
+            await cable.unplug()
+    assert stored() == 70
+    assert await records_after(settings, await committed_offsets(kafka, group, topics), topics) == 0
