@@ -16,6 +16,7 @@ True
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,10 @@ SILENCE_GAP_S = (3 * HOUR + 5 * MINUTE, 3 * HOUR + 50 * MINUTE)
 HIGH_VIBRATION_S = (25 * MINUTE, 60 * MINUTE)
 #: Hours of slow drift before the vibration crosses the threshold.
 DRIFT_S = (2 * HOUR, 6 * HOUR)
+#: Wearable use falls to its faded level over this long.
+FADE_RAMP_S = HOUR
+#: The retention rule sums use per UTC day and closes a day this late.
+DAILY_WINDOW_GRACE_S = 15 * MINUTE
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +74,17 @@ class Depletion:
 
 @dataclass(frozen=True, slots=True)
 class UsageFade:
-    """From ``fade_start`` the customer's wearable use falls to ``factor`` of
-    their baseline; they churn at ``churn_at``."""
+    """From ``fade_start`` the customer's wearable use falls (over
+    ``FADE_RAMP_S``) to ``factor`` of their baseline; they churn at
+    ``churn_at``. ``detect_at`` is when a daily-usage rule can first see it:
+    the close of the first whole faded UTC day, when one fits in the span."""
 
     customer_id: str
     fade_start: float
     factor: float
     churn_at: float
+    detect_at: float
+    whole_day_faded: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,15 +143,28 @@ def plan_episodes(
     # Churn is a customer's story: all their wearables fade together.
     wearable_owners = sorted({d.customer_id for d in fleet.devices if d.device_type == "wearable"})
     fade_count = _count(shares.usage_fade, len(wearable_owners))
+    # The last UTC day whose daily window closes before the end; the fade
+    # starts early enough that this whole day is faded, if the span allows.
+    last_day_end = math.floor((end_ts - DAILY_WINDOW_GRACE_S) / DAY) * DAY
+    latest_fade = last_day_end - DAY - FADE_RAMP_S
+    earliest_fade = start_ts + HOUR
     for customer_id in rng.sample(wearable_owners, fade_count):
         if span < DAY:
             plan.skipped["usage_fade"] = plan.skipped.get("usage_fade", 0) + 1
             continue
+        if earliest_fade <= latest_fade:
+            fade_start = rng.uniform(max(earliest_fade, latest_fade - 6 * HOUR), latest_fade)
+            detect_at, whole_day = last_day_end + DAILY_WINDOW_GRACE_S, True
+        else:
+            fade_start = start_ts + rng.uniform(0.4, 0.5) * span
+            detect_at, whole_day = min(fade_start + DAY, end_ts), False
         plan.fades[customer_id] = UsageFade(
             customer_id=customer_id,
-            fade_start=_ms(start_ts + rng.uniform(0.4, 0.5) * span),
+            fade_start=_ms(fade_start),
             factor=round(rng.uniform(0.05, 0.25), 3),
             churn_at=float(end_ts),
+            detect_at=_ms(detect_at),
+            whole_day_faded=whole_day,
         )
         taken.update(
             d.device_id

@@ -31,7 +31,9 @@ from typing import Any
 import orjson
 
 from loadtest.episodes import (
+    DAILY_WINDOW_GRACE_S,
     DAY,
+    FADE_RAMP_S,
     HOUR,
     MINUTE,
     Degrading,
@@ -97,7 +99,8 @@ class SimParams:
     due_slack_s: float = 300.0
     episodes: EpisodeShares = field(default_factory=EpisodeShares)
     #: Write events as rules see them after ingest: canonical units, with
-    #: ``customer_id`` and ``device_type``, no malformed events, no duplicates.
+    #: ``customer_id`` and ``device_type``, no malformed events, no duplicates,
+    #: and the ``customer`` context objects ``iotcrm rules run`` reads.
     canonical: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -507,8 +510,7 @@ class _Wearable(_Behaviour):
                 per_hour * HOME_ACTIVITY[self.local_hour(slot)] * factor * rng.uniform(0.8, 1.2)
             )
             if fade is not None and at >= fade.fade_start:
-                # Use falls over three hours to the faded level and stays there.
-                ramp = min(1.0, (at - fade.fade_start) / (3 * HOUR))
+                ramp = min(1.0, (at - fade.fade_start) / FADE_RAMP_S)
                 minutes *= 1.0 - (1.0 - fade.factor) * ramp
             events.append((at, "usage", {"usage_min": round(min(60.0, minutes), 1)}))
         return events
@@ -573,6 +575,41 @@ def _canonical_renderer(device: Device) -> Render:
         }
 
     return render
+
+
+class _CustomerContext:
+    """Adds the offline rule runner's ``customer`` context object to canonical
+    events: the profile on a customer's first event and, for wearable owners,
+    again with ``usage_baseline_min`` (their true normal daily use) on their
+    first event after their first, partial, UTC day has closed. Like the
+    customer actor's rolling baseline, it is unknown before a day of history,
+    so the partial first day is never compared with it."""
+
+    def __init__(self, fleet: Fleet, start_ts: float) -> None:
+        self.baseline_from = math.floor(start_ts / DAY) * DAY + DAY + DAILY_WINDOW_GRACE_S
+        self.profiles = {c.customer_id: c.profile() for c in fleet.customers}
+        owners = {d.customer_id for d in fleet.devices if d.device_type == "wearable"}
+        self.baselines = {
+            c.customer_id: c.daily_usage_min for c in fleet.customers if c.customer_id in owners
+        }
+        self.complete: set[str] = set()
+        self.started: set[str] = set()
+
+    def attach(self, event: dict[str, Any]) -> None:
+        customer_id = event["customer_id"]
+        if customer_id in self.complete:
+            return
+        baseline = self.baselines.get(customer_id)
+        known = baseline is not None and event["ts"] >= self.baseline_from
+        if customer_id in self.started and not known:
+            return
+        context = dict(self.profiles[customer_id])
+        if known:
+            context["usage_baseline_min"] = baseline
+        event["customer"] = context
+        self.started.add(customer_id)
+        if known or baseline is None:
+            self.complete.add(customer_id)
 
 
 def _with_nan(event: Any) -> Any:
@@ -742,10 +779,11 @@ class Simulation:
                 fade.customer_id,
                 None,
                 start_at=fade.fade_start,
-                expected_at=min(round(fade.fade_start + DAY, 3), fade.churn_at),
+                expected_at=fade.detect_at,
                 due_by=fade.churn_at,
                 churn_at=fade.churn_at,
                 usage_factor=fade.factor,
+                whole_day_faded=fade.whole_day_faded,
                 baseline_daily_min=self.fleet.customer(fade.customer_id).daily_usage_min,
             )
             self._truth.churn_outcome(fade.customer_id, fade.churn_at)
@@ -799,6 +837,7 @@ class Simulation:
             if first is not None:
                 heap.append((first[0], device.index, first[1], stream, device.device_id))
         heapq.heapify(heap)
+        attach = _CustomerContext(self.fleet, self.start_ts).attach if params.canonical else None
         dumps = orjson.dumps
         replace_top, pop = heapq.heapreplace, heapq.heappop
         records = 0
@@ -811,6 +850,8 @@ class Simulation:
                 replace_top(heap, (following[0], index, following[1], stream, device_id))
             records += 1
             if type(event) is dict:
+                if attach is not None:
+                    attach(event)
                 yield device_id, dumps(event)
             else:
                 yield event

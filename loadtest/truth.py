@@ -46,7 +46,7 @@ EPISODE_RULES: dict[str, EpisodeRule] = {
     "depletion": EpisodeRule("coupon", "coupon-detergent-low", "marketing"),
     "usage_fade": EpisodeRule("retention_offer", "retention-usage-drop", "marketing"),
     "error_burst": EpisodeRule("support_case", "support-error-burst", None),
-    "error_reboot": EpisodeRule("support_case", "support-error-reboot", None),
+    "error_reboot": EpisodeRule("support_case", "support-error-then-reboot", None),
     "silence": EpisodeRule("support_case", "support-device-silent", None),
 }
 
