@@ -173,6 +173,7 @@ def test_ingest_normalises_wire_events_to_the_canonical_stream(
             normalised.append(event)
     assert len(normalised) == len(canonical_events)
     for got, want in zip(normalised, canonical_events, strict=True):
+        want = {k: v for k, v in want.items() if k != "customer"}  # runner context only
         assert got.keys() == want.keys(), want["id"]
         for key, value in want.items():
             if isinstance(value, float):
@@ -196,6 +197,37 @@ def test_canonical_events_carry_customer_and_device_type(
         assert (event["customer_id"], event["device_type"]) == owner[event["device_id"]]
     assert canonical_run.truth["counts"]["expected_deadletters"] == 0
     assert canonical_run.truth["counts"]["duplicates"] == 0
+
+
+def test_canonical_events_carry_the_runners_customer_context_once_known(
+    canonical_run: Run, canonical_events: list[dict[str, Any]]
+) -> None:
+    fleet = canonical_run.sim.fleet
+    wearable_owners = {d.customer_id for d in fleet.devices if d.device_type == "wearable"}
+    # The first UTC day is partial: its window closes at midnight + 15 min.
+    baseline_from = 1_763_596_800.0 + 900
+    contexts: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+    first_event: dict[str, float] = {}
+    for event in canonical_events:
+        first_event.setdefault(event["customer_id"], event["ts"])
+        if "customer" in event:
+            contexts.setdefault(event["customer_id"], []).append((event["ts"], event["customer"]))
+    assert contexts.keys() == {c.customer_id for c in fleet.customers}
+    for customer in fleet.customers:
+        given = contexts[customer.customer_id]
+        assert given[0][0] == first_event[customer.customer_id]
+        for _, context in given:
+            assert {
+                k: v for k, v in context.items() if k != "usage_baseline_min"
+            } == customer.profile()
+        with_baseline = [(ts, c) for ts, c in given if "usage_baseline_min" in c]
+        if customer.customer_id in wearable_owners:
+            assert len(with_baseline) == 1 and len(given) <= 2
+            ts, context = with_baseline[0]
+            assert ts >= baseline_from
+            assert context["usage_baseline_min"] == customer.daily_usage_min
+        else:
+            assert with_baseline == [] and len(given) == 1
 
 
 def test_ids_are_unique_per_device(canonical_events: list[dict[str, Any]]) -> None:
