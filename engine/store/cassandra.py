@@ -21,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -62,6 +63,9 @@ log = logging.getLogger(__name__)
 TABLES: tuple[str, ...] = ("action_log", "actions_by_id", "customer_360", "device_registry")
 
 _MAX_READ_LIMIT = 5000  # the driver's page size: one request, one page
+
+
+_Connection = tuple[Cluster, Session, dict[str, PreparedStatement]]
 
 
 class StoreConfigError(Exception):
@@ -147,7 +151,7 @@ class CassandraStore:
             ttls[table] = ttl
         self._ttl = {table: check_ttl(table, ttl) for table, ttl in ttls.items()}
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._connect_lock = asyncio.Lock()
+        self._connecting: asyncio.Future[_Connection] | None = None
         self._cluster: Cluster | None = None
         self._session: Session | None = None
         self._statements: dict[str, PreparedStatement] = {}
@@ -165,21 +169,33 @@ class CassandraStore:
 
     async def connect(self) -> None:
         """Open the connection (and migrate) if not open yet; raises while
-        Cassandra is unreachable. Safe to call repeatedly and concurrently."""
-        async with self._connect_lock:
-            if self._session is None:
-                # Connecting and DDL are blocking, one-off calls: a thread is fine.
-                self._cluster, self._session, self._statements = await asyncio.to_thread(
-                    self._connect_blocking
-                )
+        Cassandra is unreachable. Concurrent callers share one attempt (and
+        its failure), so a burst of requests during an outage costs one
+        connection attempt, not one each."""
+        if self._session is not None:
+            return
+        if self._connecting is None:
+            # Connecting and DDL are blocking, one-off calls: a thread is fine.
+            self._connecting = asyncio.ensure_future(asyncio.to_thread(self._connect_blocking))
+            self._connecting.add_done_callback(self._connected)
+        await asyncio.shield(self._connecting)
+
+    def _connected(self, attempt: asyncio.Future[_Connection]) -> None:
+        # Runs before any waiter resumes, and even if every waiter was cancelled.
+        self._connecting = None
+        if not attempt.cancelled() and attempt.exception() is None:
+            self._cluster, self._session, self._statements = attempt.result()
 
     async def close(self) -> None:
-        async with self._connect_lock:
-            cluster, self._cluster, self._session = self._cluster, None, None
-            if cluster is not None:
-                await asyncio.to_thread(cluster.shutdown)
+        """Shut the connection down (waiting for a connection attempt under way)."""
+        if self._connecting is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._connecting)
+        cluster, self._cluster, self._session = self._cluster, None, None
+        if cluster is not None:
+            await asyncio.to_thread(cluster.shutdown)
 
-    def _connect_blocking(self) -> tuple[Cluster, Session, dict[str, PreparedStatement]]:
+    def _connect_blocking(self) -> _Connection:
         cluster = build_cluster(self._settings, request_timeout_s=self._request_timeout_s)
         try:
             session = cluster.connect()
@@ -243,16 +259,20 @@ class CassandraStore:
         session = await self._ready()
         completions = self._completions_for(asyncio.get_running_loop())
         pending: list[asyncio.Future[list[Any]]] = []
+        submit_error: BaseException | None = None
         for statement, params in requests:
             await self._slots.acquire()
             try:
                 future = completions.future_of(session.execute_async(statement, params))
-            except BaseException:
+            except Exception as exc:
                 self._slots.release()
-                raise
+                submit_error = exc
+                break
             future.add_done_callback(lambda _: self._slots.release())
             pending.append(future)
         results = await asyncio.gather(*pending, return_exceptions=True)
+        if submit_error is not None:
+            raise submit_error
         for result in results:
             if isinstance(result, BaseException):
                 raise result

@@ -3,6 +3,7 @@ bridge and bounded concurrency. The real server is in tests/integration."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -365,3 +366,37 @@ def test_password_comes_only_from_the_environment(monkeypatch: pytest.MonkeyPatc
     assert (cluster.auth_provider.username, cluster.auth_provider.password) == ("iotcrm", "s3cret")
     assert cluster.contact_points == ["10.0.0.1", "10.0.0.2"]
     assert cluster.port == 19042
+
+
+async def test_concurrent_requests_share_one_connection_attempt_and_its_failure(
+    session: FakeSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attempts: list[FakeCluster] = []
+    down = True
+
+    class Unreachable(Exception):
+        pass
+
+    class FlakyCluster(FakeCluster):
+        def connect(self) -> FakeSession:
+            if down:
+                raise Unreachable("no host available")
+            return self.session
+
+    def make(*args: Any, **kwargs: Any) -> FakeCluster:
+        attempts.append(FlakyCluster(session))
+        return attempts[-1]
+
+    monkeypatch.setattr(cassandra_module, "build_cluster", make)
+    store = CassandraStore(Settings(), migrate=False)
+
+    outcomes = await asyncio.gather(
+        *(store.write_actions([action(n)]) for n in range(10)), return_exceptions=True
+    )
+    assert all(isinstance(o, Unreachable) for o in outcomes)
+    assert len(attempts) == 1 and attempts[0].shut_down  # a failed attempt leaks nothing
+
+    down = False
+    assert await asyncio.gather(*(store.write_actions([action(n)]) for n in range(10))) == [1] * 10
+    assert len(attempts) == 2 and store.connected
+    await store.close()
