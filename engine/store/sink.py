@@ -208,7 +208,8 @@ class CassandraSink:
     ``topics`` defaults to the four action topics of the settings;
     ``mirror_registry`` adds ``kafka.registry_topic``. ``consumer_options``
     are passed to AIOKafkaConsumer (e.g. SASL/TLS options); ``consumer``
-    replaces it altogether (tests).
+    replaces it altogether (tests). The store stays the caller's: close it
+    after :meth:`stop`.
     """
 
     def __init__(
