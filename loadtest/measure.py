@@ -1,0 +1,260 @@
+"""The benchmark's arithmetic: percentiles, throughput spans, CPU per event, and
+which publish a firing answers to. Pure Python, so every figure of
+``iotcrm bench`` can be checked in unit tests.
+
+>>> percentile([10.0, 20.0, 30.0, 40.0], 50)
+25.0
+>>> series = ProgressSeries()
+>>> for wall, done, cpu in [(0.0, 0, 1.0), (1.0, 100, 1.5), (3.0, 500, 2.5), (4.0, 500, 2.6)]:
+...     series.add(wall, done, cpu)
+>>> span = series.span(500)
+>>> span.events, span.seconds, round(span.eps, 1), span.cpu_s
+(500, 3.0, 166.7, 1.5)
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from engine.quality.timestamps import event_time
+from engine.quality.verdicts import RejectedInput
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) with linear interpolation between the
+    closest ranks (numpy's default); ``values`` need not be sorted.
+
+    >>> percentile([3.0, 1.0, 2.0], 0), percentile([3.0, 1.0, 2.0], 100)
+    (1.0, 3.0)
+    >>> round(percentile(list(range(1, 101)), 99), 2)
+    99.01
+    """
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be within [0, 100], not {q}")
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100.0
+    low = math.floor(position)
+    high = math.ceil(position)
+    if low == high:
+        return float(ordered[low])
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def latency_summary(latencies_s: Sequence[float]) -> dict[str, float | int | None]:
+    """Count, p50, p90, p99 and max of latencies given in seconds, in milliseconds.
+
+    >>> latency_summary([0.010, 0.020, 0.030])["p50_ms"]
+    20.0
+    >>> latency_summary([])["p99_ms"] is None
+    True
+    """
+    if not latencies_s:
+        return {"n": 0, "p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None}
+    in_ms = [value * 1000.0 for value in latencies_s]
+    return {
+        "n": len(in_ms),
+        "p50_ms": round(percentile(in_ms, 50), 2),
+        "p90_ms": round(percentile(in_ms, 90), 2),
+        "p99_ms": round(percentile(in_ms, 99), 2),
+        "max_ms": round(max(in_ms), 2),
+    }
+
+
+def cdf_points(values: Sequence[float], points: int = 200) -> list[tuple[float, float]]:
+    """At most ``points`` (value, fraction of values <= value) pairs, for a plot.
+
+    >>> cdf_points([3.0, 1.0, 2.0, 4.0])
+    [(1.0, 0.25), (2.0, 0.5), (3.0, 0.75), (4.0, 1.0)]
+    """
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        return []
+    step = max(1, n // points)
+    picks = list(range(step - 1, n, step))
+    if picks[-1] != n - 1:
+        picks.append(n - 1)
+    return [(ordered[i], (i + 1) / n) for i in picks]
+
+
+def per_million(amount: float, events: int) -> float | None:
+    """``amount`` (e.g. CPU seconds) scaled to one million events.
+
+    >>> per_million(2.5, 100_000)
+    25.0
+    """
+    return amount * 1_000_000 / events if events > 0 else None
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator`` rounded to 3 places; None when undefined.
+
+    >>> ratio(3.0, 4.0), ratio(1.0, 0.0), ratio(None, 2.0)
+    (0.75, None, None)
+    """
+    if numerator is None or not denominator:
+        return None
+    return round(numerator / denominator, 3)
+
+
+@dataclass(frozen=True)
+class Span:
+    """Events processed between the first and the last progress observed."""
+
+    events: int
+    seconds: float
+    cpu_s: float
+
+    @property
+    def eps(self) -> float | None:
+        return self.events / self.seconds if self.seconds > 0 else None
+
+    @property
+    def cpu_s_per_million(self) -> float | None:
+        return per_million(self.cpu_s, self.events)
+
+
+@dataclass
+class ProgressSeries:
+    """Samples of one contender working through a backlog: wall time, events
+    taken in by its first stage, events fully processed by its last stage,
+    and CPU seconds used so far."""
+
+    samples: list[tuple[float, int, int, float]] = field(default_factory=list)
+
+    def add(self, wall: float, done: int, cpu_s: float, started: int | None = None) -> None:
+        """One sample; ``started`` defaults to ``done`` (a one-stage contender)."""
+        self.samples.append((wall, done if started is None else started, done, cpu_s))
+
+    def span(self, total: int) -> Span:
+        """From the last sample at which no stage had taken anything in to the
+        first sample with ``total`` events done: the "first to last event
+        processed" window, rounded outwards to the sampling interval."""
+        start = None
+        for sample in self.samples:
+            if sample[1] > 0:
+                break
+            start = sample
+        if start is None:
+            raise ValueError("the first sample already shows progress: no start is known")
+        for sample in self.samples:
+            if sample[2] >= total:
+                return Span(total - start[2], sample[0] - start[0], sample[3] - start[3])
+        raise ValueError(f"the series never reached {total} events")
+
+    def steady_eps(self, total: int, low: float = 0.1, high: float = 0.9) -> float | None:
+        """Events per second between the samples where ``low`` and ``high``
+        shares of ``total`` were done: the rate without start-up and tail
+        effects (None when the samples are too coarse to tell).
+
+        >>> series = ProgressSeries()
+        >>> for wall, done in [(0.0, 0), (5.0, 100), (6.0, 900), (9.0, 1000)]:
+        ...     series.add(wall, done, 0.0)
+        >>> series.steady_eps(1000)
+        800.0
+        """
+        lo = next((s for s in self.samples if s[2] >= low * total), None)
+        hi = next((s for s in self.samples if s[2] >= high * total), None)
+        if lo is None or hi is None or hi[0] <= lo[0]:
+            return None
+        return (hi[2] - lo[2]) / (hi[0] - lo[0])
+
+
+def wire_ts(raw: bytes) -> float | None:
+    """The event time of a raw device event, as ingest would read it; None
+    when it has none (malformed input).
+
+    >>> wire_ts(b'{"id": "e1", "ts": "2025-11-21T04:40:00Z"}'), wire_ts(b'{"ts": 1763700000500}')
+    (1763700000.0, 1763700000.5)
+    >>> wire_ts(b'not json') is None
+    True
+    """
+    try:
+        decoded = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(decoded) is not dict or "ts" not in decoded:
+        return None
+    try:
+        return event_time(decoded["ts"])
+    except RejectedInput:
+        return None
+
+
+class PublishClock:
+    """When, in wall time, the stream first reached an event time.
+
+    Built from the events of a paced phase in publish order: their event
+    times (None for unreadable ones) and publish wall times. A firing stamped
+    ``at`` (a condition's event, or a timer due at ``at``) can only happen
+    once an event with ``ts >= at`` was published; its latency is counted
+    from that publish. Event times are made non-decreasing (a late duplicate
+    never moves the clock back).
+
+    >>> clock = PublishClock([100.0, None, 105.0, 103.0, 110.0], [1.0, 1.1, 1.2, 1.3, 1.4])
+    >>> clock.published_at(104.0), clock.published_at(100.0), clock.published_at(111.0)
+    (1.2, 1.0, None)
+    >>> clock.published_at(99.0) is None  # before the phase began
+    True
+    """
+
+    def __init__(self, event_ts: Iterable[float | None], walls: Iterable[float]) -> None:
+        self.ts: list[float] = []
+        self.walls: list[float] = []
+        high = -math.inf
+        for ts, wall in zip(event_ts, walls, strict=True):
+            if ts is None:
+                continue
+            high = max(high, ts)
+            self.ts.append(high)
+            self.walls.append(wall)
+
+    @property
+    def first_ts(self) -> float | None:
+        return self.ts[0] if self.ts else None
+
+    def published_at(self, at: float) -> float | None:
+        """The wall time of the first event with ``ts >= at``; None when ``at``
+        is before the phase's first event or after its last one."""
+        if not self.ts or at < self.ts[0]:
+            return None
+        index = bisect.bisect_left(self.ts, at)
+        return self.walls[index] if index < len(self.walls) else None
+
+
+def action_latencies(
+    received: Iterable[tuple[float, dict[str, Any]]], clock: PublishClock
+) -> tuple[list[float], int]:
+    """Latency in seconds of each action received (wall time, action body)
+    whose ``at`` falls inside the paced phase; and how many were outside it
+    (fired by earlier events, or by time alone after the last publish).
+    Actions seen twice (same ``action_id``) count once, at the first receipt.
+
+    >>> clock = PublishClock([100.0, 105.0], [1.0, 2.0])
+    >>> got = [(1.25, {"action_id": "a", "at": 100.0}), (2.5, {"action_id": "b", "at": 104.0}),
+    ...        (2.6, {"action_id": "b", "at": 104.0}), (0.5, {"action_id": "c", "at": 50.0})]
+    >>> action_latencies(got, clock)
+    ([0.25, 0.5], 1)
+    """
+    latencies: list[float] = []
+    outside = 0
+    seen: set[Any] = set()
+    for wall, action in received:
+        action_id = action.get("action_id")
+        if action_id in seen:
+            continue
+        seen.add(action_id)
+        published = clock.published_at(float(action["at"]))
+        if published is None:
+            outside += 1
+            continue
+        latencies.append(wall - published)
+    return latencies, outside
