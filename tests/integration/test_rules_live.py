@@ -256,7 +256,11 @@ async def test_an_invalid_change_is_refused_and_the_rules_in_force_stay(
         what="refused change in /health",
     )
     assert len(status) == 1 and status[0].startswith(where), status
-    await wait_for(lambda: where in worker.log_tail(200), timeout=10, what="error in the log")
+    await wait_for(
+        lambda: where in worker.log_path.read_text(errors="replace"),
+        timeout=10,
+        what="error in the log",
+    )
     assert _rules_status(worker)["reloads"] == 0
 
     async with ActionLog(namespace) as actions:
@@ -435,6 +439,10 @@ async def test_timers_of_an_idle_device_fire_with_the_wall_clock(
         silences = [a for a in actions.actions if by_rule("device-quiet")(a)]
 
     assert _actor(worker)["events"] == 1, "no event but the first one reached the actor"
+    delays = [a["emitted_at"] - a["at"] for a in (held, *silences[:2])]
+    print("timer firings after their due time: " + ", ".join(f"{d:.2f}s" for d in delays))
+    # Idle allowance (1 s) plus a tick (1 s) bounds the delay; 10 s leaves room for a busy host.
+    assert max(delays) < 10
     assert held["at"] == pytest.approx(ts + 2), "a timer's firing is stamped with its due time"
     assert held["evidence"]["event_ids"] == ["only"]
     assert held["emitted_at"] >= ts + 2, "the timer fired when the wall clock reached it"
