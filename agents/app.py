@@ -223,7 +223,8 @@ class SinkService(Service):
         from engine.store.cassandra import CassandraStore
         from engine.store.sink import CassandraSink
 
-        store = CassandraStore(self.settings)
+        self.store = CassandraStore(self.settings)
+        store = self.store
         self.rt.sink = CassandraSink(
             self.settings, store, group_id=f"{self.settings.worker.app_id}-cassandra-sink"
         )
@@ -232,3 +233,4 @@ class SinkService(Service):
     async def on_stop(self) -> None:
         if self.rt.sink is not None:
             await asyncio.shield(self.rt.sink.stop())
+            await self.store.close()

@@ -31,7 +31,7 @@ from mode import Service
 
 from engine.config import Settings
 from engine.events import SourcePosition
-from engine.kafka import behind, client_options
+from engine.kafka import behind, client_options, partitions_of
 from engine.quality import Accepted, DeviceRegistry, Inspector, deadletter_value
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,9 @@ class CompactedTopicView:
             **client_options(self.settings), enable_auto_commit=False, group_id=None
         )
         await self.consumer.start()
-        partitions = await _partitions_of(self.consumer, self.topic)
+        partitions = await partitions_of(self.consumer, self.topic, timeout_s=30.0)
+        if not partitions:
+            raise RuntimeError(f"topic {self.topic} does not exist; run `iotcrm setup` first")
         tps = [TopicPartition(self.topic, p) for p in partitions]
         self.consumer.assign(tps)
         await self.consumer.seek_to_beginning(*tps)
@@ -88,19 +90,6 @@ class CompactedTopicView:
             await asyncio.gather(self._task, return_exceptions=True)
         if self.consumer:
             await self.consumer.stop()
-
-
-async def _partitions_of(
-    consumer: AIOKafkaConsumer, topic: str, timeout_s: float = 30.0
-) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions:
-            return sorted(partitions)
-        await consumer._client.force_metadata_update()
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"topic {topic} does not exist; run `iotcrm setup` first")
 
 
 class IngestMetrics:

@@ -25,7 +25,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from engine.config import ACTION_TOPIC_SUFFIX, Settings
-from engine.kafka import behind, client_options
+from engine.kafka import behind, client_options, partitions_of
 from loadtest.accuracy import format_score, score
 from loadtest.cli import parse_duration
 from loadtest.harness import WorkerProcess, wait_for
@@ -50,7 +50,7 @@ async def end_offsets(settings: Settings, topics: list[str]) -> dict[TopicPartit
         tps = [
             TopicPartition(topic, p)
             for topic in topics
-            for p in sorted(consumer.partitions_for_topic(topic) or [])
+            for p in await partitions_of(consumer, topic)
         ]
         return await consumer.end_offsets(tps) if tps else {}
     finally:

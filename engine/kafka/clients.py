@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -31,3 +33,19 @@ async def behind(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> 
         if await consumer.position(tp) < offset:
             return True
     return False
+
+
+async def partitions_of(
+    consumer: AIOKafkaConsumer, topic: str, timeout_s: float = 0.0
+) -> list[int]:
+    """The partitions of ``topic``, asking the broker (a new client knows none).
+
+    Waits up to ``timeout_s`` for the topic to appear; [] if it does not.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        await consumer._client.force_metadata_update()
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions or time.monotonic() >= deadline:
+            return sorted(partitions or [])
+        await asyncio.sleep(0.2)

@@ -10,7 +10,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from engine.config import Settings, load_settings
-from engine.kafka import behind
+from engine.kafka import behind, partitions_of
 from loadtest.harness import WorkerProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,11 +146,7 @@ async def read_all(bootstrap: str, topic: str) -> list[Any]:
     )
     await consumer.start()
     try:
-        # A new client knows no topic's partitions until it asks: without this,
-        # an existing topic would read as empty.
-        await consumer._client.force_metadata_update()
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic)]
         if not tps:
             return []
         consumer.assign(tps)
