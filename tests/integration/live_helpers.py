@@ -1,0 +1,143 @@
+"""Shared pieces of the live-worker proofs (actor state, models, bad input, outage).
+
+Kept beside ``kit.py`` rather than in it: these are the helpers of a few test
+files, not of the whole integration suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from engine.ops_cli import setup
+from loadtest.harness import WorkerProcess, wait_for
+from tests.integration.kit import REPO, Namespace, read_all
+
+#: Action types of the downstream contract, one topic each.
+ACTION_TYPES = ("coupon", "maintenance_booking", "retention_offer", "support_case")
+
+
+@pytest.fixture(name="reference")
+async def reference_fixture(tmp_path: Path) -> AsyncIterator[Namespace]:
+    """Another namespace in the same test (fixture ``reference``): a run to compare with.
+
+    Import ``reference_fixture`` into a test module to use it.
+    """
+    ns = Namespace(REPO / ".state" / "test-logs" / tmp_path.name)
+    print(f"reference namespace {ns.id}: logs in {ns.tmp}")
+    ns.tmp.mkdir(parents=True, exist_ok=True)
+    await setup(ns.settings)
+    yield ns
+    for worker in ns.workers:
+        worker.kill()
+        print(f"--- {worker.log_path} (tail) ---\n{worker.log_tail(40)}")
+
+
+async def publish(producer: AIOKafkaProducer, records: Iterable[tuple[str, Any]]) -> int:
+    """Send ``(topic, value)`` records pipelined, in order, and wait for every ack.
+
+    One producer keeps the order of records within a partition, which is all the
+    order a device topic (one partition per device) needs.
+    """
+    futures = []
+    for topic, value in records:
+        payload = value if isinstance(value, bytes) else orjson.dumps(value)
+        futures.append(await producer.send(topic, payload))
+    await asyncio.gather(*futures)
+    return len(futures)
+
+
+async def idempotent_producer(bootstrap: str) -> AIOKafkaProducer:
+    """A producer whose retries can never reorder or repeat a device's records."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+    )
+    await producer.start()
+    return producer
+
+
+def processed_events(worker: WorkerProcess, customer_ids: Iterable[str]) -> dict[str, int]:
+    """``counts.events`` of each customer's live state (0 while unknown)."""
+    counts = {}
+    for customer_id in customer_ids:
+        state = worker.get(f"/customers/{customer_id}")
+        counts[customer_id] = (state or {}).get("counts", {}).get("events", 0)
+    return counts
+
+
+async def wait_processed(
+    worker: WorkerProcess, expected: dict[str, int], timeout: float = 60.0
+) -> None:
+    """Until every customer's state counts exactly the expected events."""
+
+    def done() -> bool:
+        if not worker.alive():
+            raise AssertionError(f"worker exited; log tail:\n{worker.log_tail()}")
+        return processed_events(worker, expected) == expected
+
+    await wait_for(done, timeout=timeout, what=f"states counting {expected}")
+
+
+async def actions_of(ns: Namespace) -> list[dict[str, Any]]:
+    """Every action on the namespace's action topics (all types)."""
+    bootstrap = ns.settings.kafka.bootstrap
+    actions: list[dict[str, Any]] = []
+    for action_type in ACTION_TYPES:
+        records = await read_all(bootstrap, ns.action_topic(action_type))
+        actions += [orjson.loads(record.value) for record in records]
+    return actions
+
+
+def without_emission_time(action: dict[str, Any]) -> dict[str, Any]:
+    """The part of an action a replay must repeat exactly (``emitted_at`` is wall clock)."""
+    return {name: value for name, value in action.items() if name != "emitted_at"}
+
+
+def duplicated_ids(actions: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """action_id -> copies, for the ids published more than once."""
+    copies = Counter(action["action_id"] for action in actions)
+    return {action_id: n for action_id, n in copies.items() if n > 1}
+
+
+def differences(got: Any, expected: Any, path: str = "") -> list[str]:
+    """Where two JSON values differ, as ``path: got != expected`` lines."""
+    if isinstance(got, dict) and isinstance(expected, dict):
+        lines = []
+        for name in sorted(set(got) | set(expected), key=str):
+            where = f"{path}.{name}" if path else str(name)
+            if name not in got or name not in expected:
+                lines.append(
+                    f"{where}: {got.get(name, '<absent>')!r} != {expected.get(name, '<absent>')!r}"
+                )
+            else:
+                lines += differences(got[name], expected[name], where)
+        return lines
+    if isinstance(got, list) and isinstance(expected, list) and len(got) == len(expected):
+        return [
+            line
+            for i, (a, b) in enumerate(zip(got, expected, strict=True))
+            for line in differences(a, b, f"{path}[{i}]")
+        ]
+    return [] if got == expected else [f"{path}: {got!r} != {expected!r}"]
+
+
+def iotcrm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the ``iotcrm`` CLI as a subprocess (with a namespace's ``env``, if given)."""
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args],
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
