@@ -90,7 +90,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 emitted_at timestamp,
                 payload text,
                 evidence text,
-                schema_version text,
+                schema_version int,
                 topic text,
                 written_at timestamp,
                 PRIMARY KEY ((customer_id), at, action_id)
@@ -109,7 +109,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 emitted_at timestamp,
                 payload text,
                 evidence text,
-                schema_version text,
+                schema_version int,
                 topic text,
                 written_at timestamp
             )

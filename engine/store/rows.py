@@ -27,6 +27,10 @@ import orjson
 #: Cassandra's largest TTL (20 years), in seconds.
 MAX_TTL_S = 630_720_000
 
+#: Range of CQL ``int`` (32 bits): a larger value would fail when bound, and
+#: be retried for ever, so it is refused as invalid instead.
+CQL_INT_RANGE = range(-(2**31), 2**31)
+
 
 class InvalidRecord(ValueError):
     """A record that can never be stored, however often it is retried."""
@@ -46,7 +50,7 @@ class ActionRow(NamedTuple):
     emitted_at_ms: int | None
     payload: str | None
     evidence: str | None
-    schema_version: str | None
+    schema_version: int | None
     topic: str | None
     written_at_ms: int
 
@@ -149,6 +153,15 @@ def _optional_text(record: Mapping[str, Any], field: str) -> str | None:
     return value
 
 
+def _optional_int(record: Mapping[str, Any], field: str) -> int | None:
+    value = record.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value not in CQL_INT_RANGE:
+        raise InvalidRecord(f"{field!r} must be a 32-bit integer, got {value!r}")
+    return value
+
+
 def _rule(action: Mapping[str, Any]) -> tuple[str | None, int | None]:
     rule = action.get("rule")
     if isinstance(rule, Mapping):
@@ -158,8 +171,10 @@ def _rule(action: Mapping[str, Any]) -> tuple[str | None, int | None]:
         rule_id, version = rule, action.get("rule_version")
     if rule_id is not None and not isinstance(rule_id, str):
         raise InvalidRecord(f"rule id must be a string, got {rule_id!r}")
-    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
-        raise InvalidRecord(f"rule version must be an integer, got {version!r}")
+    if version is not None and (
+        isinstance(version, bool) or not isinstance(version, int) or version not in CQL_INT_RANGE
+    ):
+        raise InvalidRecord(f"rule version must be a 32-bit integer, got {version!r}")
     return rule_id, version
 
 
@@ -174,7 +189,6 @@ def action_row(action: Mapping[str, Any], *, written_at_ms: int) -> ActionRow:
     if at_ms is None:
         raise InvalidRecord("missing field 'at'")
     rule_id, rule_version = _rule(action)
-    schema_version = action.get("schema_version")
     return ActionRow(
         customer_id=_required_text(action, "customer_id"),
         at_ms=at_ms,
@@ -186,7 +200,7 @@ def action_row(action: Mapping[str, Any], *, written_at_ms: int) -> ActionRow:
         emitted_at_ms=to_millis(action.get("emitted_at"), "emitted_at"),
         payload=to_json_text(action.get("payload")),
         evidence=to_json_text(action.get("evidence")),
-        schema_version=None if schema_version is None else str(schema_version),
+        schema_version=_optional_int(action, "schema_version"),
         topic=_optional_text(action, "topic"),
         written_at_ms=written_at_ms,
     )
@@ -198,7 +212,7 @@ def action_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
     >>> action_from_row({"action_id": "a1", "type": "coupon", "customer_id": "c1",
     ...     "device_id": None, "rule_id": "r", "rule_version": 2,
     ...     "at": datetime(1970, 1, 1, 0, 0, 3), "emitted_at": None, "payload": '{"x":1}',
-    ...     "evidence": None, "schema_version": "1", "topic": "t", "written_at": None})["payload"]
+    ...     "evidence": None, "schema_version": 1, "topic": "t", "written_at": None})["payload"]
     {'x': 1}
     """
     return {

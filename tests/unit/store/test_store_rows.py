@@ -58,7 +58,7 @@ def test_an_action_survives_the_round_trip_through_a_row() -> None:
     assert back["at"] == action["at"]
     assert back["emitted_at"] == datetime.fromisoformat(action["emitted_at"]).timestamp()
     assert back["written_at"] == 1763700002.0
-    assert back["schema_version"] == "1"
+    assert back["schema_version"] == action["schema_version"] == 1
     for field in ("action_id", "type", "customer_id", "device_id", "rule", "payload", "evidence"):
         assert back[field] == action[field], field
     assert back["topic"] == "crm.actions.maintenance"
@@ -96,6 +96,11 @@ def test_flat_rule_spelling_is_accepted() -> None:
         ({"device_id": 5}, "device_id"),
         ({"rule": {"id": "r", "version": "3"}}, "version"),
         ({"rule": {"id": 3, "version": 3}}, "rule id"),
+        ({"rule": {"id": "r", "version": 2**31}}, "32-bit"),
+        ({"schema_version": "1"}, "schema_version"),
+        ({"schema_version": True}, "schema_version"),
+        ({"schema_version": 1.0}, "schema_version"),
+        ({"schema_version": 2**31}, "32-bit"),
         ({"payload": {"handler": object()}}, "JSON"),
     ],
 )
@@ -107,13 +112,14 @@ def test_actions_that_cannot_be_stored_are_refused(overrides: dict[str, Any], me
 def test_missing_optional_fields_become_nulls() -> None:
     minimal = {"action_id": "a", "type": "coupon", "customer_id": "c", "at": 10}
     row = action_row(minimal, written_at_ms=0)
-    assert (row.device_id, row.rule_id, row.payload, row.emitted_at_ms, row.topic) == (
-        None,
-        None,
-        None,
-        None,
-        None,
-    )
+    assert (
+        row.device_id,
+        row.rule_id,
+        row.payload,
+        row.emitted_at_ms,
+        row.schema_version,
+        row.topic,
+    ) == (None, None, None, None, None, None)
 
 
 def test_times_convert_from_seconds_rfc3339_and_datetimes() -> None:
