@@ -87,7 +87,7 @@ class ActorStats:
     actions: int = 0
     late: int = 0
     duplicates: int = 0
-    suppressed: int = 0
+    suppressed: dict[str, int] = field(default_factory=dict)
     batches: int = 0
     timer_firings: int = 0
     last_batch_at: float | None = None
@@ -191,7 +191,8 @@ class CustomerAgent:
         self.stats.last_batch_at = emitted_at
         self.stats.events += out.processed
         self.stats.duplicates += out.duplicates
-        self.stats.suppressed += out.suppressed
+        for reason, count in out.suppressed.items():
+            self.stats.suppressed[reason] = self.stats.suppressed.get(reason, 0) + count
         self.rt.summaries.mark(written)
 
     def _load(self, customer_id: str) -> CustomerState:

@@ -47,14 +47,16 @@ class ActorOutput:
     late: list[tuple[dict[str, Any], str]] = field(default_factory=list)
     duplicates: int = 0
     processed: int = 0
-    suppressed: int = 0
+    #: firings not emitted, by reason: "cooldown", "consent:<name>", "group".
+    suppressed: dict[str, int] = field(default_factory=dict)
 
     def extend(self, other: ActorOutput) -> None:
         self.actions += other.actions
         self.late += other.late
         self.duplicates += other.duplicates
         self.processed += other.processed
-        self.suppressed += other.suppressed
+        for reason, count in other.suppressed.items():
+            self.suppressed[reason] = self.suppressed.get(reason, 0) + count
 
 
 class CustomerActor:
@@ -144,7 +146,7 @@ class CustomerActor:
     ) -> None:
         for firing in firings:
             if firing.suppressed:
-                out.suppressed += 1
+                out.suppressed[firing.suppressed] = out.suppressed.get(firing.suppressed, 0) + 1
                 continue
             action = build_action(
                 firing,

@@ -119,6 +119,9 @@ async def run(settings: Settings, options: DemoOptions) -> int:
         )
         publish_options = PublishOptions(
             bootstrap=k.bootstrap,
+            # Provision device topics first, as a fleet's onboarding would.
+            create_topics=True,
+            partitions=k.partitions,
             registry_topic=k.registry_topic,
             customers_topic=k.customers_topic,
             outcomes_topic=k.outcomes_topic,
@@ -200,7 +203,8 @@ def _report(
         f"processed by actors     {actor['events']:>8}",
         f"actions out             {len(actions):>8}  "
         + ", ".join(f"{t}: {len(a)}" for t, a in sorted(by_type.items())),
-        f"suppressed (consent)    {actor['suppressed']:>8}",
+        f"firings suppressed      {sum(actor['suppressed'].values()):>8}  "
+        + ", ".join(f"{why}: {n}" for why, n in sorted(actor["suppressed"].items())),
         f"action rows in Cassandra{rows:>8}  (of {len({a['action_id'] for a in actions})})",
         "",
         "sample actions:",

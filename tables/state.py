@@ -184,6 +184,8 @@ def device_view(device_state: dict[str, Any]) -> dict[str, Any]:
         "last_ts": device_state.get("last_ts"),
         "events": device_state.get("events", 0),
         "gap_count": device_state.get("gap_count", 0),
+        # Time of the device's latest action per type, e.g. last_action_at.maintenance_booking
+        "last_action_at": device_state.get("last_action_at", {}),
         "level_drop_per_cycle": consumable.get("drop_per_cycle"),
         "cycles_per_day": consumable.get("cycles_per_day"),
     }
@@ -194,6 +196,9 @@ def note_action(state: CustomerState, action: dict[str, Any]) -> None:
     recent: list[dict[str, Any]] = state["recent_actions"]
     recent.append({"action_id": action["action_id"], "type": action["type"], "at": action["at"]})
     del recent[: max(0, len(recent) - RECENT_ACTIONS_KEPT)]
+    device = state["devices"].get(action.get("device_id") or "")
+    if device is not None:
+        device.setdefault("last_action_at", {})[action["type"]] = action["at"]
     if action["type"] == "support_case":
         times: list[float] = state.setdefault("support_case_times", [])
         times.append(action["at"])

@@ -73,6 +73,7 @@ def test_actions_follow_the_contract_and_the_configured_topics(actor: CustomerAc
     assert action["at"] == 100.0 and action["emitted_at"] == 555.0
     assert action["evidence"]["event_ids"] == ["e1"]
     assert state["counts"]["actions"] == 1
+    assert device_view(state["devices"]["d1"])["last_action_at"] == {"support_case": 100.0}
 
 
 def test_an_explicit_rule_topic_is_kept(actor: CustomerActor) -> None:
@@ -110,7 +111,7 @@ def test_marketing_actions_need_consent(actor: CustomerActor) -> None:
     usage = event("u1", 50.0, kind="usage", usage_min=150.0)
     apply_profile(state, {"customer_id": "c1", "consent": {"marketing": False}})
     out = actor.handle_events(state, [usage], None, 0.0)
-    assert out.actions == [] and out.suppressed == 1
+    assert out.actions == [] and out.suppressed == {"consent:marketing": 1}
     apply_profile(state, {"customer_id": "c1", "consent": {"marketing": True}})
     out = actor.handle_events(state, [{**usage, "id": "u2", "ts": 60.0}], None, 0.0)
     assert [a["type"] for _, a in out.actions] == ["coupon"]
