@@ -51,6 +51,7 @@ from engine.store.rows import (
     action_from_row,
     action_row,
     check_ttl,
+    customer_360_row,
     from_json_text,
     from_timestamp,
     to_json_text,
@@ -231,6 +232,12 @@ class CassandraStore:
             "upsert_customer_360": f"UPDATE {ks}.customer_360 USING TTL ? SET tier = ?, "
             "segment = ?, consent = consent + ?, devices = devices + ?, "
             "counters = counters + ?, summary = ?, updated_at = ? WHERE customer_id = ?",
+            # A published summary is a snapshot: it replaces the profile fields
+            # and counters (a revoked consent flag must disappear, not linger
+            # from an earlier merge); devices are only added (see upsert_device).
+            "write_customer_summary": f"UPDATE {ks}.customer_360 USING TTL ? SET tier = ?, "
+            "segment = ?, consent = ?, devices = devices + ?, counters = ?, summary = ?, "
+            "updated_at = ? WHERE customer_id = ?",
             "remove_customer_device": f"UPDATE {ks}.customer_360 USING TTL ? "
             "SET devices = devices - ?, updated_at = ? WHERE customer_id = ?",
             "upsert_device": f"INSERT INTO {ks}.device_registry (device_id, customer_id, "
@@ -317,6 +324,52 @@ class CassandraStore:
             for customer_id, at_ms in latest.items()
         )
         await self._execute_all(requests)
+        return len(rows)
+
+    async def write_customer_summaries(self, summaries: Mapping[str, Mapping[str, Any]]) -> int:
+        """Write customer-360 summaries (customer_id → summary, as the worker
+        publishes them; see :func:`engine.store.rows.customer_360_row`) and
+        return how many.
+
+        Each customer's row takes the summary's tier, segment, consent,
+        counters and JSON text as they are now (replacing the previous
+        values), gains its devices, and moves ``last_event_at`` /
+        ``last_action_at`` forward (max-wins, as for actions). One unlogged
+        single-partition batch per customer, so a customer's row is never
+        half updated. All summaries are validated before any write: one
+        malformed summary raises InvalidRecord and nothing is written.
+        """
+        rows = [customer_360_row(key, summary) for key, summary in summaries.items()]
+        if not rows:
+            return 0
+        await self._ready()
+        now_ms, ttl = _now_ms(), self._ttl["customer_360"]
+        batches = []
+        for row in rows:
+            batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+            batch.add(
+                self._statements["write_customer_summary"],
+                (
+                    ttl,
+                    row.tier,
+                    row.segment,
+                    row.consent,
+                    set(row.devices) if row.devices else UNSET_VALUE,
+                    row.counters,
+                    row.summary,
+                    now_ms,
+                    row.customer_id,
+                ),
+            )
+            for name, at_ms in (
+                ("touch_last_event", row.last_event_at_ms),
+                ("touch_last_action", row.last_action_at_ms),
+            ):
+                if at_ms is not None:
+                    batch.add(self._statements[name], (at_ms * 1000, ttl, at_ms, row.customer_id))
+            batch.is_idempotent = True
+            batches.append((batch, ()))
+        await self._execute_all(batches)
         return len(rows)
 
     async def upsert_customer_360(

@@ -1,4 +1,5 @@
-"""Conversions between actions / registry records and Cassandra rows.
+"""Conversions between actions / registry records / customer-360 summaries
+and Cassandra rows.
 
 Plain Python, no driver import: the store binds these tuples to prepared
 statements, and the sink uses the same parsing to reject malformed records
@@ -17,10 +18,10 @@ and milliseconds since the epoch in Cassandra's ``timestamp`` columns.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import orjson
 
@@ -30,6 +31,8 @@ MAX_TTL_S = 630_720_000
 #: Range of CQL ``int`` (32 bits): a larger value would fail when bound, and
 #: be retried for ever, so it is refused as invalid instead.
 CQL_INT_RANGE = range(-(2**31), 2**31)
+#: Range of CQL ``bigint`` (64 bits), for the same reason.
+CQL_BIGINT_RANGE = range(-(2**63), 2**63)
 
 
 class InvalidRecord(ValueError):
@@ -84,6 +87,26 @@ class DeviceRow:
     registered_at_ms: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class Customer360Row:
+    """A customer-360 summary (as the worker publishes it) as a ``customer_360`` row.
+
+    The summary is a complete snapshot, so its fields replace the row's;
+    only ``devices`` is added to (the registry mirror removes devices) and
+    the two times only move forward.
+    """
+
+    customer_id: str
+    tier: str | None
+    segment: str | None
+    consent: dict[str, bool]
+    devices: frozenset[str]
+    last_event_at_ms: int | None
+    counters: dict[str, int]
+    last_action_at_ms: int | None
+    summary: str
+
+
 def to_millis(value: Any, field: str = "time") -> int | None:
     """Epoch seconds, an RFC 3339 string or a datetime → epoch milliseconds.
 
@@ -97,7 +120,10 @@ def to_millis(value: Any, field: str = "time") -> int | None:
     if isinstance(value, int | float):
         if not math.isfinite(value):
             raise InvalidRecord(f"{field}: not a finite number: {value!r}")
-        return round(value * 1000)
+        millis = round(value * 1000)
+        if millis not in CQL_BIGINT_RANGE:  # would fail when bound, retried for ever
+            raise InvalidRecord(f"{field}: out of a timestamp's range: {value!r}")
+        return millis
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)
@@ -256,3 +282,88 @@ def check_ttl(table: str, ttl_s: int) -> int:
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not 0 <= ttl_s <= MAX_TTL_S:
         raise ValueError(f"TTL of {table} must be an integer in [0, {MAX_TTL_S}], got {ttl_s!r}")
     return ttl_s
+
+
+def customer_360_row(customer_id: str | None, summary: Mapping[str, Any]) -> Customer360Row:
+    """Validate a customer-360 summary (``tables.state.summary``) keyed
+    ``customer_id`` (``None``: take the summary's own) and make its row.
+
+    Profile fields are free-form (``crm.customers``), so a typed column takes
+    a profile value only when it has the column's type: a non-string ``tier``
+    or ``segment`` is stored as null, and a consent flag that is not a
+    boolean is left out, which reads as no consent (docs/events.md). The
+    whole summary, as published, is kept as JSON text in ``summary``.
+    ``last_event_at`` is the latest ``last_ts`` of the devices,
+    ``last_action_at`` the latest ``at`` of the recent actions.
+
+    >>> row = customer_360_row("c1", {
+    ...     "customer": {"customer_id": "c1", "tier": "gold", "consent": {"marketing": True}},
+    ...     "devices": {"d1": {"last_ts": 10.0}, "d2": {"last_ts": 12.5}},
+    ...     "counts": {"events": 3, "actions": 1},
+    ...     "recent_actions": [{"action_id": "a1", "type": "coupon", "at": 11.0}]})
+    >>> row.tier, sorted(row.devices), row.last_event_at_ms, row.last_action_at_ms
+    ('gold', ['d1', 'd2'], 12500, 11000)
+    """
+    if not isinstance(summary, Mapping):
+        raise InvalidRecord(f"summary must be an object, got {type(summary).__name__}")
+    customer = summary.get("customer")
+    if not isinstance(customer, Mapping):
+        raise InvalidRecord("summary without a 'customer' object")
+    inner_id = customer.get("customer_id")
+    key = customer_id or inner_id
+    if not isinstance(key, str) or not key:
+        raise InvalidRecord("summary without a customer id")
+    if inner_id is not None and inner_id != key:
+        raise InvalidRecord(f"summary key {key!r} differs from customer_id {inner_id!r}")
+    devices = _mapping(summary, "devices")
+    counts = _mapping(summary, "counts")
+    recent_actions = summary.get("recent_actions") or []
+    if not isinstance(recent_actions, list):
+        raise InvalidRecord("'recent_actions' must be a list")
+    consent = customer.get("consent")
+    return Customer360Row(
+        customer_id=key,
+        tier=_text_or_none(customer.get("tier")),
+        segment=_text_or_none(customer.get("segment")),
+        consent=(
+            {flag: value for flag, value in consent.items() if isinstance(value, bool)}
+            if isinstance(consent, Mapping)
+            else {}
+        ),
+        devices=frozenset(devices),
+        last_event_at_ms=_latest(devices.values(), "last_ts", "devices"),
+        counters={name: _counter(name, value) for name, value in counts.items()},
+        last_action_at_ms=_latest(recent_actions, "at", "recent_actions"),
+        summary=cast(str, to_json_text(summary)),  # an object: never None
+    )
+
+
+def _mapping(record: Mapping[str, Any], field: str) -> Mapping[str, Any]:
+    value = record.get(field)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidRecord(f"{field!r} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _counter(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in CQL_BIGINT_RANGE:
+        raise InvalidRecord(f"count {name!r} must be a 64-bit integer, got {value!r}")
+    return value
+
+
+def _latest(items: Iterable[Any], field: str, where: str) -> int | None:
+    """The latest of the ``field`` times of ``items`` (objects), in milliseconds."""
+    latest: int | None = None
+    for item in items:
+        if not isinstance(item, Mapping):
+            raise InvalidRecord(f"{where}: expected objects, got {type(item).__name__}")
+        at_ms = to_millis(item.get(field), f"{where}.{field}")
+        if at_ms is not None and (latest is None or at_ms > latest):
+            latest = at_ms
+    return latest

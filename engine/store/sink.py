@@ -1,8 +1,10 @@
-"""The durable sink: Kafka action topics (and the registry) → Cassandra.
+"""The durable sink: Kafka action topics, the registry and the customer-360
+summaries → Cassandra.
 
-One consumer in group ``iotcrm-cassandra-sink`` reads the action topics and
-``iot.registry`` with ``read_committed`` isolation (only actions of committed
-engine transactions) and manual commits. Each batch is written to Cassandra
+One consumer in group ``iotcrm-cassandra-sink`` reads the action topics,
+``iot.registry`` and the worker's customer-360 summaries (compacted topic
+``kafka.customer360_topic``) with ``read_committed`` isolation (only actions
+of committed engine transactions) and manual commits. Each batch is written to Cassandra
 and its offsets are committed **only after** every write of the batch
 succeeded. So a crash between write and commit re-delivers the batch, and the
 re-write is a no-op: every write is an upsert keyed by natural ids.
@@ -21,7 +23,7 @@ Usage::
     sink = CassandraSink(settings, store)
     await sink.start()
     ...
-    health = sink.metrics.as_dict()   # written, retries, lag, last_error, healthy
+    health = sink.metrics.as_dict()   # written, retries, lag, last_error, healthy, ...
     await sink.stop()
 """
 
@@ -41,7 +43,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from engine.config import ACTION_TOPIC_SUFFIX, Settings
 from engine.store.backoff import Backoff
-from engine.store.rows import InvalidRecord, action_row, device_row
+from engine.store.rows import InvalidRecord, action_row, customer_360_row, device_row
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ class SinkStore(Protocol):
 
     async def delete_device(self, device_id: str) -> None: ...
 
+    async def write_customer_summaries(self, summaries: Mapping[str, Mapping[str, Any]]) -> int: ...
+
 
 @dataclass
 class SinkMetrics:
@@ -72,6 +76,7 @@ class SinkMetrics:
 
     written: int = 0  # actions written (re-writes after a retry count once)
     devices_written: int = 0  # registry records mirrored
+    summaries_written: int = 0  # customer-360 summaries upserted
     batches: int = 0  # batches written and committed
     retries: int = 0  # failed write attempts of a batch that was then retried
     rejected: int = 0  # records that can never be stored (logged, skipped)
@@ -105,6 +110,7 @@ class Batch:
 
     actions: list[dict[str, Any]]
     devices: list[DeviceChange]
+    summaries: dict[str, dict[str, Any]]  # customer_id → latest summary
     rejected: int
     offsets: dict[TopicPartition, int]  # next offset to commit per partition
     records: int  # how many Kafka records the batch holds
@@ -116,16 +122,23 @@ def action_topics(settings: Settings) -> list[str]:
 
 
 def decode_batch(
-    records: Mapping[TopicPartition, Sequence[Any]], registry_topic: str | None
+    records: Mapping[TopicPartition, Sequence[Any]],
+    registry_topic: str | None,
+    customer360_topic: str | None = None,
 ) -> Batch:
-    """Split a ``getmany`` result into actions and registry changes.
+    """Split a ``getmany`` result into actions, registry changes and
+    customer-360 summaries.
 
     Malformed records are logged and counted, never raised: retrying cannot
-    fix them. Of several changes to one device in a batch only the last is
-    kept, as log compaction would.
+    fix them. Of several changes to one device, or summaries of one
+    customer, in a batch only the last is kept, as log compaction would; a
+    summary tombstone only cancels the customer's earlier summaries of the
+    batch (the 360 row also holds the action log's and the registry's fields,
+    so it is not deleted).
     """
     actions: list[dict[str, Any]] = []
     devices: dict[str, DeviceChange] = {}
+    summaries: dict[str, dict[str, Any]] = {}
     rejected = 0
     offsets: dict[TopicPartition, int] = {}
     for tp, messages in records.items():
@@ -138,6 +151,11 @@ def decode_batch(
                     change = _device_change(message)
                     devices.pop(change.device_id, None)  # keep the latest last
                     devices[change.device_id] = change
+                elif tp.topic == customer360_topic:
+                    customer_id, summary = _customer_summary(message)
+                    summaries.pop(customer_id, None)
+                    if summary is not None:
+                        summaries[customer_id] = summary
                 else:
                     actions.append(_action(message, tp.topic))
             except InvalidRecord as exc:
@@ -146,7 +164,7 @@ def decode_batch(
                     "rejected record %s[%d]@%d: %s", tp.topic, tp.partition, message.offset, exc
                 )
     total = sum(len(messages) for messages in records.values())
-    return Batch(actions, list(devices.values()), rejected, offsets, total)
+    return Batch(actions, list(devices.values()), summaries, rejected, offsets, total)
 
 
 def _json_object(value: bytes | None) -> dict[str, Any]:
@@ -159,6 +177,13 @@ def _json_object(value: bytes | None) -> dict[str, Any]:
     return decoded
 
 
+def _text_key(message: Any) -> str | None:
+    try:
+        return message.key.decode() if message.key is not None else None
+    except UnicodeDecodeError:
+        raise InvalidRecord(f"key is not UTF-8: {message.key!r}") from None
+
+
 def _action(message: Any, topic: str) -> dict[str, Any]:
     action = _json_object(message.value)
     action["topic"] = topic
@@ -167,7 +192,7 @@ def _action(message: Any, topic: str) -> dict[str, Any]:
 
 
 def _device_change(message: Any) -> DeviceChange:
-    key = message.key.decode() if message.key is not None else None
+    key = _text_key(message)
     if message.value is None:
         if not key:
             raise InvalidRecord("tombstone without a key")
@@ -178,6 +203,17 @@ def _device_change(message: Any) -> DeviceChange:
         raise InvalidRecord("registry record without a device id")
     device_row(device_id, registration)  # validate now
     return DeviceChange(device_id, registration)
+
+
+def _customer_summary(message: Any) -> tuple[str, dict[str, Any] | None]:
+    key = _text_key(message)
+    if message.value is None:
+        if not key:
+            raise InvalidRecord("tombstone without a key")
+        return key, None
+    summary = _json_object(message.value)
+    row = customer_360_row(key, summary)  # validate now
+    return row.customer_id, summary
 
 
 class Consumer(Protocol):
@@ -203,10 +239,12 @@ class Consumer(Protocol):
 
 
 class CassandraSink:
-    """Consume action topics (and mirror the registry) into a store.
+    """Consume action topics (and mirror the registry and the customer-360
+    summaries) into a store.
 
     ``topics`` defaults to the four action topics of the settings;
-    ``mirror_registry`` adds ``kafka.registry_topic``. ``consumer_options``
+    ``mirror_registry`` adds ``kafka.registry_topic``, ``mirror_customer_360``
+    adds ``kafka.customer360_topic`` (unless that is empty). ``consumer_options``
     are passed to AIOKafkaConsumer (e.g. SASL/TLS options); ``consumer``
     replaces it altogether (tests). The store stays the caller's: close it
     after :meth:`stop`.
@@ -219,6 +257,7 @@ class CassandraSink:
         *,
         topics: Sequence[str] | None = None,
         mirror_registry: bool = True,
+        mirror_customer_360: bool = True,
         group_id: str = GROUP_ID,
         batch_size: int | None = None,
         poll_timeout_s: float = 0.5,
@@ -230,8 +269,13 @@ class CassandraSink:
         self._settings = settings
         self._store = store
         self._registry_topic = settings.kafka.registry_topic if mirror_registry else None
+        self._customer360_topic = (
+            settings.kafka.customer360_topic if mirror_customer_360 else None
+        ) or None
         topics = list(topics) if topics is not None else action_topics(settings)
-        self._topics = topics + ([self._registry_topic] if self._registry_topic else [])
+        self._topics = topics + [
+            topic for topic in (self._registry_topic, self._customer360_topic) if topic
+        ]
         self._group_id = group_id
         self._batch_size = batch_size or settings.worker.batch_size
         self._poll_timeout_ms = int(poll_timeout_s * 1000)
@@ -295,7 +339,9 @@ class CassandraSink:
                         timeout_ms=self._poll_timeout_ms, max_records=self._batch_size
                     )
                     if records:
-                        await self._deliver(decode_batch(records, self._registry_topic))
+                        await self._deliver(
+                            decode_batch(records, self._registry_topic, self._customer360_topic)
+                        )
                     await self._refresh_lag()
                 except Exception as exc:
                     # Kafka-side trouble (the write path retries Cassandra's own):
@@ -317,7 +363,7 @@ class CassandraSink:
         attempt = 0
         while True:
             try:
-                written, devices = await self._write(batch)
+                written, devices, summaries = await self._write(batch)
                 break
             except Exception as exc:
                 attempt += 1
@@ -347,15 +393,21 @@ class CassandraSink:
         self.metrics.failing_since = None
         self.metrics.written += written
         self.metrics.devices_written += devices
+        self.metrics.summaries_written += summaries
         await self._commit(batch.offsets)
         self._in_hand = 0
         self.metrics.batches += 1
 
-    async def _write(self, batch: Batch) -> tuple[int, int]:
+    async def _write(self, batch: Batch) -> tuple[int, int, int]:
+        """Write the whole batch; returns how many actions, registry changes
+        and summaries it wrote."""
         written = await self._store.write_actions(batch.actions) if batch.actions else 0
         # Different devices are independent; one device appears once per batch.
         await asyncio.gather(*(self._apply(change) for change in batch.devices))
-        return written, len(batch.devices)
+        summaries = (
+            await self._store.write_customer_summaries(batch.summaries) if batch.summaries else 0
+        )
+        return written, len(batch.devices), summaries
 
     async def _apply(self, change: DeviceChange) -> None:
         if change.registration is None:

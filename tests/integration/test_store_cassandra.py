@@ -25,6 +25,7 @@ from engine.store.backoff import Backoff
 from engine.store.cassandra import CassandraStore, build_cluster
 from engine.store.migrations import MIGRATIONS, MigrationError, apply_migrations
 from engine.store.sink import CassandraSink, action_topics
+from tables.state import apply_profile, new_customer_state, note_action, record_event, summary
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +88,8 @@ async def kafka(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
 async def sink_settings(
     settings: Settings, kafka: AIOKafkaAdminClient, request: pytest.FixtureRequest
 ) -> AsyncIterator[Settings]:
-    """Settings naming action and registry topics of this test alone (2 partitions each)."""
+    """Settings naming action, registry and customer-360 topics of this test
+    alone (2 partitions each; the last two compacted, as deployed)."""
     prefix = f"test-{RUN}-{request.node.name[-20:]}".replace("_", "-")
     own = msgspec.structs.replace(
         settings,
@@ -95,10 +97,22 @@ async def sink_settings(
             settings.kafka,
             action_topic_prefix=f"{prefix}.crm.actions.",
             registry_topic=f"{prefix}.iot.registry",
+            customer360_topic=f"{prefix}.customer360",
         ),
     )
-    names = [*action_topics(own), own.kafka.registry_topic]
-    await kafka.create_topics([NewTopic(t, num_partitions=2, replication_factor=1) for t in names])
+    compacted = [own.kafka.registry_topic, own.kafka.customer360_topic]
+    names = [*action_topics(own), *compacted]
+    await kafka.create_topics(
+        [
+            NewTopic(
+                t,
+                num_partitions=2,
+                replication_factor=1,
+                topic_configs={"cleanup.policy": "compact"} if t in compacted else {},
+            )
+            for t in names
+        ]
+    )
     yield own
     await kafka.delete_topics(names)
 
@@ -414,6 +428,81 @@ async def test_sink_writes_committed_actions_and_mirrors_the_registry(
     assert (await store.read_customer_360(customer) or {})["devices"] == [f"{RUN}-d1"]
 
 
+def customer_summary(
+    customer: str, *, tier: str, consent: dict[str, bool], devices: dict[str, float]
+) -> dict[str, Any]:
+    """A summary shaped as the worker publishes it (tables.state.summary)."""
+    state = new_customer_state(customer)
+    apply_profile(state, {"customer_id": customer, "tier": tier, "segment": "family",
+                          "consent": consent})  # fmt: skip
+    for device_id, ts in devices.items():
+        record_event(
+            state,
+            state["devices"].setdefault(device_id, {}),
+            {"id": f"e-{device_id}", "ts": ts, "device_id": device_id, "device_type": "washer",
+             "kind": "reading", "temperature_c": 41.5},
+        )  # fmt: skip
+        note_action(state, {"action_id": f"a-{device_id}", "type": "coupon", "at": ts - 10})
+    return orjson.loads(orjson.dumps(summary(state)))
+
+
+async def test_sink_upserts_the_latest_customer_360_summary(
+    sink_settings: Settings, store: CassandraStore, kafka: AIOKafkaAdminClient
+) -> None:
+    settings = sink_settings
+    customer = f"{RUN}-360-sink"
+    group = f"test-{RUN}-360-sink"
+    topic = settings.kafka.customer360_topic
+    first = customer_summary(
+        customer,
+        tier="silver",
+        consent={"marketing": True, "service": True},
+        devices={"d-1": 1763700000.0, "d-2": 1763700060.0},
+    )
+    outdated = customer_summary(customer, tier="bronze", consent={}, devices={"d-1": 1.0})
+    latest = customer_summary(
+        customer,
+        tier="gold",
+        consent={"service": True},  # marketing consent revoked
+        devices={"d-1": 1763700000.0, "d-2": 1763700060.0, "d-3": 1763700120.5},
+    )
+    sink = CassandraSink(settings, store, group_id=group, lag_interval_s=0.2)
+    await sink.start()
+    try:
+        await produce(settings, [(topic, customer.encode(), orjson.dumps(first))])
+
+        async def tier() -> Any:
+            return ((await store.read_customer_360(customer)) or {}).get("tier")
+
+        await eventually(tier, "silver")
+        # Two summaries in one transaction: the later one is what remains.
+        await produce(
+            settings,
+            [
+                (topic, customer.encode(), orjson.dumps(outdated)),
+                (topic, customer.encode(), orjson.dumps(latest)),
+            ],
+        )
+        await eventually(tier, "gold")
+        await eventually(lambda: sink.metrics.lag, 0)
+    finally:
+        await sink.stop()
+
+    row = await store.read_customer_360(customer)
+    assert row is not None
+    assert (row["tier"], row["segment"]) == ("gold", "family")
+    assert row["consent"] == {"service": True}  # replaced, not merged
+    assert row["devices"] == ["d-1", "d-2", "d-3"]
+    assert row["counters"] == {"events": 3, "actions": 3}
+    assert row["last_event_at"] == 1763700120.5
+    assert row["last_action_at"] == 1763700110.5
+    assert row["summary"] == latest
+    assert row["updated_at"] is not None
+    assert sink.metrics.rejected == 0
+    committed = await committed_offsets(kafka, group, [topic])
+    assert await records_after(settings, committed, [topic]) == 0
+
+
 class FlakyStore:
     """The real store, but writes fail while ``down`` is set: Cassandra gone."""
 
@@ -433,6 +522,9 @@ class FlakyStore:
 
     async def delete_device(self, device_id: str) -> None:
         await self.store.delete_device(device_id)
+
+    async def write_customer_summaries(self, summaries: Mapping[str, Mapping[str, Any]]) -> int:
+        return await self.store.write_customer_summaries(summaries)
 
 
 async def test_sink_holds_back_during_an_outage_and_loses_nothing(

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
+import orjson
 import pytest
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.query import UNSET_VALUE, BatchStatement
@@ -257,6 +258,79 @@ async def test_customer_360_binds_unset_not_null_for_missing_fields(
     # UNSET leaves a column as it is (and writes no tombstone); None would erase it.
     assert (tier, devices, counters, summary) == (UNSET_VALUE,) * 4
     assert (segment, consent, key, ttl) == ("family", {"marketing": True}, "c-1", 0)
+    await store.close()
+
+
+def customer_summary(customer_id: str, **customer: Any) -> dict[str, Any]:
+    return {
+        "customer": {"customer_id": customer_id, **customer},
+        "devices": {"d-1": {"last_ts": 100.0}, "d-2": {"last_ts": 130.5}},
+        "counts": {"events": 7, "actions": 2},
+        "recent_actions": [
+            {"action_id": "a-1", "type": "coupon", "at": 90.0},
+            {"action_id": "a-2", "type": "coupon", "at": 120.0},
+        ],
+    }
+
+
+async def test_a_summary_replaces_the_snapshot_fields_in_one_batch_per_customer(
+    session: FakeSession, batched: dict[int, list[tuple[str, tuple[Any, ...]]]]
+) -> None:
+    store = CassandraStore(Settings(), migrate=False, table_ttls={"customer_360": 600})
+    written = await store.write_customer_summaries(
+        {
+            "c-1": customer_summary("c-1", tier="gold", consent={"marketing": True}),
+            "c-2": customer_summary("c-2"),
+        }
+    )
+
+    assert written == 2
+    assert len(session.requests) == 2
+    assert all(isinstance(batch, BatchStatement) for batch, _ in session.requests)
+    by_customer = {
+        statements[0][1][-1]: statements
+        for statements in (batched[id(batch)] for batch, _ in session.requests)
+    }
+    (snapshot_cql, snapshot), (event_cql, event), (action_cql, action_touch) = by_customer["c-1"]
+    # Snapshot fields are replaced (a revoked consent flag must not survive a
+    # merge); devices are only added to.
+    assert "consent = ?," in snapshot_cql and "counters = ?," in snapshot_cql
+    assert "devices = devices + ?" in snapshot_cql
+    ttl, tier, segment, consent, devices, counters, text, _updated, key = snapshot
+    assert (ttl, tier, segment, key) == (600, "gold", None, "c-1")
+    assert (consent, devices, counters) == (
+        {"marketing": True},
+        {"d-1", "d-2"},
+        {"events": 7, "actions": 2},
+    )
+    assert orjson.loads(text)["customer"]["tier"] == "gold"
+    # The times are max-wins cells, as when actions are written.
+    assert "SET last_event_at" in event_cql and "SET last_action_at" in action_cql
+    assert event == (130_500_000, 600, 130_500, "c-1")
+    assert action_touch == (120_000_000, 600, 120_000, "c-1")
+    await store.close()
+
+
+async def test_a_summary_without_devices_or_times_touches_neither(
+    session: FakeSession, batched: dict[int, list[tuple[str, tuple[Any, ...]]]]
+) -> None:
+    store = CassandraStore(Settings(), migrate=False)
+    await store.write_customer_summaries({"c-1": {"customer": {"customer_id": "c-1"}}})
+    ((batch, _),) = session.requests
+    ((_, params),) = batched[id(batch)]
+    assert params[4] is UNSET_VALUE  # no empty-set append
+    await store.close()
+
+
+async def test_one_malformed_summary_means_no_summary_is_written(session: FakeSession) -> None:
+    store = CassandraStore(Settings(), migrate=False)
+    await store.connect()
+    with pytest.raises(InvalidRecord, match="differs"):
+        await store.write_customer_summaries(
+            {"c-1": customer_summary("c-1"), "c-2": customer_summary("c-3")}
+        )
+    assert session.requests == []
+    assert await store.write_customer_summaries({}) == 0
     await store.close()
 
 

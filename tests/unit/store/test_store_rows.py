@@ -1,4 +1,4 @@
-"""Action and registry records ↔ Cassandra rows."""
+"""Action, registry and customer-360 records ↔ Cassandra rows."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import random
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 
 from engine.store.backoff import Backoff
@@ -18,9 +19,17 @@ from engine.store.rows import (
     action_from_row,
     action_row,
     check_ttl,
+    customer_360_row,
     device_row,
     to_json_text,
     to_millis,
+)
+from tables.state import (
+    apply_profile,
+    new_customer_state,
+    note_action,
+    record_event,
+    summary,
 )
 
 
@@ -93,6 +102,7 @@ def test_flat_rule_spelling_is_accepted() -> None:
         ({"at": "yesterday"}, "RFC 3339"),
         ({"at": math.nan}, "finite"),
         ({"at": True}, "expected a time"),
+        ({"at": 1e300}, "range"),
         ({"device_id": 5}, "device_id"),
         ({"rule": {"id": "r", "version": "3"}}, "version"),
         ({"rule": {"id": 3, "version": 3}}, "rule id"),
@@ -195,3 +205,89 @@ def test_backoff_jitter_stays_within_half_to_full_cap_and_varies() -> None:
 def test_backoff_rejects_nonsense(base: float, factor: float, maximum: float) -> None:
     with pytest.raises(ValueError):
         Backoff(base_s=base, factor=factor, max_s=maximum)
+
+
+def published_summary() -> dict[str, Any]:
+    """A summary as the worker publishes it: tables.state.summary, through JSON."""
+    state = new_customer_state("c-001")
+    apply_profile(
+        state,
+        {
+            "customer_id": "c-001",
+            "tier": "gold",
+            "segment": "family",
+            "region": "EU",
+            "consent": {"marketing": True, "service": False},
+        },
+    )
+    for device_id, ts in (("d-1", 1763700000.0), ("d-2", 1763700300.5), ("d-1", 1763700100.0)):
+        device = state["devices"].setdefault(device_id, {})
+        record_event(
+            state,
+            device,
+            {"id": f"e-{ts}", "ts": ts, "device_id": device_id, "device_type": "washer",
+             "kind": "reading", "temperature_c": 40.0},
+        )  # fmt: skip
+    for n, at in enumerate((1763700050.0, 1763700200.25, 1763700150.0)):
+        note_action(state, {"action_id": f"a-{n}", "type": "coupon", "at": at})
+    return orjson.loads(orjson.dumps(summary(state)))
+
+
+def test_a_published_summary_becomes_its_customer_360_row() -> None:
+    published = published_summary()
+    row = customer_360_row("c-001", published)
+
+    assert (row.customer_id, row.tier, row.segment) == ("c-001", "gold", "family")
+    assert row.consent == {"marketing": True, "service": False}
+    assert row.devices == {"d-1", "d-2"}
+    assert row.counters == {"events": 3, "actions": 3}
+    assert row.last_event_at_ms == 1763700300500  # the latest device reading
+    assert row.last_action_at_ms == 1763700200250  # the latest recent action
+    assert orjson.loads(row.summary) == published
+
+
+def test_the_summary_text_is_canonical() -> None:
+    published = published_summary()
+    reordered = dict(reversed(list(published.items())))
+    assert customer_360_row(None, reordered).summary == customer_360_row("c-001", published).summary
+
+
+def test_profile_values_of_the_wrong_type_are_left_out_of_typed_columns() -> None:
+    published = published_summary()
+    published["customer"].update(
+        tier=3, segment=None, consent={"marketing": "yes", "service": True, "sms": 1}
+    )
+    row = customer_360_row("c-001", published)
+    assert (row.tier, row.segment) == (None, None)
+    # A flag that is not a boolean reads as no consent, never as consent.
+    assert row.consent == {"service": True}
+    assert orjson.loads(row.summary)["customer"]["consent"]["marketing"] == "yes"
+
+
+def test_an_empty_summary_gives_an_empty_row_not_an_error() -> None:
+    row = customer_360_row("c-9", {"customer": {"customer_id": "c-9"}})
+    assert (row.devices, row.counters, row.consent) == (frozenset(), {}, {})
+    assert (row.last_event_at_ms, row.last_action_at_ms, row.tier) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("key", "change", "message"),
+    [
+        ("c-001", {"customer": None}, "'customer' object"),
+        ("c-002", {}, "differs"),
+        (None, {"customer": {"tier": "gold"}}, "customer id"),
+        ("c-001", {"devices": ["d-1"]}, "'devices' must be an object"),
+        ("c-001", {"devices": {"d-1": 5}}, "expected objects"),
+        ("c-001", {"devices": {"d-1": {"last_ts": "soon"}}}, "RFC 3339"),
+        ("c-001", {"counts": {"events": 1.5}}, "64-bit integer"),
+        ("c-001", {"counts": {"events": True}}, "64-bit integer"),
+        ("c-001", {"counts": {"events": 2**63}}, "64-bit integer"),
+        ("c-001", {"recent_actions": {"a": 1}}, "must be a list"),
+        ("c-001", {"recent_actions": [{"at": math.inf}]}, "finite"),
+    ],
+)
+def test_summaries_that_cannot_be_stored_are_refused(
+    key: str | None, change: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidRecord, match=message):
+        customer_360_row(key, {**published_summary(), **change})

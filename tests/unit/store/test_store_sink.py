@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 from aiokafka import TopicPartition
@@ -25,6 +26,7 @@ SETTINGS = Settings()
 COUPONS = TopicPartition("crm.actions.coupon", 0)
 SUPPORT = TopicPartition("crm.actions.support", 1)
 REGISTRY = TopicPartition("iot.registry", 0)
+SUMMARIES = TopicPartition("iotcrm.customer360", 2)
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,17 @@ def action(n: int, customer: str = "c-1") -> bytes:
             "at": 1000.0 + n,
             "rule": {"id": "r", "version": 1},
             "payload": {"n": n},
+        }
+    )
+
+
+def summary(customer: str, **profile: Any) -> bytes:
+    return orjson.dumps(
+        {
+            "customer": {"customer_id": customer, **profile},
+            "devices": {"d-1": {"last_ts": 1000.0}},
+            "counts": {"events": 1, "actions": 0},
+            "recent_actions": [],
         }
     )
 
@@ -150,6 +163,7 @@ class FakeStore:
         self.down: Callable[[], bool] = lambda: False
         self.rows: dict[str, dict[str, Any]] = {}  # action_id → action (upsert)
         self.devices: dict[str, dict[str, Any] | None] = {}
+        self.summaries: dict[str, dict[str, Any]] = {}
         self.attempts = 0
 
     def _check(self) -> None:
@@ -174,6 +188,12 @@ class FakeStore:
         self._check()
         self.devices[device_id] = None
         self.journal.append(("device-deleted", device_id))
+
+    async def write_customer_summaries(self, summaries: Mapping[str, Mapping[str, Any]]) -> int:
+        self._check()
+        self.summaries.update({key: dict(value) for key, value in summaries.items()})
+        self.journal.append(("summaries", sorted(summaries)))
+        return len(summaries)
 
 
 FAST = Backoff(base_s=0.001, factor=2.0, max_s=0.004)
@@ -201,21 +221,35 @@ def commits(journal: list[tuple[str, Any]]) -> list[dict[TopicPartition, int]]:
     return [entry for kind, entry in journal if kind == "commit"]
 
 
-async def test_subscribes_to_the_four_action_topics_and_the_registry() -> None:
+async def test_subscribes_to_the_action_topics_the_registry_and_the_summaries() -> None:
     sink, consumer, _, _ = make_sink()
     await sink.start()
     await sink.stop()
-    assert consumer.subscribed == [*action_topics(SETTINGS), "iot.registry"]
+    assert consumer.subscribed == [*action_topics(SETTINGS), "iot.registry", "iotcrm.customer360"]
     assert sorted(action_topics(SETTINGS)) == [
         "crm.actions.coupon",
         "crm.actions.maintenance",
         "crm.actions.retention",
         "crm.actions.support",
     ]
-    sink, consumer, _, _ = make_sink(topics=["x.actions"], mirror_registry=False)
+    sink, consumer, _, _ = make_sink(
+        topics=["x.actions"], mirror_registry=False, mirror_customer_360=False
+    )
     await sink.start()
     await sink.stop()
     assert consumer.subscribed == ["x.actions"]
+
+
+async def test_summaries_are_not_consumed_when_no_topic_is_configured() -> None:
+    journal: list[tuple[str, Any]] = []
+    consumer = FakeConsumer(journal)
+    unset = msgspec.structs.replace(
+        SETTINGS, kafka=msgspec.structs.replace(SETTINGS.kafka, customer360_topic="")
+    )
+    sink = CassandraSink(unset, FakeStore(journal), consumer=consumer, poll_timeout_s=0.01)
+    await sink.start()
+    await sink.stop()
+    assert consumer.subscribed == [*action_topics(SETTINGS), "iot.registry"]
 
 
 async def test_commit_follows_the_successful_write_of_its_batch() -> None:
@@ -443,6 +477,75 @@ def test_decode_batch_collapses_registry_changes_and_counts_records() -> None:
     assert batch.records == 5
     assert batch.offsets == {REGISTRY: 4, COUPONS: 8}
     assert [a["action_id"] for a in batch.actions] == ["a-1"]
+
+
+async def test_the_latest_summary_per_customer_is_written_before_the_commit() -> None:
+    sink, consumer, store, journal = make_sink()
+    consumer.produce(SUMMARIES, summary("c-1", tier="silver"), key=b"c-1")
+    consumer.produce(SUMMARIES, summary("c-2", tier="gold"), key=b"c-2")
+    consumer.produce(SUMMARIES, summary("c-1", tier="gold"), key=b"c-1")
+    consumer.produce(COUPONS, action(1))
+    await sink.start()
+    await until(lambda: consumer.committed.get(SUMMARIES) == 3)
+    await sink.stop()
+
+    assert [kind for kind, _ in journal if kind in ("write", "summaries", "commit")] == [
+        "write",
+        "summaries",
+        "commit",
+    ]
+    assert ("summaries", ["c-1", "c-2"]) in journal
+    assert store.summaries["c-1"]["customer"]["tier"] == "gold"
+    assert store.summaries["c-2"]["customer"]["tier"] == "gold"
+    assert commits(journal) == [{COUPONS: 1, SUMMARIES: 3}]
+    assert (sink.metrics.summaries_written, sink.metrics.written) == (2, 1)
+
+
+async def test_a_failing_summary_write_holds_the_batch_and_is_retried() -> None:
+    sink, consumer, store, journal = make_sink()
+    failures = iter([True, True])
+    store.down = lambda: next(failures, False)
+    consumer.produce(SUMMARIES, summary("c-1", tier="gold"), key=b"c-1")
+    await sink.start()
+    await until(lambda: consumer.committed.get(SUMMARIES) == 1)
+    await sink.stop()
+
+    kinds = [kind for kind, _ in journal if kind in ("summaries", "write-failed", "commit")]
+    assert kinds == ["write-failed", "write-failed", "summaries", "commit"]
+    assert sink.metrics.retries == 2 and sink.metrics.summaries_written == 1
+
+
+async def test_malformed_summaries_are_rejected_without_stalling_the_rest() -> None:
+    sink, consumer, store, _ = make_sink()
+    consumer.produce(SUMMARIES, b"[]", key=b"c-1")
+    consumer.produce(SUMMARIES, summary("c-2"), key=b"c-1")  # key and body disagree
+    consumer.produce(SUMMARIES, orjson.dumps({"customer": {}, "counts": {"x": "1"}}), key=b"c-3")
+    consumer.produce(SUMMARIES, summary("c-4"), key=b"\xff\xfe")  # not UTF-8
+    consumer.produce(SUMMARIES, summary("c-5"), key=b"c-5")
+    await sink.start()
+    await until(lambda: consumer.committed.get(SUMMARIES) == 5)
+    await sink.stop()
+
+    assert set(store.summaries) == {"c-5"}
+    assert sink.metrics.rejected == 4
+
+
+def test_decode_batch_keeps_the_latest_summary_and_a_tombstone_cancels_earlier_ones() -> None:
+    records = {
+        SUMMARIES: [
+            Record(SUMMARIES.topic, 2, 0, b"c-1", summary("c-1", tier="silver")),
+            Record(SUMMARIES.topic, 2, 1, b"c-2", summary("c-2")),
+            Record(SUMMARIES.topic, 2, 2, b"c-1", summary("c-1", tier="gold")),
+            Record(SUMMARIES.topic, 2, 3, b"c-2", None),
+            Record(SUMMARIES.topic, 2, 4, None, summary("c-3")),  # id from the body
+        ]
+    }
+    batch = decode_batch(records, "iot.registry", SUMMARIES.topic)
+    assert list(batch.summaries) == ["c-1", "c-3"]
+    assert batch.summaries["c-1"]["customer"]["tier"] == "gold"
+    assert (batch.rejected, batch.records, batch.offsets) == (0, 5, {SUMMARIES: 5})
+    # Without a summary topic the same records would be taken for actions.
+    assert decode_batch(records, "iot.registry").summaries == {}
 
 
 def test_metrics_expose_health_as_a_plain_dict() -> None:
