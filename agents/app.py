@@ -33,7 +33,7 @@ from engine.models import ModelSet, load_models
 from engine.quality import StreamHygiene
 from engine.rules import RuleEngine
 from engine.rules_watch import RulesWatcher
-from tables.definitions import define_tables
+from tables.definitions import DAY_S, HOUR_S, define_tables, recent_usage
 from tables.state import decode_state, summary
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,10 @@ class Runtime:
             table_cleanup_interval=60.0,
             loghandlers=[],
         )
-        self.customers, self.timers, self.model_checkpoints = define_tables(self.app, settings)
+        self.tables = define_tables(self.app, settings)
+        self.customers = self.tables.customers
+        self.timers = self.tables.timers
+        self.model_checkpoints = self.tables.model_checkpoints
         self.rules_watcher = RulesWatcher(settings.rules.path)
         ruleset = self.rules_watcher.load_initial()
         self.actor = CustomerActor(
@@ -176,7 +179,17 @@ class Runtime:
             blob = self.customers.get(customer_id)
             if blob is None:
                 return web.json({"error": f"no state for customer {customer_id!r}"}, status=404)
-            return web.json(summary(decode_state(blob)))
+            state = decode_state(blob)
+            view = summary(state)
+            now = state["last_event_at"]
+            if now is not None:
+                view["usage_by_hour"] = recent_usage(
+                    self.tables.usage_hourly, customer_id, now, HOUR_S, 24
+                )
+                view["usage_by_day"] = recent_usage(
+                    self.tables.usage_daily, customer_id, now, DAY_S, 7
+                )
+            return web.json(view)
 
         @app.page("/models/status")
         async def models_status(web: Any, request: Any) -> Any:

@@ -146,6 +146,7 @@ class CustomerAgent:
 
         emitted_at = time.time()
         written: dict[str, tuple[faust.EventT, CustomerState]] = {}
+        usage: dict[str, dict[float, float]] = {}
         out = ActorOutput()
         for customer_id, records in groups.items():
             anchor = records[-1]
@@ -167,7 +168,10 @@ class CustomerAgent:
                     self.stats.outcomes += 1
             if events:
                 models = self._models(anchor.message.partition)
-                out.extend(self.rt.actor.handle_events(state, events, models, emitted_at))
+                handled = self.rt.actor.handle_events(state, events, models, emitted_at)
+                if handled.usage_by_hour:
+                    usage[customer_id] = handled.usage_by_hour
+                out.extend(handled)
             written[customer_id] = (anchor, state)
 
         # Time moves for idle keys: the partitions' stream time after this batch,
@@ -182,9 +186,13 @@ class CustomerAgent:
                 out.extend(self._advance_partition(partition, anchor, now, written, emitted_at))
 
         await self._send(out)
+        tables = self.rt.tables
         for customer_id, (anchor, state) in written.items():
             set_current(anchor)
-            self.rt.customers[customer_id] = encode_state(state)
+            tables.customers[customer_id] = encode_state(state)
+            for hour, minutes in usage.get(customer_id, {}).items():
+                tables.usage_hourly.relative_to(hour)[customer_id] += minutes
+                tables.usage_daily.relative_to(hour)[customer_id] += minutes
             self._index_due(anchor.message.partition, customer_id, state)
         self._checkpoint_models(partitions)
         self.stats.batches += 1

@@ -49,6 +49,8 @@ class ActorOutput:
     processed: int = 0
     #: firings not emitted, by reason: "cooldown", "consent:<name>", "group".
     suppressed: dict[str, int] = field(default_factory=dict)
+    #: minutes of use of the admitted events, by the start of their hour (event time).
+    usage_by_hour: dict[float, float] = field(default_factory=dict)
 
     def extend(self, other: ActorOutput) -> None:
         self.actions += other.actions
@@ -57,6 +59,8 @@ class ActorOutput:
         self.processed += other.processed
         for reason, count in other.suppressed.items():
             self.suppressed[reason] = self.suppressed.get(reason, 0) + count
+        for hour, minutes in other.usage_by_hour.items():
+            self.usage_by_hour[hour] = self.usage_by_hour.get(hour, 0.0) + minutes
 
 
 class CustomerActor:
@@ -116,6 +120,10 @@ class CustomerActor:
                 out.late.append((event, self.hygiene.late_rejection(device_state, event).reason))
                 continue
             record_event(state, device_state, event)
+            usage_min = event.get("usage_min")
+            if isinstance(usage_min, int | float) and usage_min > 0:
+                hour = event["ts"] // HOUR_S * HOUR_S
+                out.usage_by_hour[hour] = out.usage_by_hour.get(hour, 0.0) + usage_min
             customer = customer_view(state)
             device = device_view(device_state)
             scores = models.process(event, customer=customer, device=device) if models else {}
@@ -156,6 +164,9 @@ class CustomerActor:
             )
             note_action(state, action)
             out.actions.append((self.topic_for(firing), action))
+
+
+HOUR_S = 3600.0
 
 
 def _event_ts(event: Mapping[str, Any]) -> float:

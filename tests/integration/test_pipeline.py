@@ -163,3 +163,40 @@ async def _deadletters(namespace: Namespace, count: int) -> list[dict]:
     async with TopicReader(namespace.settings.kafka.bootstrap, [topic]) as reader:
         records = await wait_for(lambda: _at_least(reader, count), timeout=30, what="dead letters")
     return [orjson.loads(r.value) for r in records]
+
+
+async def test_customer_view_has_live_state_and_windowed_usage(
+    namespace: Namespace, producer, hot_rules: Path
+) -> None:
+    namespace.env["IOTCRM_RULES_PATH"] = str(hot_rules)
+    await register(producer, namespace, {"w1": ("c7", "wearable")})
+    worker = namespace.worker().start()
+    await worker.wait_ready()
+    hour = (time.time() - 7200) // 3600 * 3600
+    usage = [(hour + 60, 10.0), (hour + 1800, 15.5), (hour + 3600 + 60, 4.0)]
+    for i, (ts, minutes) in enumerate(usage):
+        event = {"id": f"u{i}", "ts": ts, "device_id": "w1", "kind": "usage", "usage_min": minutes}
+        await send_json(producer, namespace.device_topic("w1"), None, event)
+    # A duplicate must not count twice, in the state or in the windows.
+    await send_json(producer, namespace.device_topic("w1"), None, {**event, "usage_min": 99.0})
+
+    def processed() -> dict | None:
+        view = worker.get("/customers/c7")
+        return view if view and view.get("counts", {}).get("events") == 3 else None
+
+    view = await wait_for(processed, timeout=60, what="customer view")
+    assert view["customer"]["tier"] == "gold"
+    last_day = usage[-1][0] // 86400
+    assert view["customer"]["usage_today_min"] == sum(
+        m for ts, m in usage if ts // 86400 == last_day
+    )
+    assert view["devices"]["w1"]["counts"] == {"ok": 3, "duplicate": 1, "late": 0}
+    by_hour = {w["start"]: w["minutes"] for w in view["usage_by_hour"]}
+    assert by_hour[hour] == 25.5 and by_hour[hour + 3600] == 4.0
+    assert sum(by_hour.values()) == 29.5
+    day = hour // 86400 * 86400
+    assert {w["start"]: w["minutes"] for w in view["usage_by_day"]}[day] == pytest.approx(
+        sum(m for ts, m in usage if ts // 86400 * 86400 == day)
+    )
+    missing = worker.get("/customers/nobody")
+    assert missing["status"] == 404
