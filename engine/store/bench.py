@@ -1,12 +1,14 @@
 """Benchmark the Cassandra store and the sink against the local servers.
 
-    .venv/bin/python -m engine.store.bench [--actions 20000] [--batch 500]
+    .venv/bin/python -m loadtest.bench_store [--actions 20000] [--batch 500]
 
 Measures, in a throw-away keyspace (and topics) that it drops afterwards:
 
 - ``write_actions`` throughput (actions/s; each action is two row upserts plus
   one ``last_action_at`` per customer) and per-batch latency;
 - ``read_actions`` latency (a CRM screen: 20 newest actions of a customer);
+- ``write_customer_summaries`` throughput (customer-360 snapshots, one
+  single-partition batch each) and per-batch latency;
 - the sink end to end: actions already on Kafka → rows in Cassandra.
 """
 
@@ -45,6 +47,33 @@ def make_action(run: str, n: int, customers: int) -> dict[str, Any]:
     }
 
 
+def make_summary(customer_id: str, n: int) -> dict[str, Any]:
+    """A customer-360 summary shaped as the worker publishes it (3 devices)."""
+    devices = {
+        f"{customer_id}-d{i}": {
+            "device_type": "washer", "last_ts": 1763700000.0 + n + i, "events": 40 + n,
+            "temperature_c": 41.5, "level": 0.4, "gap_count": 0, "gaps": [],
+            "counts": {"events": 40 + n}, "level_drop_per_cycle": 0.01, "cycles_per_day": 1.5,
+        }
+        for i in range(3)
+    }  # fmt: skip
+    customer = {
+        "customer_id": customer_id, "tier": "gold", "segment": "family", "region": "EU",
+        "consent": {"marketing": True, "service": True}, "devices": 3,
+        "usage_today_min": 42.0, "usage_baseline_min": 38.5, "days_since_use": 0.1,
+        "actions": 4, "support_cases_30d": 0,
+    }  # fmt: skip
+    return {
+        "customer": customer,
+        "devices": devices,
+        "counts": {"events": 120 + n, "actions": 4},
+        "recent_actions": [
+            {"action_id": f"{customer_id}-a{i}", "type": "coupon", "at": 1763690000.0 + i}
+            for i in range(4)
+        ],
+    }
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -78,6 +107,24 @@ async def bench_store(store: CassandraStore, run: str, total: int, batch: int) -
     )
 
 
+async def bench_summaries(store: CassandraStore, run: str, total: int, batch: int) -> None:
+    summaries = {f"{run}-c{n}": make_summary(f"{run}-c{n}", n) for n in range(total)}
+    keys = list(summaries)
+    latencies = []
+    started = time.perf_counter()
+    for i in range(0, total, batch):
+        t0 = time.perf_counter()
+        await store.write_customer_summaries({k: summaries[k] for k in keys[i : i + batch]})
+        latencies.append(time.perf_counter() - t0)
+    elapsed = time.perf_counter() - started
+    print(
+        f"write_customer_summaries: {total} summaries in {elapsed:.2f} s = "
+        f"{total / elapsed:,.0f} summaries/s; batch of {batch}: "
+        f"p50 {statistics.median(latencies) * 1000:.1f} ms, "
+        f"p99 {percentile(latencies, 0.99) * 1000:.1f} ms"
+    )
+
+
 async def bench_sink(settings: Settings, store: CassandraStore, run: str, total: int) -> None:
     topics = action_topics(settings)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
@@ -96,7 +143,12 @@ async def bench_sink(settings: Settings, store: CassandraStore, run: str, total:
         await producer.stop()
 
         sink = CassandraSink(
-            settings, store, mirror_registry=False, group_id=f"bench-{run}", lag_interval_s=0.2
+            settings,
+            store,
+            mirror_registry=False,
+            mirror_customer_360=False,
+            group_id=f"bench-{run}",
+            lag_interval_s=0.2,
         )
         started = time.perf_counter()
         await sink.start()
@@ -134,6 +186,7 @@ async def main(argv: list[str] | None = None) -> None:
     print(f"connect + migrate a new keyspace: {time.perf_counter() - t0:.2f} s")
     try:
         await bench_store(store, run, args.actions, args.batch)
+        await bench_summaries(store, run, max(1, args.actions // 4), args.batch)
         if not args.skip_sink:
             await bench_sink(settings, store, run, args.actions)
     finally:
