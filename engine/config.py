@@ -45,6 +45,8 @@ class CassandraSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     keyspace: str = "iotcrm"
     replication_factor: int = 1
     action_ttl_s: int = 0
+    customer_360_ttl_s: int = 0
+    device_registry_ttl_s: int = 0
     username: str = ""
 
 

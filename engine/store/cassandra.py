@@ -78,14 +78,16 @@ def _now_ms() -> int:
 
 
 def default_table_ttls(settings: Settings) -> dict[str, int]:
-    """Action tables expire after ``cassandra.action_ttl_s`` (0 = never); state
-    tables (customer 360, device registry) are current state and never expire."""
-    action_ttl = settings.cassandra.action_ttl_s
+    """Each table's TTL in seconds from the ``[cassandra]`` settings (0 = never):
+    action tables ``action_ttl_s``, state tables ``customer_360_ttl_s`` and
+    ``device_registry_ttl_s`` (by default they are current state and never
+    expire)."""
+    cfg = settings.cassandra
     return {
-        "action_log": action_ttl,
-        "actions_by_id": action_ttl,
-        "customer_360": 0,
-        "device_registry": 0,
+        "action_log": cfg.action_ttl_s,
+        "actions_by_id": cfg.action_ttl_s,
+        "customer_360": cfg.customer_360_ttl_s,
+        "device_registry": cfg.device_registry_ttl_s,
     }
 
 

@@ -7,6 +7,7 @@ import asyncio
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -16,8 +17,13 @@ from cassandra.auth import PlainTextAuthProvider
 from cassandra.query import UNSET_VALUE, BatchStatement
 
 import engine.store.cassandra as cassandra_module
-from engine.config import CassandraSettings, Settings
-from engine.store.cassandra import CassandraStore, StoreConfigError, build_cluster
+from engine.config import CassandraSettings, Settings, load_settings
+from engine.store.cassandra import (
+    CassandraStore,
+    StoreConfigError,
+    build_cluster,
+    default_table_ttls,
+)
 from engine.store.rows import InvalidRecord
 
 
@@ -276,7 +282,7 @@ def customer_summary(customer_id: str, **customer: Any) -> dict[str, Any]:
 async def test_a_summary_replaces_the_snapshot_fields_in_one_batch_per_customer(
     session: FakeSession, batched: dict[int, list[tuple[str, tuple[Any, ...]]]]
 ) -> None:
-    store = CassandraStore(Settings(), migrate=False, table_ttls={"customer_360": 600})
+    store = CassandraStore(settings_with(customer_360_ttl_s=600), migrate=False)
     written = await store.write_customer_summaries(
         {
             "c-1": customer_summary("c-1", tier="gold", consent={"marketing": True}),
@@ -417,10 +423,35 @@ def test_ttls_per_table_default_from_settings_and_can_be_overridden() -> None:
         "customer_360": 60,
         "device_registry": 0,
     }
+    configured = settings_with(customer_360_ttl_s=7200, device_registry_ttl_s=3600)
+    assert default_table_ttls(configured) == {
+        "action_log": 0,
+        "actions_by_id": 0,
+        "customer_360": 7200,
+        "device_registry": 3600,
+    }
+    overridden = CassandraStore(configured, table_ttls={"device_registry": 0})
+    assert overridden._ttl["customer_360"] == 7200 and overridden._ttl["device_registry"] == 0
     with pytest.raises(ValueError, match="unknown table"):
         CassandraStore(Settings(), table_ttls={"actions": 1})
     with pytest.raises(ValueError, match="TTL"):
         CassandraStore(settings_with(action_ttl_s=-5))
+
+
+def test_state_table_ttls_are_settings_keys_overridable_from_the_environment() -> None:
+    shipped = load_settings(path=Path(__file__).parents[3] / "iotcrm.toml", environ={})
+    assert default_table_ttls(shipped) == dict.fromkeys(cassandra_module.TABLES, 0)
+    overridden = load_settings(
+        path=None,
+        environ={
+            "IOTCRM_CASSANDRA_CUSTOMER_360_TTL_S": "86400",
+            "IOTCRM_CASSANDRA_DEVICE_REGISTRY_TTL_S": "600",
+        },
+    )
+    assert default_table_ttls(overridden)["customer_360"] == 86400
+    assert default_table_ttls(overridden)["device_registry"] == 600
+    with pytest.raises(ValueError, match="TTL of device_registry"):
+        CassandraStore(settings_with(device_registry_ttl_s=-1))
 
 
 def test_keyspace_must_be_a_plain_identifier() -> None:
