@@ -182,7 +182,8 @@ async def test_customer_view_has_live_state_and_windowed_usage(
 
     def processed() -> dict | None:
         view = worker.get("/customers/c7")
-        return view if view and view.get("counts", {}).get("events") == 3 else None
+        counts = view and view.get("devices", {}).get("w1", {}).get("counts", {})
+        return view if counts and counts["ok"] + counts["duplicate"] == 4 else None
 
     view = await wait_for(processed, timeout=60, what="customer view")
     assert view["customer"]["tier"] == "gold"
