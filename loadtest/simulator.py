@@ -539,7 +539,12 @@ Render = Callable[[int, float, str, Fields], dict[str, Any]]
 
 def _wire_renderer(device: Device) -> Render:
     device_id = device.device_id
-    renderers = {name: reading_renderer(name, shape) for name, shape in device.shapes.items()}
+    # Canonical shapes are written as they are, without a call.
+    renderers = {
+        name: reading_renderer(name, shape)
+        for name, shape in device.shapes.items()
+        if shape.kind != "plain"
+    }
     as_text = device.rfc3339_ts
 
     def render(n: int, ts: float, kind: str, fields: Fields) -> dict[str, Any]:
