@@ -148,11 +148,11 @@ def test_register_contributes_every_subcommand_and_can_grow(
 ) -> None:
     assert {"simulate", "score"} <= set(_subcommands(build_parser()))
 
-    def add_bench(subparsers: argparse._SubParsersAction) -> None:
-        subparsers.add_parser("bench").set_defaults(func=lambda args: 0)
+    def add_extra(subparsers: argparse._SubParsersAction) -> None:
+        subparsers.add_parser("extra-for-test").set_defaults(func=lambda args: 0)
 
-    monkeypatch.setattr(loadtest_cli, "SUBCOMMANDS", (*loadtest_cli.SUBCOMMANDS, add_bench))
-    assert {"simulate", "score", "bench"} <= set(_subcommands(build_parser()))
+    monkeypatch.setattr(loadtest_cli, "SUBCOMMANDS", (*loadtest_cli.SUBCOMMANDS, add_extra))
+    assert {"simulate", "score", "extra-for-test"} <= set(_subcommands(build_parser()))
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> list[str]:
