@@ -19,10 +19,11 @@ Faust writes a table key to the changelog partition of the *current event*,
 so each customer's state is read and written with one of its own records set
 as the current event.
 
-Idle keys: every worker sends a tick record to each partition it owns once
-a second; a tick moves the partition's time (see ``PartitionClock``) and
-fires the timers that are due, so a silent device is noticed when its
-partition is quiet.
+Idle keys: after each batch, the timers due up to the partition's time
+(``engine.watermark.PartitionClock``: the ingest watermarks its events carry)
+fire; and every worker sends a tick record to each partition it owns once a
+second, which also lets a quiet partition's time move with the wall clock, so
+a silent device is noticed when its partition is quiet.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ import faust
 import orjson
 from faust.streams import _current_event
 
+from agents.ingest import SOURCE_HEADER, WATERMARK_HEADER
 from engine.actor import ActorOutput
+from engine.watermark import PartitionClock
 from tables.state import (
     CustomerState,
     apply_profile,
@@ -52,31 +55,6 @@ from tables.state import (
 log = logging.getLogger(__name__)
 
 TICK_KEY = b"\x00tick"
-
-
-@dataclass
-class PartitionClock:
-    """Event time of one partition, for the timers of its idle keys.
-
-    ``stream_ts`` is the largest event time seen. When no event has arrived
-    for longer than the idle allowance (wall clock), the partition's time
-    moves on with the wall clock from its stream time: a replay or a burst
-    keeps event time, a quiet partition still ages.
-    """
-
-    stream_ts: float | None = None
-    arrived_at: float = field(default_factory=time.monotonic)
-
-    def on_event(self, ts: float) -> None:
-        if self.stream_ts is None or ts > self.stream_ts:
-            self.stream_ts = ts
-        self.arrived_at = time.monotonic()
-
-    def now(self, idle_allowance_s: float) -> float | None:
-        if self.stream_ts is None:
-            return None
-        idle = time.monotonic() - self.arrived_at
-        return self.stream_ts + idle if idle > idle_allowance_s else self.stream_ts
 
 
 @dataclass
@@ -158,7 +136,8 @@ class CustomerAgent:
                 if topic == k.customer_events_topic:
                     event = orjson.loads(record.value)
                     events.append(event)
-                    self.clocks[record.message.partition].on_event(event["ts"])
+                    source, watermark = _time_headers(record.message.headers)
+                    self.clocks[record.message.partition].on_event(event["ts"], source, watermark)
                 elif topic == k.customers_topic:
                     apply_profile(state, orjson.loads(record.value) if record.value else None)
                     self.stats.profiles += 1
@@ -314,3 +293,14 @@ class CustomerAgent:
             set_current(anchor)
             self.rt.model_checkpoints[f"p{partition}"] = models.snapshot()
             self._last_checkpoint[partition] = now
+
+
+def _time_headers(headers: Any) -> tuple[str | None, float | None]:
+    """Ingest's instance id and watermark from a record's headers."""
+    source = watermark = None
+    for name, value in headers or ():
+        if name == SOURCE_HEADER:
+            source = value.decode()
+        elif name == WATERMARK_HEADER:
+            watermark = float(value)
+    return source, watermark

@@ -11,7 +11,10 @@ Each batch is inspected (``engine.quality``); accepted events are produced to
 gives every customer one actor), with the Kafka timestamp set to event time;
 rejected ones go to ``iot.deadletter`` with the original bytes and the reason.
 Offsets are committed only after every record of the batch is acknowledged:
-at least once, and duplicates are dropped by the actor's dedup.
+at least once, and duplicates are dropped by the actor's dedup. Every
+forwarded event carries ingest's event-time watermark and instance id as
+headers (``engine.watermark``), so the actor knows how far time has certainly
+progressed for its idle keys even while ingest works through a backlog.
 
 The device registry is a compacted topic read in full by every worker before
 it consumes anything, then followed.
@@ -21,7 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import secrets
+import socket
 import time
 from typing import Any
 
@@ -33,6 +39,12 @@ from engine.config import Settings
 from engine.events import SourcePosition
 from engine.kafka import behind, client_options, partitions_of
 from engine.quality import Accepted, DeviceRegistry, Inspector, deadletter_value
+from engine.watermark import SourceWatermarks
+
+WATERMARK_HEADER = "iotcrm-wm"
+SOURCE_HEADER = "iotcrm-src"
+#: How often the watermark is recomputed (it walks every assigned partition).
+WATERMARK_INTERVAL_S = 0.2
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +112,7 @@ class IngestMetrics:
         self.batches = 0
         self.subscribed_topics = 0
         self.last_batch_at: float | None = None
+        self.watermark: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -119,6 +132,10 @@ class IngestService(Service):
             settings.quality, self.registry, device_topic_prefix=settings.kafka.device_topic_prefix
         )
         self.metrics = IngestMetrics()
+        self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.watermarks = SourceWatermarks()
+        self._next_offset: dict[TopicPartition, int] = {}
+        self._watermark_at = 0.0
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
 
@@ -164,6 +181,7 @@ class IngestService(Service):
             if batches:
                 await self.ingest(batches)
                 await self.consumer.commit()
+            await self._update_watermark()
             self.metrics.subscribed_topics = len(self.consumer.subscription())
 
     async def ingest(self, batches: dict[TopicPartition, list[Any]]) -> None:
@@ -177,6 +195,14 @@ class IngestService(Service):
         ]
         verdicts = self.inspector.inspect_many(records)
         received_at = time.time()
+        observe = self.watermarks.observe
+        for tp, partition_records in batches.items():
+            self._next_offset[tp] = partition_records[-1].offset + 1
+        for (_, source), verdict in zip(records, verdicts, strict=True):
+            if isinstance(verdict, Accepted):
+                observe((source.topic, source.partition), verdict.event["ts"])
+        await self._update_watermark(force=True)
+        headers = self._headers()
         sends = []
         send = self.producer.send
         for (raw, source), verdict in zip(records, verdicts, strict=True):
@@ -188,6 +214,7 @@ class IngestService(Service):
                         orjson.dumps(event),
                         key=event["customer_id"].encode(),
                         timestamp_ms=int(event["ts"] * 1000),
+                        headers=headers,
                     )
                 )
                 self.metrics.accepted += 1
@@ -205,3 +232,28 @@ class IngestService(Service):
         self.metrics.consumed += len(records)
         self.metrics.batches += 1
         self.metrics.last_batch_at = received_at
+
+    def _headers(self) -> list[tuple[str, bytes]]:
+        mark = self.watermarks.current
+        headers = [(SOURCE_HEADER, self.instance_id.encode())]
+        if mark is not None:
+            headers.append((WATERMARK_HEADER, repr(mark).encode()))
+        return headers
+
+    async def _update_watermark(self, force: bool = False) -> None:
+        """Recompute the watermark from which source partitions still have unread records."""
+        assert self.consumer is not None
+        now = time.monotonic()
+        if not force and now - self._watermark_at < WATERMARK_INTERVAL_S:
+            return
+        self._watermark_at = now
+        lagging = []
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            position = self._next_offset.get(tp)
+            if position is None:
+                position = self._next_offset[tp] = await self.consumer.position(tp)
+            if highwater is None or position < highwater:
+                lagging.append((tp.topic, tp.partition))
+        self.watermarks.advance(lagging)
+        self.metrics.watermark = self.watermarks.current
