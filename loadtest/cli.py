@@ -278,10 +278,33 @@ def run_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench(subparsers: argparse._SubParsersAction) -> None:
+    from loadtest.bench import __doc__ as bench_doc
+    from loadtest.bench import add_arguments
+
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark the engine against a Quix Streams peer and a plain-consumer ceiling",
+        description=(bench_doc or "").split("\n\n")[0]
+        + " Needs the local Kafka and Cassandra; writes loadtest/results/.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import shlex
+
+    from loadtest.bench import run_from_args
+
+    return run_from_args(args, shlex.join(["iotcrm", *sys.argv[1:]]))
+
+
 #: Subcommand registrars; add one to contribute another ``iotcrm`` command.
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_simulate,
     _add_score,
+    _add_bench,
 )
 
 

@@ -232,19 +232,21 @@ class PublishClock:
 
 def action_latencies(
     received: Iterable[tuple[float, dict[str, Any]]], clock: PublishClock
-) -> tuple[list[float], int]:
-    """Latency in seconds of each action received (wall time, action body)
-    whose ``at`` falls inside the paced phase; and how many were outside it
-    (fired by earlier events, or by time alone after the last publish).
-    Actions seen twice (same ``action_id``) count once, at the first receipt.
+) -> tuple[list[tuple[float, dict[str, Any]]], int]:
+    """(latency in seconds, action) for each action received (wall time,
+    action body) whose ``at`` falls inside the paced phase; and how many were
+    outside it (fired by earlier events, or by time alone after the last
+    publish). Actions seen twice (same ``action_id``) count once, at the
+    first receipt.
 
     >>> clock = PublishClock([100.0, 105.0], [1.0, 2.0])
     >>> got = [(1.25, {"action_id": "a", "at": 100.0}), (2.5, {"action_id": "b", "at": 104.0}),
     ...        (2.6, {"action_id": "b", "at": 104.0}), (0.5, {"action_id": "c", "at": 50.0})]
-    >>> action_latencies(got, clock)
-    ([0.25, 0.5], 1)
+    >>> timed, outside = action_latencies(got, clock)
+    >>> [(latency, action["action_id"]) for latency, action in timed], outside
+    ([(0.25, 'a'), (0.5, 'b')], 1)
     """
-    latencies: list[float] = []
+    timed: list[tuple[float, dict[str, Any]]] = []
     outside = 0
     seen: set[Any] = set()
     for wall, action in received:
@@ -256,5 +258,38 @@ def action_latencies(
         if published is None:
             outside += 1
             continue
-        latencies.append(wall - published)
-    return latencies, outside
+        timed.append((wall - published, action))
+    return timed, outside
+
+
+def latency_breakdown(
+    timed: Sequence[tuple[float, dict[str, Any]]], clock: PublishClock
+) -> dict[str, dict[str, Any]]:
+    """Latency summaries per rule, and the share of each latency spent before
+    the action was emitted (its ``emitted_at``) versus delivering it.
+
+    >>> clock = PublishClock([100.0], [10.0])
+    >>> timed = [(0.5, {"at": 100.0, "emitted_at": 10.2, "rule": {"id": "r"}})]
+    >>> breakdown = latency_breakdown(timed, clock)
+    >>> breakdown["r"]["p50_ms"], breakdown["r"]["to_emit_p50_ms"]
+    (500.0, 200.0)
+    """
+    by_rule: dict[str, list[tuple[float, float | None]]] = {}
+    for latency, action in timed:
+        rule = action.get("rule")
+        name = rule.get("id", "?") if isinstance(rule, dict) else str(rule)
+        published = clock.published_at(float(action["at"]))
+        emitted = action.get("emitted_at")
+        to_emit = (
+            emitted - published
+            if isinstance(emitted, int | float) and published is not None
+            else None
+        )
+        by_rule.setdefault(name, []).append((latency, to_emit))
+    result: dict[str, dict[str, Any]] = {}
+    for name, rows in sorted(by_rule.items()):
+        summary = latency_summary([latency for latency, _ in rows])
+        emits = [to_emit for _, to_emit in rows if to_emit is not None]
+        summary["to_emit_p50_ms"] = round(percentile(emits, 50) * 1000, 2) if emits else None
+        result[name] = summary
+    return result

@@ -1,0 +1,364 @@
+"""The three benchmark contenders as processes: the engine (``iotcrm worker``),
+the Quix Streams peer and the plain-consumer ceiling.
+
+Each one lives in its own namespace of topics (``<run>-<name>.…``), runs as
+its own process tree (so its CPU and memory are its own), and reports
+progress as (taken in by its first stage, fully processed): every record is
+fully processed once it was dead-lettered, or went through the last stage
+(the customer actor for the engine and the peer; decoding for the ceiling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+
+from engine.config import ACTION_TOPIC_SUFFIX, Settings, load_settings
+from loadtest.feed import TopicPlan
+from loadtest.harness import WorkerProcess, free_port, wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Records taken in by the first stage, fully processed, and the wall
+    time of the latest full processing when the contender knows it exactly."""
+
+    started: int
+    done: int
+    last_at: float | None = None
+
+
+class ProcessTree:
+    """CPU, memory and suspension of a process and its children."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = psutil.Process(pid)
+
+    def _all(self) -> list[psutil.Process]:
+        try:
+            return [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def cpu_s(self) -> float:
+        total = 0.0
+        for process in self._all():
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
+
+    def peak_rss_mb(self) -> float:
+        """The largest resident set each process reached (VmHWM), summed."""
+        peak = 0
+        for process in self._all():
+            try:
+                status = Path(f"/proc/{process.pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    peak += int(line.split()[1]) * 1024
+        return peak / 2**20
+
+    def suspend(self) -> None:
+        for process in self._all():
+            process.suspend()
+
+    def resume(self) -> None:
+        for process in reversed(self._all()):
+            process.resume()
+
+
+class Contender:
+    """A process that consumes one namespace's device topics."""
+
+    name: str = ""
+
+    def __init__(self, run_id: str, bootstrap: str, work_dir: Path, partitions: int) -> None:
+        self.prefix = f"{run_id}-{self.name}"
+        self.bootstrap = bootstrap
+        self.work_dir = work_dir / self.name
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.partitions = partitions
+        self.tree: ProcessTree | None = None
+
+    # topics ----------------------------------------------------------------------------
+    @property
+    def device_prefix(self) -> str:
+        return f"{self.prefix}.device."
+
+    @property
+    def registry_topic(self) -> str:
+        return f"{self.prefix}.registry"
+
+    @property
+    def customers_topic(self) -> str:
+        return f"{self.prefix}.customers"
+
+    @property
+    def action_topics(self) -> list[str]:
+        return []
+
+    def topic_plans(self, device_ids: list[str]) -> list[TopicPlan]:
+        return [
+            TopicPlan(self.registry_topic, self.partitions, compacted=True),
+            TopicPlan(self.customers_topic, self.partitions, compacted=True),
+            *(TopicPlan(self.device_prefix + d, 1) for d in device_ids),
+        ]
+
+    async def prepare(self) -> None:
+        """Anything to set up after the topics exist and before the start."""
+
+    # process ---------------------------------------------------------------------------
+    def start(self) -> None:
+        raise NotImplementedError
+
+    async def progress(self) -> Progress | None:
+        raise NotImplementedError
+
+    def alive(self) -> bool:
+        raise NotImplementedError
+
+    def log_tail(self) -> str:
+        return ""
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    async def wait_done(self, total: int, timeout_s: float) -> Progress:
+        """Until ``total`` records are fully processed."""
+
+        async def done() -> Progress | None:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited; log tail:\n{self.log_tail()}")
+            progress = await self.progress()
+            return progress if progress is not None and progress.done >= total else None
+
+        return await wait_for(done, timeout=timeout_s, interval=0.1, what=f"{self.name} done")
+
+
+class EngineContender(Contender):
+    """One ``iotcrm worker`` (ingest, customer actor with tables, models,
+    rules, actions, Cassandra sink) in its own namespace."""
+
+    name = "engine"
+
+    def __init__(self, run_id: str, bootstrap: str, work_dir: Path, partitions: int) -> None:
+        super().__init__(run_id, bootstrap, work_dir, partitions)
+        p = self.prefix
+        self.env = {
+            "IOTCRM_CONFIG": str(REPO / "iotcrm.toml"),
+            "IOTCRM_KAFKA_BOOTSTRAP": bootstrap,
+            "IOTCRM_KAFKA_DEVICE_TOPIC_PREFIX": self.device_prefix,
+            "IOTCRM_KAFKA_TELEMETRY_TOPIC": f"{p}.telemetry",
+            "IOTCRM_KAFKA_REGISTRY_TOPIC": self.registry_topic,
+            "IOTCRM_KAFKA_CUSTOMERS_TOPIC": self.customers_topic,
+            "IOTCRM_KAFKA_DEADLETTER_TOPIC": f"{p}.deadletter",
+            "IOTCRM_KAFKA_LATE_TOPIC": f"{p}.late",
+            "IOTCRM_KAFKA_CUSTOMER_EVENTS_TOPIC": f"{p}.events.by-customer",
+            "IOTCRM_KAFKA_OUTCOMES_TOPIC": f"{p}.outcomes",
+            "IOTCRM_KAFKA_CUSTOMER360_TOPIC": f"{p}.customer360",
+            "IOTCRM_KAFKA_ACTION_TOPIC_PREFIX": f"{p}.actions.",
+            "IOTCRM_KAFKA_PARTITIONS": str(partitions),
+            "IOTCRM_CASSANDRA_KEYSPACE": f"iotcrm_{p.replace('-', '_')}",
+            "IOTCRM_WORKER_APP_ID": p,
+            "IOTCRM_WORKER_WEB_PORT": str(free_port()),
+            "IOTCRM_WORKER_STATE_DIR": str(self.work_dir / "state"),
+            "IOTCRM_RULES_PATH": str(REPO / "rules"),
+            "IOTCRM_MODELS_PATH": str(REPO / "models" / "models.yaml"),
+        }
+        self.worker = WorkerProcess(self.env, self.work_dir / "worker.log", cwd=REPO)
+        self.metrics: dict[str, Any] = {}
+
+    @property
+    def settings(self) -> Settings:
+        return load_settings(self.env["IOTCRM_CONFIG"], environ=self.env)
+
+    @property
+    def action_topics(self) -> list[str]:
+        return [self.settings.action_topic(t) for t in ACTION_TOPIC_SUFFIX]
+
+    async def prepare(self) -> None:
+        from engine.ops_cli import setup
+
+        await setup(self.settings)
+
+    def start(self) -> None:
+        self.worker.start()
+        assert self.worker.process is not None
+        self.tree = ProcessTree(self.worker.process.pid)
+
+    async def progress(self) -> Progress | None:
+        metrics = await asyncio.to_thread(self.worker.metrics)
+        if not metrics or not metrics.get("ingest"):
+            return None
+        self.metrics = metrics
+        ingest, actor = metrics["ingest"], metrics["actor"]
+        done = ingest["deadlettered"] + actor["events"] + actor["duplicates"] + actor["late"]
+        return Progress(ingest["consumed"], done)
+
+    def alive(self) -> bool:
+        return self.worker.alive()
+
+    def log_tail(self) -> str:
+        return self.worker.log_tail()
+
+    def stop(self) -> None:
+        self.worker.stop()
+
+    async def drop_keyspace(self) -> None:
+        from engine.store.cassandra import build_cluster
+
+        def drop() -> None:
+            cluster = build_cluster(self.settings)
+            try:
+                cluster.connect().execute(
+                    f"DROP KEYSPACE IF EXISTS {self.settings.cassandra.keyspace}", timeout=120
+                )
+            finally:
+                cluster.shutdown()
+
+        await asyncio.to_thread(drop)
+
+
+class _StatusProcess(Contender):
+    """A contender of this package that keeps a JSON status file."""
+
+    module = ""
+
+    def __init__(self, run_id: str, bootstrap: str, work_dir: Path, partitions: int) -> None:
+        super().__init__(run_id, bootstrap, work_dir, partitions)
+        self.status_path = self.work_dir / "status.json"
+        self.log_path = self.work_dir / f"{self.name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.status: dict[str, Any] = {}
+
+    def arguments(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self.status_path.unlink(missing_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", self.module, *self.arguments()],
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.tree = ProcessTree(self.process.pid)
+
+    def read_status(self) -> dict[str, Any] | None:
+        try:
+            self.status = orjson.loads(self.status_path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        return self.status
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-40:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(30)
+
+
+class PeerContender(_StatusProcess):
+    """The Quix Streams application of ``loadtest.peer_quix``."""
+
+    name = "peer"
+    module = "loadtest.peer_quix"
+
+    @property
+    def action_topics(self) -> list[str]:
+        return [f"{self.prefix}.actions"]
+
+    def topic_plans(self, device_ids: list[str]) -> list[TopicPlan]:
+        return [
+            *super().topic_plans(device_ids),
+            TopicPlan(f"{self.prefix}.events.by-customer", self.partitions),
+            TopicPlan(f"{self.prefix}.actions", self.partitions),
+            TopicPlan(f"{self.prefix}.deadletter", 1),
+            TopicPlan(f"{self.prefix}.late", 1),
+        ]
+
+    def arguments(self) -> list[str]:
+        p = self.prefix
+        return [
+            "--bootstrap", self.bootstrap,
+            "--group", p,
+            "--device-topic-prefix", self.device_prefix,
+            "--registry-topic", self.registry_topic,
+            "--customers-topic", self.customers_topic,
+            "--events-topic", f"{p}.events.by-customer",
+            "--deadletter-topic", f"{p}.deadletter",
+            "--late-topic", f"{p}.late",
+            "--actions-topic", f"{p}.actions",
+            "--partitions", str(self.partitions),
+            "--models", str(REPO / "models" / "models.yaml"),
+            "--state-dir", str(self.work_dir / "state"),
+            "--status", str(self.status_path),
+        ]  # fmt: skip
+
+    async def progress(self) -> Progress | None:
+        status = self.read_status()
+        if status is None:
+            return None
+        done = status["deadlettered"] + status["processed"]
+        return Progress(status["consumed"], done, status["last_at"])
+
+
+class CeilingContender(_StatusProcess):
+    """The plain consumer of ``loadtest.ceiling``: consume and decode only."""
+
+    name = "ceiling"
+    module = "loadtest.ceiling"
+
+    def arguments(self) -> list[str]:
+        pattern = "^" + self.device_prefix.replace(".", r"\.") + ".+"
+        return [
+            "--bootstrap", self.bootstrap,
+            "--pattern", pattern,
+            "--group", self.prefix,
+            "--status", str(self.status_path),
+        ]  # fmt: skip
+
+    async def progress(self) -> Progress | None:
+        status = self.read_status()
+        if status is None:
+            return None
+        return Progress(status["consumed"], status["consumed"], status["last_at"])
+
+
+CONTENDERS: dict[str, type[Contender]] = {
+    "engine": EngineContender,
+    "peer": PeerContender,
+    "ceiling": CeilingContender,
+}
