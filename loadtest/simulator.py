@@ -626,13 +626,17 @@ def _with_nan(event: Any) -> Any:
 
 
 class _Injector:
-    """Adds malformed events and duplicates to one device's stream; its own
-    random source, so the valid events are the same with or without it."""
+    """Adds malformed events and duplicates to one device's stream. ``rng`` is
+    shared by all devices' injectors (drawn in the stream's deterministic
+    order) and is not the behaviours' source, so the valid events are the
+    same with or without injection."""
 
-    def __init__(self, device: Device, render: Render, seed: int, params: SimParams) -> None:
+    def __init__(
+        self, device: Device, render: Render, rng: random.Random, params: SimParams
+    ) -> None:
         self.device = device
         self.render = render
-        self.rng = random.Random(f"{seed}/inject/{device.device_id}")
+        self.rng = rng
         self.malformed_share = params.malformed_share
         self.duplicate_share = params.duplicate_share
         self.serial = 0
@@ -819,6 +823,7 @@ class Simulation:
         inject = not params.canonical and (params.malformed_share > 0 or params.duplicate_share > 0)
         customers = {c.customer_id: c for c in self.fleet.customers}
         counts = self._counts
+        injection_rng = random.Random(f"{params.seed}/inject")
         heap: list[tuple[float, int, Any, Iterator[tuple[float, Any]], str]] = []
         for device in self.fleet.devices:
             render = _canonical_renderer(device) if params.canonical else _wire_renderer(device)
@@ -834,9 +839,7 @@ class Simulation:
                 params.seed,
                 self._truth,
             )
-            injector = (
-                _Injector(device, _wire_renderer(device), params.seed, params) if inject else None
-            )
+            injector = _Injector(device, render, injection_rng, params) if inject else None
             stream = _device_stream(behaviour, render, injector, counts)
             first = next(stream, None)
             if first is not None:
