@@ -29,6 +29,7 @@ a silent device is noticed when its partition is quiet.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 import weakref
@@ -90,6 +91,7 @@ class CustomerAgent:
         self.due: dict[int, dict[str, float]] = defaultdict(dict)
         self.due_index_stale = True
         self._last_checkpoint: dict[int, float] = {}
+        self._positions: dict[tuple[str, str], dict[str, Any]] = {}
 
     # ----------------------------------------------------------- the stream
 
@@ -123,6 +125,8 @@ class CustomerAgent:
             groups.setdefault(key.decode(), []).append(record)
 
         emitted_at = time.time()
+        #: where each event of this batch was read, for the late-event envelope
+        self._positions: dict[tuple[str, str], dict[str, Any]] = {}
         written: dict[str, tuple[faust.EventT, CustomerState]] = {}
         usage: dict[str, dict[float, float]] = {}
         out = ActorOutput()
@@ -136,6 +140,12 @@ class CustomerAgent:
                 if topic == k.customer_events_topic:
                     event = orjson.loads(record.value)
                     events.append(event)
+                    message = record.message
+                    self._positions[event["device_id"], event["id"]] = {
+                        "topic": message.topic,
+                        "partition": message.partition,
+                        "offset": message.offset,
+                    }
                     source, watermark = _time_headers(record.message.headers)
                     self.clocks[record.message.partition].on_event(event["ts"], source, watermark)
                 elif topic == k.customers_topic:
@@ -225,11 +235,15 @@ class CustomerAgent:
                 )
             )
         for event, reason in out.late:
+            encoded = orjson.dumps(event)
+            source = self._positions.get((event["device_id"], event["id"]))
             envelope = {
                 "reason": reason,
                 "reason_code": "late",
-                "event": event,
+                "source": source,
                 "received_at": time.time(),
+                "original_b64": base64.b64encode(encoded).decode("ascii"),
+                "event": event,
             }
             futures.append(
                 await producer.send(

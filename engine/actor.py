@@ -130,6 +130,12 @@ class CustomerActor:
             firings = self.rules.process(
                 rules_state, event, customer=customer, device=device, score=scores
             )
+            for late in self.rules.drain_late():
+                # Too late for one rule's window (past its grace); other rules saw it.
+                out.late.append(
+                    (event, f"too late for the window of rule {late.rule_id} "
+                            f"({late.key_kind} {late.key}); it changed nothing there")
+                )  # fmt: skip
             self._emit(state, firings, out, emitted_at)
             out.processed += 1
         return out

@@ -214,3 +214,24 @@ def test_consumable_rates_for_the_depletion_model() -> None:
     assert view["cycles_per_day"] == pytest.approx(6.0)
     record_event(state, washer, event("refill", 0.6 * DAY_S, "w1", kind="consumable", level=100.0))
     assert device_view(washer)["level_drop_per_cycle"] == pytest.approx(3.0)
+
+
+def test_an_event_too_late_for_a_window_is_reported(tmp_path: Path) -> None:
+    rules = engine_from(
+        tmp_path,
+        """
+- id: hourly
+  version: 1
+  key: device
+  when:
+    window: {type: tumbling, size: 60s, grace: 5s, aggregates: {n: count()}, having: "window.n > 5"}
+  action: {type: support_case, payload: {}}
+""",
+    )
+    actor = CustomerActor(rules, StreamHygiene(load_settings(path=None, environ={}).quality))
+    state = new_customer_state("c1")
+    actor.handle_events(state, [event("a", 10.0), event("b", 70.0)], None, 0.0)
+    out = actor.handle_events(state, [event("c", 50.0)], None, 0.0)
+    assert out.processed == 1, "within the device's allowed lateness: processed"
+    [(late_event, reason)] = out.late
+    assert late_event["id"] == "c" and "rule hourly" in reason
