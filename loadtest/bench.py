@@ -60,6 +60,7 @@ from loadtest.measure import (
     cdf_points,
     latency_breakdown,
     latency_summary,
+    per_million,
     ratio,
     wire_ts,
 )
@@ -92,6 +93,8 @@ class BenchOptions:
     contenders: tuple[str, ...] = ORDER
     partitions: int = 4
     profile_events: int = 20_000
+    #: Length of the paced phase of the profiled engine run (0: no live profile).
+    live_profile_seconds: float = 15.0
     out: Path = DEFAULT_OUT
     bootstrap: str | None = None
     keep: bool = False
@@ -263,6 +266,8 @@ async def measure(
             live = work.live(rate, options.latency_seconds)
             _log(f"{contender.name}: latency phase, {len(live)} events at {rate:,.0f}/s")
             live_started = time.time()
+            assert contender.tree is not None
+            live_cpu = contender.tree.cpu_s()
             before = len(work.warmup) + len(work.backlog)
             lag = asyncio.create_task(_sample_lag(contender, before, rate, live_started, len(live)))
             try:
@@ -271,10 +276,12 @@ async def measure(
             finally:
                 lag.cancel()
                 lags = (await asyncio.gather(lag, return_exceptions=True))[0]
+            live_cpu = contender.tree.cpu_s() - live_cpu
             result.figures.update(
                 offered_rate=round(rate, 1),
                 live_events=len(live),
                 live_seconds=round(time.time() - live_started, 1),
+                live_cpu_s_per_million=_rounded(per_million(live_cpu, len(live)), 1),
                 live_lag=_lag_summary(lags if isinstance(lags, list) else []),
             )
             if isinstance(contender, EngineContender):
@@ -349,6 +356,54 @@ def _lag_summary(samples: list[tuple[float, int, int, int]]) -> dict[str, Any]:
         ),
         "last_stage_max_events": max(max(0, offered - done) for _, offered, _, done in samples),
         "series": [list(sample) for sample in samples],
+    }
+
+
+async def live_profile(
+    run_id: str, bootstrap: str, work_dir: Path, work: Workload, rate: float, options: BenchOptions
+) -> dict[str, Any]:
+    """A second engine, run under cProfile through the paced phase alone (the
+    profiler slows it down, so none of its figures are the benchmark's)."""
+    import pstats
+
+    from loadtest.contenders import EngineContender
+    from loadtest.harness import ConditionTimeout, wait_for
+    from loadtest.hotpath import LIVE_COMPONENTS, summarize_profile
+
+    path = work_dir / "engine-live.prof"
+    contender = EngineContender(
+        f"{run_id}p", bootstrap, work_dir / "profiled", options.partitions, profile_to=path
+    )
+    live = work.rest[: max(1, int(rate * options.live_profile_seconds))]
+    _log(f"live profile: an engine under cProfile, {len(live)} events at {rate:,.0f}/s")
+    await _prepare(contender, work)
+    contender.start()
+    caught_up = True
+    try:
+        await contender.wait_done(len(work.warmup), timeout_s=300)
+        contender.profile(True)
+        started = time.time()
+        await _feed(contender, live, rate=rate, linger_ms=1)
+        try:
+            await contender.wait_done(
+                len(work.warmup) + len(live), timeout_s=2 * options.live_profile_seconds
+            )
+        except ConditionTimeout:
+            caught_up = False
+        contender.profile(False)
+        seconds = time.time() - started
+        await wait_for(path.exists, timeout=60, what="the profile file")
+    finally:
+        contender.stop()
+        if not options.keep:
+            await contender.drop_keyspace()
+    summary = summarize_profile(pstats.Stats(str(path)), LIVE_COMPONENTS)
+    return {
+        "offered_rate": round(rate, 1),
+        "events": len(live),
+        "wall_s": round(seconds, 1),
+        "caught_up": caught_up,
+        **summary,
     }
 
 
@@ -436,21 +491,26 @@ async def run_bench(options: BenchOptions, command: str) -> dict[str, Any]:
     names = [name for name in ORDER if name in options.contenders]
     phases: dict[str, PhaseResult] = {}
     rate: float | None = None
+    live: dict[str, Any] = {}
     try:
         for name in names:
             contender = CONTENDERS[name](run_id, bootstrap, work_dir, options.partitions)
-            phases[name] = await measure(contender, work, rate, options)
+            try:
+                phases[name] = await measure(contender, work, rate, options)
+            finally:
+                if isinstance(contender, EngineContender) and not options.keep:
+                    await contender.drop_keyspace()
             if rate is None:
                 rate = phases[name].figures["offered_rate"]
-            if isinstance(contender, EngineContender) and not options.keep:
-                await contender.drop_keyspace()
+        if "engine" in names and options.live_profile_seconds > 0 and rate:
+            live = await live_profile(run_id, bootstrap, work_dir, work, rate, options)
     finally:
         if not options.keep:
-            deleted = await delete_topics(bootstrap, f"{run_id}-")
+            deleted = await delete_topics(bootstrap, run_id)
             _log(f"deleted {deleted} topics of run {run_id}")
     _log(f"profiling the engine's hot path offline on {options.profile_events} events")
     profile = profile_hot_path(work, settings, options.profile_events)
-    results = _document(options, work, phases, profile, command)
+    results = _document(options, work, phases, {**profile, "live": live}, command)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     write_report(results, phases, options.out)
     _log(f"results in {options.out}")
@@ -560,7 +620,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated subset of engine,peer,ceiling (the engine sets the offered load)",
     )
     parser.add_argument("--partitions", type=int, default=defaults.partitions)
-    parser.add_argument("--profile-events", type=int, default=defaults.profile_events)
+    parser.add_argument(
+        "--profile-events",
+        type=int,
+        default=defaults.profile_events,
+        help="events of the offline hot-path profile (default 20000)",
+    )
+    parser.add_argument(
+        "--live-profile-seconds",
+        type=float,
+        default=defaults.live_profile_seconds,
+        help="paced seconds of the engine run under cProfile (default 15; 0: none)",
+    )
     parser.add_argument("--out", type=Path, default=defaults.out)
     parser.add_argument("--bootstrap", default=None)
     parser.add_argument(
@@ -585,6 +656,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         contenders=contenders,
         partitions=args.partitions,
         profile_events=args.profile_events,
+        live_profile_seconds=args.live_profile_seconds,
         out=args.out,
         bootstrap=args.bootstrap,
         keep=args.keep,

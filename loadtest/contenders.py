@@ -157,8 +157,17 @@ class EngineContender(Contender):
 
     name = "engine"
 
-    def __init__(self, run_id: str, bootstrap: str, work_dir: Path, partitions: int) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        bootstrap: str,
+        work_dir: Path,
+        partitions: int,
+        profile_to: Path | None = None,
+    ) -> None:
         super().__init__(run_id, bootstrap, work_dir, partitions)
+        #: Run the worker under ``loadtest.profiled_worker``, writing its profile here.
+        self.profile_to = profile_to
         p = self.prefix
         self.env = {
             "IOTCRM_CONFIG": str(REPO / "iotcrm.toml"),
@@ -198,9 +207,28 @@ class EngineContender(Contender):
         await setup(self.settings)
 
     def start(self) -> None:
-        self.worker.start()
+        if self.profile_to is None:
+            self.worker.start()
+        else:
+            with self.worker.log_path.open("ab") as log:
+                self.worker.process = subprocess.Popen(
+                    [sys.executable, "-m", "loadtest.profiled_worker", str(self.profile_to)],
+                    env=self.worker.env,
+                    cwd=REPO,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
         assert self.worker.process is not None
         self.tree = ProcessTree(self.worker.process.pid)
+
+    def profile(self, on: bool) -> None:
+        """Start or stop (and write) the profile of a worker started with ``profile_to``."""
+        from loadtest.profiled_worker import START, STOP
+
+        assert self.worker.process is not None and self.profile_to is not None
+        self.worker.process.send_signal(START if on else STOP)
 
     async def progress(self) -> Progress | None:
         metrics = await asyncio.to_thread(self.worker.metrics)

@@ -65,7 +65,27 @@ COMPONENTS: tuple[tuple[str, str], ...] = (
 )
 
 
-def component_of(where: str) -> str:
+#: The same for a live worker: its Kafka clients, Faust, the sink and the loop too.
+LIVE_COMPONENTS: tuple[tuple[str, str], ...] = (
+    ("select.epoll", "idle: the event loop waiting"),
+    ("aiokafka/protocol", "Kafka clients: protocol encode and decode (aiokafka)"),
+    ("aiokafka/record", "Kafka clients: protocol encode and decode (aiokafka)"),
+    ("aiokafka/consumer", "Kafka clients: consumers, fetching (aiokafka)"),
+    ("aiokafka/producer", "Kafka clients: producers (aiokafka)"),
+    ("aiokafka/cluster", "Kafka clients: metadata (aiokafka)"),
+    ("aiokafka/", "Kafka clients: connections and other (aiokafka)"),
+    ("engine/store", "Cassandra sink"),
+    ("cassandra", "Cassandra sink"),
+    ("rocksdict", "Faust tables and streams"),
+    ("faust/", "Faust tables and streams"),
+    ("mode/", "Faust tables and streams"),
+    ("agents/", "worker glue (agents/)"),
+    *COMPONENTS,
+    ("asyncio/", "asyncio event loop"),
+)
+
+
+def component_of(where: str, components: tuple[tuple[str, str], ...] = COMPONENTS) -> str:
     """
     >>> component_of("/x/site-packages/river/anomaly/hst.py:29(_walk_score)")
     'models (River)'
@@ -73,11 +93,51 @@ def component_of(where: str) -> str:
     'actor: state codec'
     >>> component_of("/x/asyncio/events.py:1(run)")
     'other'
+    >>> component_of("/x/asyncio/events.py:1(run)", LIVE_COMPONENTS)
+    'asyncio event loop'
     """
-    for fragment, component in COMPONENTS:
+    for fragment, component in components:
         if fragment in where:
             return component
     return "other"
+
+
+def summarize_profile(
+    stats: pstats.Stats, components: tuple[tuple[str, str], ...], top: int = 15
+) -> dict[str, Any]:
+    """Share of the profiled time per component (a built-in such as
+    ``dict.get`` counts for whoever called it) and the top functions by self time."""
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    total = sum(entry[2] for entry in raw.values()) or 1.0
+    by_component: dict[str, float] = defaultdict(float)
+    rows = []
+    for (filename, line, name), (_cc, calls, tottime, cumtime, callers) in raw.items():
+        where = f"{filename}:{line}({name})"
+        component = component_of(where, components)
+        if component == "other" and filename == "~" and callers:
+            for (c_file, c_line, c_name), caller_stats in callers.items():
+                caller = component_of(f"{c_file}:{c_line}({c_name})", components)
+                by_component[caller] += caller_stats[2]
+        else:
+            by_component[component] += tottime
+        rows.append((tottime, cumtime, calls, _short(where)))
+    rows.sort(reverse=True)
+    return {
+        "seconds": round(total, 2),
+        "components_pct": {
+            name: round(100 * seconds / total, 1)
+            for name, seconds in sorted(by_component.items(), key=lambda kv: -kv[1])
+        },
+        "top_functions": [
+            {
+                "function": where,
+                "self_pct": round(100 * tottime / total, 1),
+                "cumulative_pct": round(100 * cumtime / total, 1),
+                "calls": calls,
+            }
+            for tottime, cumtime, calls, where in rows[:top]
+        ],
+    }
 
 
 class HotPath:
@@ -178,39 +238,11 @@ def profile_hot_path(work: Any, settings: Settings, events: int, top: int = 15) 
     profiler.enable()
     path.run(records, profiled)
     profiler.disable()
-    stats = pstats.Stats(profiler)
-    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
-    total = sum(entry[2] for entry in raw.values())
-    by_component: dict[str, float] = defaultdict(float)
-    rows = []
-    for (filename, line, name), (_cc, calls, tottime, cumtime, callers) in raw.items():
-        where = f"{filename}:{line}({name})"
-        component = component_of(where)
-        if component == "other" and filename == "~" and callers:
-            # A built-in (dict.get, isinstance...) counts for whoever called it.
-            for (c_file, c_line, c_name), caller_stats in callers.items():
-                by_component[component_of(f"{c_file}:{c_line}({c_name})")] += caller_stats[2]
-        else:
-            by_component[component] += tottime
-        rows.append((tottime, cumtime, calls, _short(where)))
-    rows.sort(reverse=True)
     return {
         "events": len(records),
         "actions": actions,
         "us_per_event": round(plain_s / len(records) * 1e6, 1),
-        "components_pct": {
-            name: round(100 * seconds / total, 1)
-            for name, seconds in sorted(by_component.items(), key=lambda kv: -kv[1])
-        },
-        "top_functions": [
-            {
-                "function": where,
-                "self_pct": round(100 * tottime / total, 1),
-                "cumulative_pct": round(100 * cumtime / total, 1),
-                "calls": calls,
-            }
-            for tottime, cumtime, calls, where in rows[:top]
-        ],
+        **summarize_profile(pstats.Stats(profiler), COMPONENTS, top),
     }
 
 
