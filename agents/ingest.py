@@ -201,7 +201,6 @@ class IngestService(Service):
         for (_, source), verdict in zip(records, verdicts, strict=True):
             if isinstance(verdict, Accepted):
                 observe((source.topic, source.partition), verdict.event["ts"])
-        await self._update_watermark(force=True)
         headers = self._headers()
         sends = []
         send = self.producer.send
@@ -240,20 +239,27 @@ class IngestService(Service):
             headers.append((WATERMARK_HEADER, repr(mark).encode()))
         return headers
 
-    async def _update_watermark(self, force: bool = False) -> None:
-        """Recompute the watermark from which source partitions still have unread records."""
+    async def _update_watermark(self) -> None:
+        """Recompute the watermark from which source partitions still have unread records.
+
+        Events are stamped with the watermark as of the last recompute, which
+        is behind the truth, never ahead of it.
+        """
         assert self.consumer is not None
         now = time.monotonic()
-        if not force and now - self._watermark_at < WATERMARK_INTERVAL_S:
+        if now - self._watermark_at < WATERMARK_INTERVAL_S:
             return
         self._watermark_at = now
+        assignment = list(self.consumer.assignment())
+        # Fresh end offsets (one ListOffsets request): highwater() is only as new
+        # as the last fetch, and would call a source with unfetched records caught up.
+        end_offsets = await self.consumer.end_offsets(assignment) if assignment else {}
         lagging = []
-        for tp in self.consumer.assignment():
-            highwater = self.consumer.highwater(tp)
+        for tp in assignment:
             position = self._next_offset.get(tp)
             if position is None:
                 position = self._next_offset[tp] = await self.consumer.position(tp)
-            if highwater is None or position < highwater:
+            if position < end_offsets.get(tp, 0):
                 lagging.append((tp.topic, tp.partition))
         self.watermarks.advance(lagging)
         self.metrics.watermark = self.watermarks.current
