@@ -44,8 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--customers", type=int, default=40)
     demo.add_argument("--devices-per-customer", type=int, default=3)
-    demo.add_argument("--span", default="2d", help="simulated time span (default 2d)")
-    demo.add_argument("--seconds", type=float, default=45.0, help="publishing time (default 45)")
+    demo.add_argument("--span", default="3d", help="simulated time span (default 3d)")
+    demo.add_argument("--seconds", type=float, default=50.0, help="publishing time (default 50)")
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(func=run_demo)
 

@@ -30,7 +30,7 @@ CustomerState = dict[str, Any]
 
 #: Days of daily usage kept, and how many full days make a baseline.
 USAGE_DAYS_KEPT = 14
-BASELINE_MIN_DAYS = 3
+BASELINE_MIN_DAYS = 1
 BASELINE_DAYS = 7
 RECENT_ACTIONS_KEPT = 20
 SUPPORT_WINDOW_S = 30 * 86400.0
@@ -50,7 +50,13 @@ def new_customer_state(customer_id: str) -> CustomerState:
         "customer_id": customer_id,
         "profile": {},
         "devices": {},
-        "usage": {"day": None, "today_min": 0.0, "daily": [], "last_use_ts": None},
+        "usage": {
+            "day": None,
+            "first_day": None,
+            "today_min": 0.0,
+            "daily": [],
+            "last_use_ts": None,
+        },
         "rules": None,
         "counts": {"events": 0, "actions": 0},
         "last_event_at": None,
@@ -129,10 +135,13 @@ def _track_consumable(device_state: dict[str, Any], event: dict[str, Any], ts: f
 def _add_usage(usage: dict[str, Any], ts: float, minutes: float) -> None:
     day = int(ts // DAY_S)
     if usage["day"] is None:
-        usage["day"] = day
+        usage["day"] = usage["first_day"] = day
     elif day > usage["day"]:
         daily: list[float] = usage["daily"]
-        daily.append(usage["today_min"])
+        # The first day is partial (the customer's history began during it):
+        # it would bias the baseline low.
+        if usage["day"] != usage.get("first_day"):
+            daily.append(usage["today_min"])
         # Days without any usage event count as zero use.
         daily.extend([0.0] * min(day - usage["day"] - 1, USAGE_DAYS_KEPT))
         del daily[: max(0, len(daily) - USAGE_DAYS_KEPT)]
@@ -144,7 +153,7 @@ def _add_usage(usage: dict[str, Any], ts: float, minutes: float) -> None:
 
 
 def usage_baseline(usage: dict[str, Any]) -> float | None:
-    """Mean daily minutes over the last full days (None until there are enough)."""
+    """Mean daily minutes over the last full days (None before the first full day)."""
     daily = usage["daily"][-BASELINE_DAYS:]
     return sum(daily) / len(daily) if len(daily) >= BASELINE_MIN_DAYS else None
 

@@ -196,7 +196,9 @@ def test_usage_baseline_and_days_since_use() -> None:
             )
     view = customer_view(state)
     assert view["usage_today_min"] == 60.0
-    assert view["usage_baseline_min"] == 60.0  # three full days of 60 minutes
+    # days 1 and 2 are full days of 60 minutes; day 0 began the history (partial)
+    assert view["usage_baseline_min"] == 60.0
+    assert state["usage"]["daily"] == [60.0, 60.0]
     record_event(state, device, event("t", 5 * DAY_S + 3600, "w1"))
     assert customer_view(state)["days_since_use"] == pytest.approx(2.0, abs=0.01)
 
