@@ -384,6 +384,13 @@ def _pid(service: Service) -> int | None:
     except (OSError, ValueError):
         return None
     try:
+        # Reap it if it is our child that exited (run mode starts the servers),
+        # or kill(pid, 0) would keep seeing its zombie.
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return None
+    except ChildProcessError:
+        pass  # started by an earlier invocation: not ours to reap
+    try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return None
@@ -448,9 +455,14 @@ def stop(service: Service, timeout_s: float = 60.0) -> None:
         log(f"{service.name} not running")
         service.pid_file.unlink(missing_ok=True)
         return
+    log_offset = service.log_file.stat().st_size if service.log_file.exists() else 0
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and _pid(service) is not None:
+        if _finished_shutdown(service, log_offset):
+            # Cassandra drains and says so, then its JVM lingers on non-daemon
+            # threads; everything is flushed by then, so end it.
+            os.kill(pid, signal.SIGKILL)
         time.sleep(0.2)
     if _pid(service) is not None:
         log(f"{service.name} did not stop within {timeout_s:.0f}s; killing it")
@@ -459,6 +471,22 @@ def stop(service: Service, timeout_s: float = 60.0) -> None:
             time.sleep(0.1)
     service.pid_file.unlink(missing_ok=True)
     log(f"{service.name} stopped")
+
+
+#: The line a server logs once it has flushed everything on SIGTERM.
+SHUTDOWN_COMPLETE = {"cassandra": b"Cassandra shutdown complete"}
+
+
+def _finished_shutdown(service: Service, log_offset: int) -> bool:
+    marker = SHUTDOWN_COMPLETE.get(service.name)
+    if marker is None:
+        return False
+    try:
+        with service.log_file.open("rb") as log_stream:
+            log_stream.seek(log_offset)
+            return marker in log_stream.read()
+    except OSError:
+        return False
 
 
 def status() -> int:
