@@ -399,12 +399,16 @@ def _pid(service: Service) -> int | None:
     return pid
 
 
-def _log_tail(service: Service, lines: int = 40) -> str:
+def _log_tail(service: Service, lines: int = 30) -> str:
+    """The log's first errors (a server may log a lot after the one that matters),
+    then its last lines."""
     try:
         text = service.log_file.read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
-    return "\n".join(text[-lines:])
+    errors = [line for line in text if line.startswith(("ERROR", "FATAL")) or "Exception:" in line]
+    head = ["errors:", *errors[:6], "last lines:"] if errors else []
+    return "\n".join(head + text[-lines:])
 
 
 def start(service: Service) -> bool:
@@ -439,13 +443,13 @@ def start(service: Service) -> bool:
         exited = process.poll() is not None if process else _pid(service) is None
         if exited:
             raise ServiceError(
-                f"{service.name} exited before it was ready; last lines of {service.log_file}:\n"
+                f"{service.name} exited before it was ready; from {service.log_file}:\n"
                 + _log_tail(service)
             )
         time.sleep(0.5)
     raise ServiceError(
         f"{service.name} did not answer on {HOST}:{service.port} within "
-        f"{service.ready_timeout_s:.0f}s; last lines of {service.log_file}:\n" + _log_tail(service)
+        f"{service.ready_timeout_s:.0f}s; from {service.log_file}:\n" + _log_tail(service)
     )
 
 
