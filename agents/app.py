@@ -82,7 +82,10 @@ class Runtime:
             datadir=str(Path(w.state_dir) / w.app_id),
             topic_partitions=k.partitions,
             topic_replication_factor=k.replication_factor,
-            processing_guarantee=w.processing_guarantee,
+            # At least once, with deterministic action ids (docs/operations.md,
+            # "Delivery"): actions are sent by the actor itself and acknowledged
+            # before the state that produced them is written.
+            processing_guarantee="at_least_once",
             broker_commit_interval=w.commit_interval_s,
             web_port=w.web_port,
             web_host="127.0.0.1",

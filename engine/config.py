@@ -57,7 +57,6 @@ class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     batch_size: int = 500
     batch_within_s: float = 0.05
     idle_allowance_s: float = 5.0
-    processing_guarantee: str = "at_least_once"
     commit_interval_s: float = 1.0
     model_checkpoint_interval_s: float = 5.0
     run_ingest: bool = True
