@@ -15,6 +15,7 @@ from loadtest.measure import (
     PublishClock,
     action_latencies,
     cdf_points,
+    latency_breakdown,
     latency_summary,
     per_million,
     percentile,
@@ -110,9 +111,26 @@ def test_action_latencies_count_each_action_once_and_skip_outsiders() -> None:
         (9.0, {"action_id": "c", "at": 20.0}),  # fired before the paced phase
         (20.0, {"action_id": "d", "at": 400.0}),  # fired by time alone, after it
     ]
-    latencies, outside = action_latencies(received, clock)
-    assert latencies == pytest.approx([0.2, 0.9])
+    timed, outside = action_latencies(received, clock)
+    assert [latency for latency, _ in timed] == pytest.approx([0.2, 0.9])
+    assert [action["action_id"] for _, action in timed] == ["a", "b"]
     assert outside == 2
+
+
+def test_latency_breakdown_splits_by_rule_and_into_emit_and_delivery() -> None:
+    clock = PublishClock([100.0, 200.0], [10.0, 11.0])
+    timed = [
+        (0.5, {"at": 100.0, "emitted_at": 10.4, "rule": {"id": "slow"}}),
+        (0.7, {"at": 100.0, "emitted_at": 10.6, "rule": {"id": "slow"}}),
+        (0.05, {"at": 200.0, "emitted_at": 11.01, "rule": {"id": "fast"}}),
+        (0.06, {"at": 200.0, "rule": {"id": "fast"}}),
+    ]
+    breakdown = latency_breakdown(timed, clock)
+    assert list(breakdown) == ["fast", "slow"]
+    assert breakdown["slow"]["n"] == 2
+    assert breakdown["slow"]["p50_ms"] == pytest.approx(600.0)
+    assert breakdown["slow"]["to_emit_p50_ms"] == pytest.approx(500.0)
+    assert breakdown["fast"]["to_emit_p50_ms"] == pytest.approx(10.0)
 
 
 def test_wire_ts_reads_every_accepted_shape() -> None:

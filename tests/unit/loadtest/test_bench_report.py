@@ -12,6 +12,7 @@ import pytest
 
 from loadtest.bench import BenchOptions, _lag_summary, _targets, accuracy, options_from
 from loadtest.report import build_markdown, diagnosis, summary_lines, write_report
+from tables.state import BASELINE_MIN_DAYS
 
 
 def _results(**engine: Any) -> dict[str, Any]:
@@ -21,6 +22,7 @@ def _results(**engine: Any) -> dict[str, Any]:
         "p50_ms": 120.0,
         "p99_ms": 900.0,
         "cpu_s_per_million": 400.0,
+        "events_per_cpu_s": 2500.0,
         "cpu_utilisation": 0.5,
         "peak_rss_mb": 300.0,
         "offered_rate": 1000.0,
@@ -75,8 +77,9 @@ def _results(**engine: Any) -> dict[str, Any]:
 def test_the_report_shows_the_measured_figures_and_the_command() -> None:
     markdown = build_markdown(_results())
     assert ".venv/bin/python -m loadtest.bench --customers 7" in markdown
-    assert "| engine (iotcrm worker) | 2,000 | 2,500 | 120.0 | 900.0 | 400 | 50 % | 300 |" in (
-        markdown
+    assert (
+        "| engine (iotcrm worker) | 2,000 | 2,500 | 120.0 | 900.0 | 400 | 2,500 | 50 % | 300 |"
+        in (markdown)
     )
     assert "| coupon | 5 | 1.000 | 0.800 | 4 | 0 | 1 |" in markdown
     assert "engine ≥ 1.5× peer | 1.25× | no |" in markdown
@@ -93,6 +96,17 @@ def test_the_diagnosis_follows_the_figures() -> None:
     assert "4,321 events behind" in idle
     busy = "\n".join(diagnosis(_results(cpu_utilisation=0.97)))
     assert "CPU-bound" in busy and "idle" not in busy.split("\n")[0]
+
+
+def test_a_span_too_short_for_a_usage_baseline_is_named_as_the_reason_for_no_offers() -> None:
+    results = _results()
+    results["accuracy"]["types"]["retention_offer"] = {
+        "precision": None, "recall": 0.0, "tp": 0, "fp": 0, "fn": 12,
+    }  # fmt: skip
+    results["params"]["span_s"] = (BASELINE_MIN_DAYS + 1) * 86400
+    assert "No retention offer could fire" in build_markdown(results)
+    results["params"]["span_s"] = (BASELINE_MIN_DAYS + 5) * 86400
+    assert "No retention offer could fire" not in build_markdown(results)
 
 
 def test_summary_lines_list_every_contender_that_ran() -> None:
