@@ -87,6 +87,8 @@ class Runtime:
             # before the state that produced them is written.
             processing_guarantee="at_least_once",
             broker_commit_interval=w.commit_interval_s,
+            broker_session_timeout=w.session_timeout_s,
+            broker_heartbeat_interval=max(1.0, w.session_timeout_s / 4),
             web_port=w.web_port,
             web_host="127.0.0.1",
             web_in_thread=False,

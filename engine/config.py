@@ -58,6 +58,7 @@ class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     batch_within_s: float = 0.05
     idle_allowance_s: float = 5.0
     commit_interval_s: float = 1.0
+    session_timeout_s: float = 10.0
     model_checkpoint_interval_s: float = 5.0
     run_ingest: bool = True
     run_sink: bool = True

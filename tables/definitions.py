@@ -71,7 +71,8 @@ def define_tables(app: faust.App, settings: Settings) -> Tables:
 def recent_usage(table: faust.Table, key: str, now: float, size_s: float, count: int) -> list:
     """The last ``count`` windows up to ``now``: ``[{"start", "minutes"}]``, oldest first."""
     first = now // size_s * size_s - (count - 1) * size_s
+    # Sums are added per batch, so the last bits depend on where batches were cut.
     return [
-        {"start": start, "minutes": table.relative_to(start)[key].value()}
+        {"start": start, "minutes": round(table.relative_to(start)[key].value(), 6)}
         for start in (first + i * size_s for i in range(count))
     ]

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from engine.ops_cli import setup
-from tests.integration.kit import REPO, Namespace
+from tests.integration.kit import REPO, Namespace, fresh_namespace
 
 sys.path.insert(0, str(REPO / "deploy" / "local"))
 import services
@@ -41,15 +40,15 @@ def servers_up() -> None:
 @pytest.fixture
 async def namespace(tmp_path: Path) -> AsyncIterator[Namespace]:
     """A fresh namespace with its topics and keyspace created (``iotcrm setup``)."""
-    ns = Namespace(REPO / ".state" / "test-logs" / tmp_path.name)
-    print(f"namespace {ns.id}: logs in {ns.tmp}")
-    ns.tmp.mkdir(parents=True, exist_ok=True)
-    await setup(ns.settings)
-    yield ns
-    for worker in ns.workers:
-        worker.kill()
-        # Shown by pytest when the test failed.
-        print(f"--- {worker.log_path} (tail) ---\n{worker.log_tail(40)}")
+    async with fresh_namespace(tmp_path.name) as ns:
+        yield ns
+
+
+@pytest.fixture
+async def reference(tmp_path: Path) -> AsyncIterator[Namespace]:
+    """A second namespace in the same test: a run to compare with."""
+    async with fresh_namespace(tmp_path.name, label="reference namespace") as ns:
+        yield ns
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +162,22 @@ async def read_all(bootstrap: str, topic: str) -> list[Any]:
         return records
     finally:
         await consumer.stop()
+
+
+@asynccontextmanager
+async def fresh_namespace(name: str, label: str = "namespace") -> AsyncIterator[Namespace]:
+    """A namespace with its topics and keyspace created (``iotcrm setup``); its
+    workers are killed at the end and their log tails printed (pytest shows
+    them when the test failed)."""
+    from engine.ops_cli import setup
+
+    ns = Namespace(REPO / ".state" / "test-logs" / name)
+    print(f"{label} {ns.id}: logs in {ns.tmp}")
+    ns.tmp.mkdir(parents=True, exist_ok=True)
+    await setup(ns.settings)
+    try:
+        yield ns
+    finally:
+        for worker in ns.workers:
+            worker.kill()
+            print(f"--- {worker.log_path} (tail) ---\n{worker.log_tail(40)}")

@@ -11,36 +11,17 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
-import pytest
 from aiokafka import AIOKafkaProducer
 
-from engine.ops_cli import setup
 from loadtest.harness import WorkerProcess, wait_for
 from tests.integration.kit import REPO, Namespace, read_all
 
 #: Action types of the downstream contract, one topic each.
 ACTION_TYPES = ("coupon", "maintenance_booking", "retention_offer", "support_case")
-
-
-@pytest.fixture(name="reference")
-async def reference_fixture(tmp_path: Path) -> AsyncIterator[Namespace]:
-    """Another namespace in the same test (fixture ``reference``): a run to compare with.
-
-    Import ``reference_fixture`` into a test module to use it.
-    """
-    ns = Namespace(REPO / ".state" / "test-logs" / tmp_path.name)
-    print(f"reference namespace {ns.id}: logs in {ns.tmp}")
-    ns.tmp.mkdir(parents=True, exist_ok=True)
-    await setup(ns.settings)
-    yield ns
-    for worker in ns.workers:
-        worker.kill()
-        print(f"--- {worker.log_path} (tail) ---\n{worker.log_tail(40)}")
 
 
 async def publish(producer: AIOKafkaProducer, records: Iterable[tuple[str, Any]]) -> int:

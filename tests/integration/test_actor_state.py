@@ -45,7 +45,6 @@ from tests.integration.live_helpers import (
     iotcrm,
     processed_events,
     publish,
-    reference_fixture,  # noqa: F401 (the fixture `reference`)
     wait_processed,
     without_emission_time,
 )
