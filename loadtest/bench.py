@@ -98,6 +98,8 @@ class BenchOptions:
     latency_seconds: float = 30.0
     #: The offered load of the latency phase as a share of the engine's max.
     load_share: float = 0.5
+    #: A fixed offered load instead (events/s; 0: ``load_share`` of the engine's max).
+    rate: float = 0.0
     contenders: tuple[str, ...] = ORDER
     partitions: int = 4
     profile_events: int = 20_000
@@ -508,7 +510,7 @@ async def run_bench(options: BenchOptions, command: str) -> dict[str, Any]:
     work_dir = REPO / ".state" / "bench" / run_id
     names = [name for name in ORDER if name in options.contenders]
     phases: dict[str, PhaseResult] = {}
-    rate: float | None = None
+    rate: float | None = options.rate or None
     live: dict[str, Any] = {}
     try:
         for name in names:
@@ -640,6 +642,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="offered load of the latency phase, as a share of the engine's max (default 0.5)",
     )
     parser.add_argument(
+        "--rate",
+        type=float,
+        default=defaults.rate,
+        help="offered load of the latency phase in events/s, instead of --load-share",
+    )
+    parser.add_argument(
         "--contenders",
         default=",".join(defaults.contenders),
         help="comma-separated subset of engine,peer,ceiling (the engine sets the offered load)",
@@ -678,6 +686,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         warmup=args.warmup,
         latency_seconds=args.latency_seconds,
         load_share=args.load_share,
+        rate=args.rate,
         contenders=contenders,
         partitions=args.partitions,
         profile_events=args.profile_events,

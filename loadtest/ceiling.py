@@ -41,12 +41,17 @@ class CeilingConsumer:
         group: str,
         status_path: Path,
         batch_size: int = 500,
+        fetch_max_wait_ms: int = 20,
+        fetch_min_bytes: int = 1,
     ) -> None:
         self.bootstrap = bootstrap
         self.pattern = pattern
         self.group = group
         self.status_path = status_path
         self.batch_size = batch_size
+        #: Ingest's fetch settings by default; larger ones trade latency for CPU.
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.fetch_min_bytes = fetch_min_bytes
         self.consumed = 0
         self.decoded = 0
         self.first_at: float | None = None
@@ -80,7 +85,8 @@ class CeilingConsumer:
             auto_offset_reset="earliest",
             metadata_max_age_ms=5000,
             max_poll_records=self.batch_size,
-            fetch_max_wait_ms=20,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
+            fetch_min_bytes=self.fetch_min_bytes,
             # The benchmark freezes the process while it publishes a backlog.
             session_timeout_ms=30000,
         )
@@ -132,7 +138,14 @@ def read_timings(status_path: Path) -> tuple[array[float], array[float]]:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    ceiling = CeilingConsumer(args.bootstrap, args.pattern, args.group, Path(args.status))
+    ceiling = CeilingConsumer(
+        args.bootstrap,
+        args.pattern,
+        args.group,
+        Path(args.status),
+        fetch_max_wait_ms=args.fetch_max_wait_ms,
+        fetch_min_bytes=args.fetch_min_bytes,
+    )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, ceiling.stop)
@@ -145,6 +158,8 @@ def main() -> None:
     parser.add_argument("--pattern", required=True, help="topic regex, e.g. '^iot\\.device\\..+'")
     parser.add_argument("--group", required=True)
     parser.add_argument("--status", required=True, help="JSON status file to keep up to date")
+    parser.add_argument("--fetch-max-wait-ms", type=int, default=20)
+    parser.add_argument("--fetch-min-bytes", type=int, default=1)
     asyncio.run(_main(parser.parse_args()))
 
 

@@ -297,6 +297,16 @@ def diagnosis(results: Mapping[str, Any]) -> list[str]:
             f"{per_event:,.0f} µs in the backlog: with few records per poll, every fetch, "
             "produce, commit and table write is paid for a handful of events."
         )
+    ceiling = results.get("ceiling") or {}
+    if ceiling.get("live_cpu_s_per_million") and ceiling.get("cpu_s_per_million"):
+        lines.append(
+            f"- Consuming the device topics by pattern with aiokafka and nothing else (the "
+            f"ceiling) cost {ceiling['live_cpu_s_per_million']:,.0f} µs of CPU per event in "
+            f"the paced phase against {ceiling['cpu_s_per_million']:,.1f} µs from the backlog: "
+            "each fetch response lists every subscribed partition and is decoded in Python, "
+            "and under a steady trickle a fetch carries a handful of events. Ingest pays this "
+            "inside the worker, before any of the work."
+        )
     lag = engine.get("live_lag") or {}
     if lag.get("last_stage_max_events"):
         lines.append(
@@ -348,8 +358,14 @@ def build_markdown(results: Mapping[str, Any]) -> str:
         f"mixed units and shapes, malformed and duplicate events included. Each contender: "
         f"{_show(params.get('warmup'))} warm-up events, then a backlog of "
         f"{_show(params.get('events'))} events published while it is frozen (max throughput), "
-        f"then {_show(params.get('latency_seconds'))} s at {_show(params.get('load_share'), 2)} "
-        "× the engine's max (latency). Same bytes for every contender, each in its own topics.",
+        f"then {_show(params.get('latency_seconds'))} s of events offered at "
+        + (
+            f"a fixed {_show(params.get('rate'))}/s"
+            if params.get("rate")
+            else f"{_show(params.get('load_share'), 2)} × the engine's max"
+        )
+        + " (latency). Same bytes for every contender, each in its own topics; "
+        "an action-dense mix of episodes (`episode_shares` in `latest.json`).",
         "",
         "## Results",
         "",

@@ -38,7 +38,13 @@ def _results(**engine: Any) -> dict[str, Any]:
         "params": {"customers": 7, "devices_per_customer": 2, "span_s": 86400, "partitions": 4},
         "engine": {**base_engine, **engine},
         "peer": {"eps": 1600.0, "p50_ms": 80.0, "p99_ms": 300.0, "cpu_s_per_million": 350.0},
-        "ceiling": {"eps": 100000.0, "p50_ms": 5.0, "p99_ms": 40.0, "cpu_s_per_million": 3.0},
+        "ceiling": {
+            "eps": 100000.0,
+            "p50_ms": 5.0,
+            "p99_ms": 40.0,
+            "cpu_s_per_million": 3.0,
+            "live_cpu_s_per_million": 110.0,
+        },
         "ratios": {"engine_over_ceiling": 0.02, "engine_over_peer": 1.25},
         "targets": {"engine_at_least_peer": True, "engine_1_5x_peer": False},
         "accuracy": {
@@ -94,6 +100,7 @@ def test_the_diagnosis_follows_the_figures() -> None:
     assert "and 45 % on the machinery around it, 30 % in the pure-Python Kafka" in idle
     assert "1,200 µs of CPU against 400 µs" in idle
     assert "4,321 events behind" in idle
+    assert "cost 110 µs of CPU per event in the paced phase against 3.0 µs" in idle
     busy = "\n".join(diagnosis(_results(cpu_utilisation=0.97)))
     assert "CPU-bound" in busy and "idle" not in busy.split("\n")[0]
 
