@@ -69,7 +69,7 @@ from loadtest.measure import (
 from loadtest.simulator import GHOST_DEVICE_IDS, SimParams, Simulation
 
 if TYPE_CHECKING:
-    from loadtest.contenders import Contender, Progress
+    from loadtest.contenders import CeilingContender, Contender, Progress
 
 # Kafka clients, psutil and the contenders load only when a benchmark runs,
 # so that `iotcrm --help` and the other commands stay light.
@@ -105,6 +105,8 @@ class BenchOptions:
     profile_events: int = 20_000
     #: Length of the paced phase of the profiled engine run (0: no live profile).
     live_profile_seconds: float = 15.0
+    #: Also time the ceiling with batched fetches over the paced phase.
+    fetch_probe: bool = True
     out: Path = DEFAULT_OUT
     bootstrap: str | None = None
     keep: bool = False
@@ -251,7 +253,7 @@ async def measure(
     contender: Contender, work: Workload, rate: float | None, options: BenchOptions
 ) -> PhaseResult:
     """One contender through warm-up, backlog, latency (and, for the engine, the rest)."""
-    from loadtest.contenders import EngineContender
+    from loadtest.contenders import CeilingContender, EngineContender
     from loadtest.feed import ActionReader
 
     result = PhaseResult(contender.name)
@@ -324,7 +326,7 @@ async def measure(
         result.figures["peak_rss_mb"] = round(contender.tree.peak_rss_mb(), 1)
     finally:
         contender.stop()
-    if contender.name == "ceiling":
+    if isinstance(contender, CeilingContender):
         _ceiling_figures(contender, work, resumed_at, live_started, result)
     result.figures.update(
         {k: v for k, v in latency_summary(result.latencies_s).items() if k != "n"},
@@ -372,6 +374,44 @@ def _lag_summary(samples: list[tuple[float, int, int, int]]) -> dict[str, Any]:
         ),
         "last_stage_max_events": max(max(0, offered - done) for _, offered, _, done in samples),
         "series": [list(sample) for sample in samples],
+    }
+
+
+async def fetch_probe(
+    run_id: str, bootstrap: str, work_dir: Path, work: Workload, rate: float, options: BenchOptions
+) -> dict[str, Any]:
+    """The ceiling again, over the same paced events, with batched fetches."""
+    from loadtest.contenders import BatchedCeilingContender
+
+    contender = BatchedCeilingContender(run_id, bootstrap, work_dir, options.partitions)
+    live = work.live(rate, options.latency_seconds)
+    _log(
+        f"fetch probe: the ceiling with fetches of >= {contender.fetch_min_bytes} bytes or "
+        f"{contender.fetch_max_wait_ms} ms, {len(live)} events at {rate:,.0f}/s"
+    )
+    await _prepare(contender, work)
+    contender.start()
+    try:
+        await contender.wait_done(len(work.warmup), timeout_s=300)
+        assert contender.tree is not None
+        cpu = contender.tree.cpu_s()
+        started = time.time()
+        await _feed(contender, live, rate=rate, linger_ms=1)
+        await contender.wait_done(len(work.warmup) + len(live), timeout_s=300)
+        cpu = contender.tree.cpu_s() - cpu
+    finally:
+        contender.stop()
+    latencies = _decode_latencies(contender, started)
+    summary = latency_summary(latencies)
+    return {
+        "fetch_max_wait_ms": contender.fetch_max_wait_ms,
+        "fetch_min_bytes": contender.fetch_min_bytes,
+        "offered_rate": round(rate, 1),
+        "live_events": len(live),
+        "live_cpu_s_per_million": _rounded(per_million(cpu, len(live)), 1),
+        "p50_ms": summary["p50_ms"],
+        "p99_ms": summary["p99_ms"],
+        "latency_samples": summary["n"],
     }
 
 
@@ -424,7 +464,7 @@ async def live_profile(
 
 
 def _ceiling_figures(
-    contender: Contender,
+    contender: CeilingContender,
     work: Workload,
     resumed_at: float,
     live_started: float,
@@ -435,9 +475,7 @@ def _ceiling_figures(
     steady rate and the publish-to-decode latencies exactly."""
     from loadtest.ceiling import read_timings
 
-    status_path = getattr(contender, "status_path", None)
-    assert status_path is not None
-    published_ms, received = read_timings(status_path)
+    _published_ms, received = read_timings(contender.status_path)
     first, count = len(work.warmup), len(work.backlog)
     backlog = received[first : first + count]
     if len(backlog) == count:
@@ -452,11 +490,18 @@ def _ceiling_figures(
             f"ceiling: {count / seconds:,.0f} events/s over {seconds:.3f} s, "
             f"{result.figures['cpu_s_per_million']} CPU s/M"
         )
-    cutoff = live_started * 1000 - 1
-    result.latencies_s = [
-        r - p / 1000 for p, r in zip(published_ms, received, strict=True) if p >= cutoff
-    ]
+    result.latencies_s = _decode_latencies(contender, live_started)
     result.figures["latency_kind"] = "event to decode"
+
+
+def _decode_latencies(contender: CeilingContender, since: float) -> list[float]:
+    """Publish-to-decode latencies of the records a stopped ceiling got that
+    were published from ``since`` (wall time) on."""
+    from loadtest.ceiling import read_timings
+
+    published_ms, received = read_timings(contender.status_path)
+    cutoff = since * 1000 - 1
+    return [r - p / 1000 for p, r in zip(published_ms, received, strict=True) if p >= cutoff]
 
 
 def accuracy(truth: dict[str, Any], actions: list[dict[str, Any]]) -> dict[str, Any]:
@@ -512,6 +557,7 @@ async def run_bench(options: BenchOptions, command: str) -> dict[str, Any]:
     phases: dict[str, PhaseResult] = {}
     rate: float | None = options.rate or None
     live: dict[str, Any] = {}
+    probe: dict[str, Any] = {}
     try:
         for name in names:
             contender = CONTENDERS[name](run_id, bootstrap, work_dir, options.partitions)
@@ -522,6 +568,8 @@ async def run_bench(options: BenchOptions, command: str) -> dict[str, Any]:
                     await contender.drop_keyspace()
             if rate is None:
                 rate = phases[name].figures["offered_rate"]
+        if "ceiling" in names and options.fetch_probe and rate:
+            probe = await fetch_probe(run_id, bootstrap, work_dir, work, rate, options)
         if "engine" in names and options.live_profile_seconds > 0 and rate:
             live = await live_profile(run_id, bootstrap, work_dir, work, rate, options)
     finally:
@@ -531,6 +579,7 @@ async def run_bench(options: BenchOptions, command: str) -> dict[str, Any]:
     _log(f"profiling the engine's hot path offline on {options.profile_events} events")
     profile = profile_hot_path(work, settings, options.profile_events)
     results = _document(options, work, phases, {**profile, "live": live}, command)
+    results["fetch_probe"] = probe
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     write_report(results, phases, options.out)
     if not options.keep:  # logs and stores stay behind only when something failed
@@ -665,6 +714,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.live_profile_seconds,
         help="paced seconds of the engine run under cProfile (default 15; 0: none)",
     )
+    parser.add_argument(
+        "--no-fetch-probe",
+        dest="fetch_probe",
+        action="store_false",
+        help="skip timing the ceiling with batched fetches",
+    )
     parser.add_argument("--out", type=Path, default=defaults.out)
     parser.add_argument("--bootstrap", default=None)
     parser.add_argument(
@@ -691,6 +746,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         partitions=args.partitions,
         profile_events=args.profile_events,
         live_profile_seconds=args.live_profile_seconds,
+        fetch_probe=args.fetch_probe,
         out=args.out,
         bootstrap=args.bootstrap,
         keep=args.keep,

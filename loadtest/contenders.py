@@ -368,6 +368,9 @@ class CeilingContender(_StatusProcess):
 
     name = "ceiling"
     module = "loadtest.ceiling"
+    #: Ingest's fetch settings: answer as soon as one byte is there, or after 20 ms.
+    fetch_max_wait_ms = 20
+    fetch_min_bytes = 1
 
     def arguments(self) -> list[str]:
         pattern = "^" + self.device_prefix.replace(".", r"\.") + ".+"
@@ -376,6 +379,8 @@ class CeilingContender(_StatusProcess):
             "--pattern", pattern,
             "--group", self.prefix,
             "--status", str(self.status_path),
+            "--fetch-max-wait-ms", str(self.fetch_max_wait_ms),
+            "--fetch-min-bytes", str(self.fetch_min_bytes),
         ]  # fmt: skip
 
     async def progress(self) -> Progress | None:
@@ -383,6 +388,15 @@ class CeilingContender(_StatusProcess):
         if status is None:
             return None
         return Progress(status["consumed"], status["consumed"], status["last_at"])
+
+
+class BatchedCeilingContender(CeilingContender):
+    """The ceiling with batched fetches (at least 64 KiB, or 100 ms): what
+    ingest's consumer would cost under a steady load with those settings."""
+
+    name = "ceiling-batched"
+    fetch_max_wait_ms = 100
+    fetch_min_bytes = 64 * 1024
 
 
 CONTENDERS: dict[str, type[Contender]] = {
