@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from loadtest.bench import BenchOptions, _lag_summary, _targets, accuracy, options_from
-from loadtest.report import build_markdown, diagnosis, summary_lines, write_report
+from loadtest.report import build_markdown, diagnosis, remedies, summary_lines, write_report
 from tables.state import BASELINE_MIN_DAYS
 
 
@@ -114,6 +114,24 @@ def test_a_span_too_short_for_a_usage_baseline_is_named_as_the_reason_for_no_off
     assert "No retention offer could fire" in build_markdown(results)
     results["params"]["span_s"] = (BASELINE_MIN_DAYS + 5) * 86400
     assert "No retention offer could fire" not in build_markdown(results)
+
+
+def test_remedies_are_backed_by_the_run_and_numbered_in_order() -> None:
+    results = _results()
+    results["fetch_probe"] = {
+        "fetch_min_bytes": 65536,
+        "fetch_max_wait_ms": 100,
+        "live_cpu_s_per_million": 40.0,
+        "p50_ms": 60.0,
+        "p99_ms": 120.0,
+    }
+    items = remedies(results)
+    assert [item.split(".")[0] for item in items] == [str(i) for i in range(1, len(items) + 1)]
+    assert "paid 40 instead of 110 µs per event" in items[0]
+    assert "Kafka clients took 30 %" in items[1]
+    assert any("all 14+ per-device topics" in item for item in items)
+    del results["fetch_probe"]
+    assert remedies(results)[0].startswith("1. **Move ingest")
 
 
 def test_summary_lines_list_every_contender_that_ran() -> None:
