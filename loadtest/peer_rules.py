@@ -50,7 +50,7 @@ ORDER = {
     rule: rank
     for rank, rule in enumerate((COUPON, VIBRATION, BURST, ANOMALY, RETENTION, SILENT, REBOOT))
 }
-VERSION = dict.fromkeys(ORDER, 1)
+VERSION = {**dict.fromkeys(ORDER, 1), VIBRATION: 2, ANOMALY: 2}
 ACTION_TYPE = {
     COUPON: "coupon",
     VIBRATION: "maintenance_booking",
@@ -75,7 +75,11 @@ GROUP = {COUPON: "detergent-coupon", VIBRATION: "maintenance", ANOMALY: "mainten
 VIBRATION_LIMIT_G = 0.8
 VIBRATION_FOR_S = 10 * MINUTE
 ANOMALY_LIMIT = 0.8
+#: The anomaly score needs vibration beyond normal operation to corroborate it.
+ANOMALY_VIBRATION_G = 0.6
 ANOMALY_FOR_S = 15 * MINUTE
+#: No second maintenance booking for a device within a day, whichever rule booked it.
+REBOOK_AFTER_S = DAY
 ANOMALY_TYPES = ("washer", "compressor")
 DETERGENT_LOW_PCT = 15
 BURST_WINDOW_S = 10 * MINUTE
@@ -206,29 +210,23 @@ class HandRules:
         device_type = event.get("device_type")
         if device_type == "washer" and _below(event.get("level"), DETERGENT_LOW_PCT):
             self._coupon(ds, device_id, event, customer, matches)
+        last_booked = (device.get("last_action_at") or {}).get("maintenance_booking")
+        rebookable = ts - (-1e12 if last_booked is None else last_booked) >= REBOOK_AFTER_S
+        vibration = event.get("vibration")
         if kind == "telemetry":
-            self._sustain(
-                VIBRATION,
-                "vib",
-                ds,
-                event,
-                _above(event.get("vibration"), VIBRATION_LIMIT_G),
-                VIBRATION_FOR_S,
-                {},
-            )
+            high = rebookable and _above(vibration, VIBRATION_LIMIT_G)
+            self._sustain(VIBRATION, "vib", ds, event, high, VIBRATION_FOR_S, {})
         if kind == "error":
             self._burst(ds, device_id, event, ts, matches)
         if kind == "telemetry" and device_type in ANOMALY_TYPES:
             anomaly = score.get("anomaly")
-            self._sustain(
-                ANOMALY,
-                "ano",
-                ds,
-                event,
-                _above(anomaly, ANOMALY_LIMIT),
-                ANOMALY_FOR_S,
-                {"anomaly": anomaly} if "anomaly" in score else {},
+            unusual = (
+                rebookable
+                and _above(anomaly, ANOMALY_LIMIT)
+                and _above(vibration, ANOMALY_VIBRATION_G)
             )
+            scores = {"anomaly": anomaly} if "anomaly" in score else {}
+            self._sustain(ANOMALY, "ano", ds, event, unusual, ANOMALY_FOR_S, scores)
         if kind == "usage" and device_type == "wearable":
             self._retention_window(cs, event, ts, score)
         if kind == "telemetry":

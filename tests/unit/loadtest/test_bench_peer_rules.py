@@ -14,6 +14,8 @@ from loadtest_helpers import END_TS
 from engine.config import QualitySettings
 from engine.quality import StreamHygiene
 from engine.rules import RuleEngine, load_ruleset
+from engine.rules.testing import matches
+from loadtest.bench import BENCH_EPISODES
 from loadtest.peer_rules import HandRules
 from loadtest.simulator import SimParams, Simulation
 from tables.state import (
@@ -21,6 +23,7 @@ from tables.state import (
     customer_view,
     device_view,
     new_customer_state,
+    note_action,
     record_event,
 )
 
@@ -37,7 +40,10 @@ def _scores(event: dict[str, Any], customer: dict[str, Any]) -> dict[str, float]
     scores: dict[str, float] = {}
     vibration = event.get("vibration")
     if event["kind"] == "telemetry" and isinstance(vibration, float):
-        scores["anomaly"] = min(1.0, vibration * 1.1)
+        # On half the devices the model flags a drifting machine from 0.65 g, before
+        # it passes 0.8 g: both maintenance rules get to book.
+        sensitive = event["device_id"][-1] in "02468"
+        scores["anomaly"] = 0.9 if sensitive and vibration > 0.65 else vibration
     idle_days = customer.get("days_since_use")
     scores["churn"] = 0.9 if idle_days is not None and idle_days > 0.3 else 0.1
     return scores
@@ -54,6 +60,7 @@ def _replay(consent_share: float) -> tuple[list[Fired], list[Fired], int]:
             canonical=True,
             marketing_consent_share=consent_share,
             service_consent_share=consent_share,
+            episodes=BENCH_EPISODES,
         )
     )
     profiles = dict(sim.profiles())
@@ -80,11 +87,10 @@ def _replay(consent_share: float) -> tuple[list[Fired], list[Fired], int]:
         record_event(state, device_state, event)
         customer, device = customer_view(state), device_view(device_state)
         scores = _scores(event, customer)
-        for firing in engine.process(
+        firings = engine.process(
             state["rules"], event, customer=customer, device=device, score=scores
-        ):
-            if firing.suppressed is None:
-                engine_fired.append((firing.rule_id, firing.key, firing.at, firing.action_id))
+        )
+        _note(state, firings, engine_fired)
         for firing in hand.process(state["hand"], event, customer, device, scores):
             hand_fired.append((firing["rule"], firing["key"], firing["at"], firing["action_id"]))
         now = max(now, event["ts"])
@@ -92,6 +98,19 @@ def _replay(consent_share: float) -> tuple[list[Fired], list[Fired], int]:
             _advance(states, engine, hand, now, engine_fired, hand_fired)
     _advance(states, engine, hand, END_TS + 3 * 3600, engine_fired, hand_fired)
     return engine_fired, hand_fired, hand.suppressed
+
+
+def _note(state: dict[str, Any], firings: list[Any], fired: list[Fired]) -> None:
+    """Record emitted firings as the actor does (rules then see
+    ``device.last_action_at``); both sides read the same state."""
+    for firing in firings:
+        if firing.suppressed is None:
+            fired.append((firing.rule_id, firing.key, firing.at, firing.action_id))
+            note_action(
+                state,
+                {"action_id": firing.action_id, "type": firing.action_type, "at": firing.at,
+                 "device_id": firing.device_id},
+            )  # fmt: skip
 
 
 def _advance(
@@ -109,9 +128,8 @@ def _advance(
         if due is None or due > now:
             continue
         devices = {d: device_view(s) for d, s in state["devices"].items()}
-        for firing in engine.advance(state["rules"], now, customer=customer, devices=devices):
-            if firing.suppressed is None:
-                engine_fired.append((firing.rule_id, firing.key, firing.at, firing.action_id))
+        _note(state, engine.advance(state["rules"], now, customer=customer, devices=devices),
+              engine_fired)  # fmt: skip
         for firing in hand.advance(state["hand"], now, customer):
             hand_fired.append((firing["rule"], firing["key"], firing["at"], firing["action_id"]))
 
@@ -136,3 +154,44 @@ def test_every_shipped_rule_is_exercised_by_the_comparison(
     enabled = {rule.id for rule in load_ruleset(RULES).rules}
     assert fired_rules == enabled
     assert suppressed > 0  # consent and cooldowns were in play too
+
+
+def _embedded_tests() -> list[Any]:
+    return [
+        pytest.param(rule, test, id=f"{rule.id}::{test.name}")
+        for rule in load_ruleset(RULES).rules
+        for test in rule.tests
+    ]
+
+
+@pytest.mark.parametrize(("rule", "test"), _embedded_tests())
+def test_hand_coded_rules_pass_the_rule_files_own_tests(rule: Any, test: Any) -> None:
+    """The edge cases the rule authors wrote down (exact thresholds, half-open
+    windows, late events, context from the CRM) hold for the hand-coded rules."""
+    hand = HandRules()
+    state = hand.new_state()
+    customer = dict(test.customer)
+    devices = {str(k): v for k, v in test.devices.items()}
+    fired: list[dict[str, Any]] = []
+    for index, raw in enumerate(test.events):
+        event = dict(raw)
+        score = event.pop("score", None)
+        if score is None and index < len(test.scores):
+            score = test.scores[index]
+        customer = event.pop("customer", None) or customer
+        event.setdefault("customer_id", customer.get("customer_id", "c1"))
+        device = event.pop("device", None)
+        if device is not None:
+            devices[str(event["device_id"])] = device
+        context = devices.get(str(event["device_id"]), {})
+        fired += hand.process(state, event, customer, context, score or {})
+    if test.until is not None:
+        fired += hand.advance(state, test.until, {"customer_id": "c1", **customer})
+    mine = [f for f in fired if f["rule"] == rule.id]
+    assert len(mine) == len(test.expect), [f["at"] for f in mine]
+    for firing, expected in zip(mine, test.expect, strict=True):
+        assert matches(
+            {k: expected[k] for k in ("at", "events", "key") if k in expected},
+            {"at": firing["at"], "events": firing["event_ids"], "key": firing["key"]},
+        )
+        assert matches(expected.get("payload", {}), firing["payload"])
