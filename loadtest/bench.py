@@ -636,8 +636,31 @@ def _document(
     if engine is not None:
         doc["accuracy"] = accuracy(work.truth, engine.actions)
         doc["engine_metrics"] = engine.metrics
+    peer = phases.get("peer")
+    if engine is not None and peer is not None:
+        live = work.live(figures["peer"]["offered_rate"], options.latency_seconds)
+        doc["agreement"] = agreement(engine.actions, peer.actions, wire_ts(live[-1][1]))
     doc["targets"] = _targets(doc)
     return doc
+
+
+def agreement(
+    engine: list[dict[str, Any]], peer: list[dict[str, Any]], until: float | None
+) -> dict[str, Any]:
+    """How many actions the engine and the peer took for the events both saw
+    (``at`` up to ``until``), matched by ``action_id``: the same rules over the
+    same events give the same ids, so this shows both did the same work.
+
+    >>> a = {"action_id": "a", "at": 1.0}
+    >>> agreement([a, {"action_id": "b", "at": 2.0}], [a, {"action_id": "c", "at": 9.0}], 5.0)
+    {'engine_actions': 2, 'peer_actions': 1, 'common': 1}
+    """
+
+    def ids(actions: list[dict[str, Any]]) -> set[str]:
+        return {a["action_id"] for a in actions if until is None or a["at"] <= until}
+
+    mine, theirs = ids(engine), ids(peer)
+    return {"engine_actions": len(mine), "peer_actions": len(theirs), "common": len(mine & theirs)}
 
 
 def _targets(doc: dict[str, Any]) -> dict[str, Any]:

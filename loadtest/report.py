@@ -150,6 +150,14 @@ def _accuracy(results: Mapping[str, Any]) -> list[str]:
             f"| {_show(row['recall'], 3)} | {row['tp']} | {row['fp']} | {row['fn']} |"
         )
     lines += _retention_note(results)
+    same = results.get("agreement")
+    if same:
+        lines += [
+            "",
+            f"Same work: over the events both saw, the engine took {same['engine_actions']} "
+            f"actions and the peer {same['peer_actions']}, {same['common']} of them with the "
+            "same `action_id` (the id hashes rule, version, key and trigger events).",
+        ]
     lines += ["", "Actions by rule: " + ", ".join(
         f"`{rule}` {count}" for rule, count in accuracy.get("actions_by_rule", {}).items()
     ) + f"; duplicates {accuracy.get('duplicate_actions', 0)}, "
@@ -424,7 +432,8 @@ def build_markdown(results: Mapping[str, Any]) -> str:
         f"{results.get('machine', {}).get('python', '?')}; the whole run took "
         f"{_show(results.get('elapsed_s'), 0, ' s')}.",
         "",
-        "Reproduce (Kafka and Cassandra from `deploy/local` running):",
+        "Reproduce with Kafka and Cassandra from `deploy/local` running (`make bench` starts "
+        "them and runs `iotcrm bench`):",
         "",
         "```",
         str(results.get("command", ".venv/bin/python -m loadtest.bench")),

@@ -217,7 +217,13 @@ def test_options_refuse_unknown_contenders() -> None:
         options_from(parser.parse_args(["--contenders", "engine,flink"]))
 
 
-@pytest.mark.parametrize("name", ["loadtest.report", "loadtest.hotpath"])
+def test_agreement_is_shown_when_both_ran() -> None:
+    results = _results()
+    results["agreement"] = {"engine_actions": 40, "peer_actions": 41, "common": 39}
+    assert "the engine took 40 actions and the peer 41, 39 of them" in build_markdown(results)
+
+
+@pytest.mark.parametrize("name", ["loadtest.report", "loadtest.hotpath", "loadtest.bench"])
 def test_docstring_examples(name: str) -> None:
     result = doctest.testmod(importlib.import_module(name))
     assert result.attempted > 0
