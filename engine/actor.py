@@ -107,18 +107,22 @@ class CustomerActor:
         """Process one customer's events (already in arrival order)."""
         out = ActorOutput()
         rules_state = self._rules_state(state)
-        # Stable sort: events of a batch are processed in event-time order,
-        # equal times keep their arrival order.
-        for event in sorted(events, key=_event_ts):
-            device_id = event["device_id"]
-            device_state = state["devices"].setdefault(device_id, {})
+        # Duplicates and lateness are judged in arrival order, so the verdict
+        # does not depend on where batches were cut; the admitted events are
+        # then processed in event-time order (a stable sort: equal times keep
+        # their arrival order).
+        admitted: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        for event in events:
+            device_state = state["devices"].setdefault(event["device_id"], {})
             verdict = self.hygiene.admit(device_state, event)
             if verdict == "duplicate":
                 out.duplicates += 1
-                continue
-            if verdict == "late":
+            elif verdict == "late":
                 out.late.append((event, self.hygiene.late_rejection(device_state, event).reason))
-                continue
+            else:
+                admitted.append((event, device_state))
+        admitted.sort(key=_admitted_ts)
+        for event, device_state in admitted:
             record_event(state, device_state, event)
             usage_min = event.get("usage_min")
             if isinstance(usage_min, int | float) and usage_min > 0:
@@ -175,5 +179,5 @@ class CustomerActor:
 HOUR_S = 3600.0
 
 
-def _event_ts(event: Mapping[str, Any]) -> float:
-    return event["ts"]
+def _admitted_ts(admitted: tuple[dict[str, Any], dict[str, Any]]) -> float:
+    return admitted[0]["ts"]

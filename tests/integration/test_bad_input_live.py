@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from loadtest.harness import wait_for
+from loadtest.harness import ConditionTimeout, wait_for
 from tests.integration.kit import Namespace, TopicReader, read_all, register
 from tests.integration.live_helpers import idempotent_producer
 from tests.unit.quality.helpers import event_bytes
@@ -116,7 +116,11 @@ async def test_bad_inputs_are_dead_lettered_and_the_worker_keeps_going(
         state = worker.get("/customers/c1") or {}
         return state if state.get("counts", {}).get("events") == len(goods) else None
 
-    state = await wait_for(settled, timeout=60, what=f"{len(goods)} good events of c1")
+    try:
+        state = await wait_for(settled, timeout=60, what=f"{len(goods)} good events of c1")
+    except ConditionTimeout as exc:
+        seen = (worker.get("/customers/c1") or {}).get("devices")
+        raise AssertionError(f"{exc}; metrics {worker.metrics()}; devices {seen}") from None
     device = state["devices"]["d1"]
     assert device["temperature"] == last["temperature"]
     assert device["counts"] == {"ok": len(goods), "duplicate": 1, "late": 1}

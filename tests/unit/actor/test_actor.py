@@ -237,3 +237,16 @@ def test_an_event_too_late_for_a_window_is_reported(tmp_path: Path) -> None:
     assert out.processed == 1, "within the device's allowed lateness: processed"
     [(late_event, reason)] = out.late
     assert late_event["id"] == "c" and "rule hourly" in reason
+
+
+def test_lateness_does_not_depend_on_batch_boundaries(actor: CustomerActor) -> None:
+    """An event 120 s behind its device is late whether or not it shares a batch
+    with the newer events (allowed lateness: 30 s)."""
+    stream = [event("a", 1000.0), event("b", 1200.0), event("old", 1080.0), event("c", 1201.0)]
+    one_batch = new_customer_state("c1")
+    together = actor.handle_events(one_batch, stream, None, 0.0)
+    apart = new_customer_state("c1")
+    split = [actor.handle_events(apart, [e], None, 0.0) for e in stream]
+    assert [e["id"] for e, _ in together.late] == ["old"]
+    assert [e["id"] for out in split for e, _ in out.late] == ["old"]
+    assert together.processed == sum(out.processed for out in split) == 3
