@@ -314,6 +314,10 @@ async def measure(
                 timed, outside = action_latencies(reader.received, clock)
                 result.latencies_s = [latency for latency, _ in timed]
                 result.actions = [action for _, action in reader.received]
+                distinct = {a["action_id"]: a for a in result.actions}.values()
+                result.figures["actions_by_rule"] = dict(
+                    sorted(Counter(a["rule"]["id"] for a in distinct).items())
+                )
                 result.figures.update(
                     latency_kind="event to action",
                     actions_outside_latency_phase=outside,

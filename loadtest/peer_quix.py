@@ -12,8 +12,10 @@ What a careful team would write with Quix Streams and no rule engine:
   stream hygiene (dedup, lateness), aggregates (``tables.state``) and models
   (``engine.models.ModelSet``, one per partition, checkpointed every 5 s),
   the shipped rules hand-coded (``loadtest.peer_rules``), and timers of idle
-  customers advanced with their partition's time, as the worker does; actions
-  to ``--actions-topic``, late events to ``--late-topic``.
+  customers advanced with their partition's time, as the worker does: from
+  ingest's event-time watermark over the device topics (``engine.watermark``,
+  carried in headers), so a backlog read unevenly does not make devices look
+  silent; actions to ``--actions-topic``, late events to ``--late-topic``.
 
 Decoded states are kept in memory between messages (Quix hands out bytes), and
 written back to the state store on every message, as Quix's at-least-once
@@ -55,6 +57,7 @@ from engine.quality import (
     StreamHygiene,
     deadletter_value,
 )
+from engine.watermark import PartitionClock, SourceWatermarks
 from loadtest.peer_rules import HandRules
 from tables.state import (
     CustomerState,
@@ -69,6 +72,10 @@ from tables.state import (
 )
 
 MODEL_CHECKPOINT_S = 5.0
+#: As the worker's ingest: how often the watermark over the device topics is recomputed.
+WATERMARK_INTERVAL_S = 0.5
+WATERMARK_HEADER = "peer-wm"
+SOURCE_HEADER = "peer-src"
 _STATE_KEY = "s"
 _MODELS_PREFIX = "\x00models"
 
@@ -117,6 +124,8 @@ class PeerCounters:
     late: int = 0
     actions: int = 0
     timer_firings: int = 0
+    watermark: float | None = None
+    lagging_sources: int = 0
     first_at: float | None = None
     last_at: float | None = None
 
@@ -129,7 +138,8 @@ class PartitionWork:
     """One partition of the customer stage: its models, time and timers."""
 
     models: ModelSet
-    stream_ts: float | None = None
+    #: The partition's time for idle customers, from ingest's watermarks.
+    clock: PartitionClock = field(default_factory=PartitionClock)
     #: customer_id -> earliest pending timer; ``heap`` holds (due, customer_id),
     #: entries that no longer match ``due`` are skipped when popped.
     due: dict[str, float] = field(default_factory=dict)
@@ -158,6 +168,12 @@ class PeerLogic:
         self.partitions: dict[int, PartitionWork] = {}
         self.states: dict[str, CustomerState] = {}
         self.counters = PeerCounters()
+        # Ingest's event-time watermark over the device topics (engine.watermark, as
+        # the worker's ingest keeps it): set ``consumer`` before the app runs.
+        self.consumer: Any = None
+        self.marks = SourceWatermarks()
+        self._watermark_at = 0.0
+        self._source = f"peer-{os.getpid()}".encode()
 
     # ingest -----------------------------------------------------------------------------
     def inspect(self, raw: bytes) -> dict[str, Any] | bytes:
@@ -170,12 +186,54 @@ class PeerLogic:
             counters.first_at = now
         counters.consumed += 1
         verdict = self.inspector.inspect(raw, source)
+        self._update_watermark()
         if isinstance(verdict, Accepted):
             counters.accepted += 1
+            self.marks.observe((context.topic, context.partition), verdict.event["ts"])
             return verdict.event
         counters.deadlettered += 1
         counters.last_at = now
         return deadletter_value(raw, verdict, source, now)
+
+    def _update_watermark(self) -> None:
+        """Which device partitions still have unread records hold the watermark back."""
+        now = time.monotonic()
+        if self.consumer is None or now - self._watermark_at < WATERMARK_INTERVAL_S:
+            return
+        self._watermark_at = now
+        prefix = self.options.device_topic_prefix
+        sources = [tp for tp in self.consumer.assignment() if tp.topic.startswith(prefix)]
+        if not sources:
+            return
+        # End offsets of every source in one ListOffsets request (offset -1: the end),
+        # as the worker's ingest asks for them; cached high watermarks only know
+        # partitions fetched from since the start.
+        ends = {
+            (tp.topic, tp.partition): tp.offset
+            for tp in self.consumer.offsets_for_times(
+                [TopicPartition(tp.topic, tp.partition, -1) for tp in sources], timeout=10
+            )
+        }
+        lagging = []
+        for tp in self.consumer.position(sources):
+            end = ends.get((tp.topic, tp.partition), -1)
+            if tp.offset < 0:  # nothing consumed yet: lagging if there is anything at all
+                low, _high = self.consumer.get_watermark_offsets(tp, cached=True)
+                position = max(low, 0)
+            else:
+                position = tp.offset
+            if position < end:
+                lagging.append((tp.topic, tp.partition))
+        self.counters.watermark = self.marks.advance(lagging)
+        self.counters.lagging_sources = len(lagging)
+
+    def time_headers(self, value: Any, key: Any, timestamp: int, headers: Any) -> list[Any]:
+        """The headers of a forwarded event: this ingest's id and its watermark."""
+        # Before every lagging source was read once, no time is certain: 0, not the
+        # event's own time (this consumer reads topic after topic, so one device
+        # can be a day of event time ahead of another that has not been read yet).
+        mark = self.marks.current if self.marks.current is not None else 0.0
+        return [(SOURCE_HEADER, self._source), (WATERMARK_HEADER, repr(mark).encode())]
 
     # customer stage ---------------------------------------------------------------------
     def _work(self, partition: int, state: State) -> PartitionWork:
@@ -238,9 +296,7 @@ class PeerLogic:
             self._emit(customer_state, firings, emitted_at, out)
         state.set_bytes(_STATE_KEY, encode_state(customer_state))
         self._index(work, customer_id, customer_state)
-        ts = event["ts"]
-        if work.stream_ts is None or ts > work.stream_ts:
-            work.stream_ts = ts
+        work.clock.on_event(event["ts"], *_time_headers(headers))
         self._advance(work, state, emitted_at, out)
         self._checkpoint(work, partition, state)
         counters.processed += 1
@@ -285,7 +341,7 @@ class PeerLogic:
         self, work: PartitionWork, state: State, emitted_at: float, out: list[dict[str, Any]]
     ) -> None:
         """Fire the timers of every customer of the partition due by its time."""
-        now = work.stream_ts
+        now = work.clock.now(idle_allowance_s=float("inf"))
         heap = work.heap
         transaction = state._transaction  # other customers' state, same partition
         while heap and now is not None and heap[0][0] <= now:
@@ -310,6 +366,16 @@ class PeerLogic:
         models_state = state._transaction.as_state(prefix=_MODELS_PREFIX)
         models_state.set_bytes(f"p{partition}", work.models.snapshot())
         work.checkpointed_at = now
+
+
+def _time_headers(headers: Any) -> tuple[str | None, float | None]:
+    source = watermark = None
+    for name, value in headers or ():
+        if name == SOURCE_HEADER:
+            source = value.decode()
+        elif name == WATERMARK_HEADER:
+            watermark = float(value)
+    return source, watermark
 
 
 def build_app(options: argparse.Namespace, logic: PeerLogic) -> Application:
@@ -343,7 +409,7 @@ def build_app(options: argparse.Namespace, logic: PeerLogic) -> Application:
         verdicts = app.dataframe(
             app.topic(name, key_deserializer="bytes", value_deserializer="bytes")
         ).apply(logic.inspect)
-        verdicts.filter(lambda v: type(v) is dict).to_topic(
+        verdicts.filter(lambda v: type(v) is dict).set_headers(logic.time_headers).to_topic(
             events_topic, key=lambda event: event["customer_id"]
         )
         verdicts.filter(lambda v: type(v) is bytes).to_topic(deadletters)
@@ -357,6 +423,7 @@ def build_app(options: argparse.Namespace, logic: PeerLogic) -> Application:
     outputs.filter(lambda v: v.get("reason_code") == "late").to_topic(
         late, key=lambda envelope: envelope["event"]["device_id"]
     )
+    logic.consumer = app._consumer  # the device partitions' positions, for the watermark
     return app
 
 
