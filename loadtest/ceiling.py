@@ -49,7 +49,8 @@ class CeilingConsumer:
         self.group = group
         self.status_path = status_path
         self.batch_size = batch_size
-        #: Ingest's fetch settings by default; larger ones trade latency for CPU.
+        #: Answered at once by default (the lowest latency); larger minimums trade
+        #: latency for CPU.
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.fetch_min_bytes = fetch_min_bytes
         self.consumed = 0

@@ -368,7 +368,7 @@ class CeilingContender(_StatusProcess):
 
     name = "ceiling"
     module = "loadtest.ceiling"
-    #: Ingest's fetch settings: answer as soon as one byte is there, or after 20 ms.
+    #: Answered as soon as one byte is there, or after 20 ms: the lowest latency.
     fetch_max_wait_ms = 20
     fetch_min_bytes = 1
 

@@ -313,7 +313,7 @@ def diagnosis(results: Mapping[str, Any]) -> list[str]:
             f"the paced phase against {ceiling['cpu_s_per_million']:,.1f} µs from the backlog: "
             "each fetch response lists every subscribed partition and is decoded in Python, "
             "and under a steady trickle a fetch carries a handful of events. Ingest pays this "
-            "inside the worker, before any of the work."
+            "kind of cost inside the worker, before any of the work."
         )
     probe = results.get("fetch_probe") or {}
     if probe.get("live_cpu_s_per_million") and ceiling.get("live_cpu_s_per_million"):
@@ -369,15 +369,14 @@ def remedies(results: Mapping[str, Any]) -> list[str]:
     lines: list[str] = []
     if probe.get("live_cpu_s_per_million") and ceiling.get("live_cpu_s_per_million"):
         lines.append(
-            "1. **Batch fetches under a steady load.** Ingest's consumer "
-            "(`fetch_max_wait_ms=20`) and the actor's (Faust's aiokafka driver hard-codes its "
-            "fetch settings) both get an answer as soon as one byte is there "
-            "(`fetch_min_bytes=1`); at "
+            "1. **Batch fetches under a steady load.** A consumer that is answered as soon as "
+            "one byte is there pays for each fetch with a handful of events; at "
             f"`fetch_min_bytes={probe['fetch_min_bytes']}`, "
             f"`fetch_max_wait_ms={probe['fetch_max_wait_ms']}` the probe above paid "
             f"{probe['live_cpu_s_per_million']:,.0f} instead of "
             f"{ceiling['live_cpu_s_per_million']:,.0f} µs per event to consume, for at most "
-            f"{probe['fetch_max_wait_ms']} ms more latency."
+            f"{probe['fetch_max_wait_ms']} ms more latency. Faust's aiokafka driver hard-codes "
+            "`fetch_min_bytes=1` for the actor's consumer."
         )
     kafka = sum(pct for name, pct in live.items() if name.startswith("Kafka clients"))
     sink = live.get("Cassandra sink", 0.0)
