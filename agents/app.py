@@ -41,16 +41,16 @@ log = logging.getLogger(__name__)
 
 class SummaryPublisher:
     """Publishes changed customers' 360 summaries to a compacted topic, at most
-    once per customer per interval; the Cassandra sink upserts them."""
+    once per customer per flush; the Cassandra sink upserts them. The summary
+    is built at flush time from the latest state, not on every batch."""
 
-    def __init__(self, runtime: Runtime, interval_s: float = 2.0) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
-        self.interval_s = interval_s
-        self.pending: dict[str, dict[str, Any]] = {}
+        self.pending: dict[str, Any] = {}
 
     def mark(self, written: dict[str, Any]) -> None:
         for customer_id, (_anchor, state) in written.items():
-            self.pending[customer_id] = summary(state)
+            self.pending[customer_id] = state
 
     async def flush(self) -> None:
         if not self.pending:
@@ -58,11 +58,11 @@ class SummaryPublisher:
         pending, self.pending = self.pending, {}
         producer = self.rt.app.producer
         topic = self.rt.settings.kafka.customer360_topic
-        for customer_id, snapshot in pending.items():
+        for customer_id, state in pending.items():
             await producer.send(
                 topic,
                 customer_id.encode(),
-                orjson.dumps(snapshot),
+                orjson.dumps(summary(state)),
                 partition=None,
                 timestamp=None,
                 headers=None,
