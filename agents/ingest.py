@@ -236,11 +236,13 @@ class IngestService(Service):
         self.metrics.last_batch_at = received_at
 
     def _headers(self) -> list[tuple[str, bytes]]:
+        # Unknown (a lagging source has yielded no valid event yet) holds time
+        # back; leaving the header out would let the actor use the event's own time.
         mark = self.watermarks.current
-        headers = [(SOURCE_HEADER, self.instance_id.encode())]
-        if mark is not None:
-            headers.append((WATERMARK_HEADER, repr(mark).encode()))
-        return headers
+        return [
+            (SOURCE_HEADER, self.instance_id.encode()),
+            (WATERMARK_HEADER, repr(float("-inf") if mark is None else mark).encode()),
+        ]
 
     async def _update_watermark(self) -> None:
         """Recompute the watermark from which source partitions still have unread records.

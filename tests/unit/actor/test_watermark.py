@@ -49,3 +49,14 @@ def test_a_quiet_partition_ages_with_the_wall_clock() -> None:
     wall[0] = 60.0
     assert clock.now(idle_allowance_s=5.0) == 160.0
     assert clock.now(idle_allowance_s=float("inf")) == 100.0
+
+
+def test_an_unknown_ingest_watermark_holds_partition_time_back() -> None:
+    wall = [0.0]
+    clock = PartitionClock(clock=lambda: wall[0])
+    clock.on_event(ts=5000.0, source="ingest", watermark=float("-inf"))
+    assert clock.now(idle_allowance_s=5.0) == float("-inf")
+    wall[0] = 60.0
+    assert clock.now(idle_allowance_s=5.0) == float("-inf"), "no timer can be due"
+    clock.on_event(ts=5001.0, source="ingest", watermark=4990.0)
+    assert clock.now(idle_allowance_s=5.0) == 4990.0
