@@ -204,6 +204,11 @@ class IngestService(Service):
         for (_, source), verdict in zip(records, verdicts, strict=True):
             if isinstance(verdict, Accepted):
                 observe((source.topic, source.partition), verdict.event["ts"])
+        if self.watermarks.current is None:
+            # Until it is known, find it before stamping: an unknown watermark
+            # holds the actor's idle-key time back, and a quiet stream would
+            # leave it there.
+            await self._update_watermark(force=True)
         headers = self._headers()
         sends = []
         send = self.producer.send
@@ -244,7 +249,7 @@ class IngestService(Service):
             (WATERMARK_HEADER, repr(float("-inf") if mark is None else mark).encode()),
         ]
 
-    async def _update_watermark(self) -> None:
+    async def _update_watermark(self, force: bool = False) -> None:
         """Recompute the watermark from which source partitions still have unread records.
 
         Events are stamped with the watermark as of the last recompute, which
@@ -252,7 +257,7 @@ class IngestService(Service):
         """
         assert self.consumer is not None
         now = time.monotonic()
-        if now - self._watermark_at < WATERMARK_INTERVAL_S:
+        if not force and now - self._watermark_at < WATERMARK_INTERVAL_S:
             return
         self._watermark_at = now
         assignment = list(self.consumer.assignment())
