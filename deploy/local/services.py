@@ -143,6 +143,27 @@ def kafka_broker_count(port: int, timeout: float = 3.0) -> int:
     return brokers
 
 
+def kafka_coordinator_ready(port: int, timeout: float = 3.0) -> bool:
+    """A FindCoordinator request (v0) answered without error.
+
+    On a new broker the first one creates ``__consumer_offsets``; until that is
+    done, consumer groups cannot work, so this is part of being ready.
+    """
+    client_id, group = b"iotcrm-probe", b"iotcrm-probe"
+    body = (
+        struct.pack(">hhih", 10, 0, 8, len(client_id))
+        + client_id
+        + struct.pack(">h", len(group))
+        + group
+    )
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        sock.sendall(struct.pack(">i", len(body)) + body)
+        (size,) = struct.unpack(">i", _recv_exact(sock, 4))
+        response = _recv_exact(sock, size)
+    correlation_id, error_code = struct.unpack(">ih", response[:6])
+    return correlation_id == 8 and error_code == 0
+
+
 def _cql_frame(opcode: int, body: bytes, stream: int) -> bytes:
     return struct.pack(">BBhBi", 0x04, 0, stream, opcode, len(body)) + body
 
@@ -212,7 +233,7 @@ def _first_text_value(body: bytes) -> str:
 def is_ready(service: Service) -> bool:
     try:
         if service is KAFKA:
-            return kafka_broker_count(service.port) >= 1
+            return kafka_broker_count(service.port) >= 1 and kafka_coordinator_ready(service.port)
         return bool(cassandra_release_version(service.port))
     except (OSError, struct.error):
         return False
