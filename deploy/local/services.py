@@ -417,7 +417,17 @@ def _pid(service: Service) -> int | None:
         return None
     except PermissionError:
         return pid
-    return pid
+    return None if _is_zombie(pid) else pid
+
+
+def _is_zombie(pid: int) -> bool:
+    """A process that exited but was not reaped by its parent (e.g. a server
+    started by `run` and stopped by another invocation): dead for our purposes."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
 def _log_tail(service: Service, lines: int = 30) -> str:
