@@ -161,6 +161,7 @@ class Runtime:
             # the timer index is rebuilt from the timers table on the next batch.
             self.models_by_partition.clear()
             self.agent_logic.due_index_stale = True
+            self.agent_logic.forget_mirrored()
 
         if self.ingest is not None:
             app.service(self.ingest)

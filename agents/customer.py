@@ -45,12 +45,14 @@ from faust.streams import _current_event
 from agents.ingest import SOURCE_HEADER, WATERMARK_HEADER
 from engine.actor import ActorOutput
 from engine.watermark import PartitionClock
+from tables.definitions import DAY_S
 from tables.state import (
     CustomerState,
     apply_profile,
     decode_state,
     encode_state,
     new_customer_state,
+    usage_buckets,
 )
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,8 @@ class CustomerAgent:
         self.due_index_stale = True
         self._last_checkpoint: dict[int, float] = {}
         self._positions: dict[tuple[str, str], dict[str, Any]] = {}
+        #: customers whose windowed usage this worker has rewritten from their state
+        self._mirrored: set[str] = set()
 
     # ----------------------------------------------------------- the stream
 
@@ -128,7 +132,7 @@ class CustomerAgent:
         #: where each event of this batch was read, for the late-event envelope
         self._positions: dict[tuple[str, str], dict[str, Any]] = {}
         written: dict[str, tuple[faust.EventT, CustomerState]] = {}
-        usage: dict[str, dict[float, float]] = {}
+        usage: dict[str, set[float]] = {}
         out = ActorOutput()
         for customer_id, records in groups.items():
             anchor = records[-1]
@@ -158,8 +162,8 @@ class CustomerAgent:
             if events:
                 models = self._models(anchor.message.partition)
                 handled = self.rt.actor.handle_events(state, events, models, emitted_at)
-                if handled.usage_by_hour:
-                    usage[customer_id] = handled.usage_by_hour
+                if handled.usage_hours:
+                    usage[customer_id] = handled.usage_hours
                 out.extend(handled)
             written[customer_id] = (anchor, state)
 
@@ -179,9 +183,7 @@ class CustomerAgent:
         for customer_id, (anchor, state) in written.items():
             set_current(anchor)
             tables.customers[customer_id] = encode_state(state)
-            for hour, minutes in usage.get(customer_id, {}).items():
-                tables.usage_hourly.relative_to(hour)[customer_id] += minutes
-                tables.usage_daily.relative_to(hour)[customer_id] += minutes
+            self._mirror_usage(customer_id, state, usage.get(customer_id))
             self._index_due(anchor.message.partition, customer_id, state)
         self._checkpoint_models(partitions)
         self.stats.batches += 1
@@ -260,6 +262,37 @@ class CustomerAgent:
         self.stats.actions += len(out.actions)
         self.stats.late += len(out.late)
         self.rt.on_actions(out.actions)
+
+    def forget_mirrored(self) -> None:
+        """After a rebalance, rewrite each customer's windows from its state once more."""
+        self._mirrored.clear()
+
+    def _mirror_usage(
+        self, customer_id: str, state: CustomerState, hours: set[float] | None
+    ) -> None:
+        """Set the windowed tables to the state's own usage buckets.
+
+        Absolute values, not increments: the state and the windows go to
+        different changelogs, and a crash may keep one write and lose the
+        other. The first time this worker handles a customer it rewrites all
+        of that customer's buckets, which repairs a window write lost that way.
+        """
+        if not hours and customer_id in self._mirrored:
+            return
+        buckets = usage_buckets(state)
+        tables = self.rt.tables
+        if customer_id in self._mirrored:
+            assert hours is not None
+            days = {hour // DAY_S * DAY_S for hour in hours}
+            hourly = {h: buckets["hours"][h] for h in hours if h in buckets["hours"]}
+            daily = {d: buckets["days"][d] for d in days if d in buckets["days"]}
+        else:
+            hourly, daily = buckets["hours"], buckets["days"]
+            self._mirrored.add(customer_id)
+        for start, minutes in hourly.items():
+            tables.usage_hourly.relative_to(start)[customer_id] = minutes
+        for start, minutes in daily.items():
+            tables.usage_daily.relative_to(start)[customer_id] = minutes
 
     # ----------------------------------------------------------- timers
 

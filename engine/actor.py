@@ -49,8 +49,8 @@ class ActorOutput:
     processed: int = 0
     #: firings not emitted, by reason: "cooldown", "consent:<name>", "group".
     suppressed: dict[str, int] = field(default_factory=dict)
-    #: minutes of use of the admitted events, by the start of their hour (event time).
-    usage_by_hour: dict[float, float] = field(default_factory=dict)
+    #: starts of the hours (event time) whose usage the admitted events changed.
+    usage_hours: set[float] = field(default_factory=set)
 
     def extend(self, other: ActorOutput) -> None:
         self.actions += other.actions
@@ -59,8 +59,7 @@ class ActorOutput:
         self.processed += other.processed
         for reason, count in other.suppressed.items():
             self.suppressed[reason] = self.suppressed.get(reason, 0) + count
-        for hour, minutes in other.usage_by_hour.items():
-            self.usage_by_hour[hour] = self.usage_by_hour.get(hour, 0.0) + minutes
+        self.usage_hours |= other.usage_hours
 
 
 class CustomerActor:
@@ -127,7 +126,7 @@ class CustomerActor:
             usage_min = event.get("usage_min")
             if isinstance(usage_min, int | float) and usage_min > 0:
                 hour = event["ts"] // HOUR_S * HOUR_S
-                out.usage_by_hour[hour] = out.usage_by_hour.get(hour, 0.0) + usage_min
+                out.usage_hours.add(hour)
             customer = customer_view(state)
             device = device_view(device_state)
             scores = models.process(event, customer=customer, device=device) if models else {}

@@ -33,6 +33,10 @@ USAGE_DAYS_KEPT = 14
 BASELINE_MIN_DAYS = 1
 BASELINE_DAYS = 7
 RECENT_ACTIONS_KEPT = 20
+HOUR_S = 3600.0
+#: Hourly and daily usage buckets kept in the state (as long as the windows live).
+HOURS_KEPT = 48
+DAYS_KEPT = 35
 SUPPORT_WINDOW_S = 30 * 86400.0
 #: Weight of the newest measurement in the smoothed consumption per cycle.
 CONSUMABLE_SMOOTHING = 0.3
@@ -150,6 +154,24 @@ def _add_usage(usage: dict[str, Any], ts: float, minutes: float) -> None:
         usage["today_min"] += minutes
     if minutes > 0:
         usage["last_use_ts"] = max(usage["last_use_ts"] or ts, ts)
+        for name, size, kept in (("hours", HOUR_S, HOURS_KEPT), ("days", DAY_S, DAYS_KEPT)):
+            buckets: dict[str, float] = usage.setdefault(name, {})
+            start = ts // size * size
+            key = repr(start)
+            buckets[key] = buckets.get(key, 0.0) + minutes
+            if len(buckets) > kept:
+                for old in sorted(buckets, key=float)[: len(buckets) - kept]:
+                    del buckets[old]
+
+
+def usage_buckets(state: CustomerState) -> dict[str, dict[float, float]]:
+    """Minutes of use per hour and per day (window start -> minutes), the
+    values the windowed tables mirror."""
+    usage = state["usage"]
+    return {
+        name: {float(start): minutes for start, minutes in usage.get(name, {}).items()}
+        for name in ("hours", "days")
+    }
 
 
 def usage_baseline(usage: dict[str, Any]) -> float | None:
