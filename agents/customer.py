@@ -42,9 +42,8 @@ import faust
 import orjson
 from faust.streams import _current_event
 
-from agents.ingest import SOURCE_HEADER, WATERMARK_HEADER
 from engine.actor import ActorOutput
-from engine.watermark import PartitionClock
+from engine.watermark import PartitionClock, time_headers
 from tables.definitions import DAY_S
 from tables.state import (
     CustomerState,
@@ -150,7 +149,7 @@ class CustomerAgent:
                         "partition": message.partition,
                         "offset": message.offset,
                     }
-                    source, watermark = _time_headers(record.message.headers)
+                    source, watermark = time_headers(record.message.headers)
                     self.clocks[record.message.partition].on_event(event["ts"], source, watermark)
                 elif topic == k.customers_topic:
                     apply_profile(state, orjson.loads(record.value) if record.value else None)
@@ -340,14 +339,3 @@ class CustomerAgent:
             set_current(anchor)
             self.rt.model_checkpoints[f"p{partition}"] = models.snapshot()
             self._last_checkpoint[partition] = now
-
-
-def _time_headers(headers: Any) -> tuple[str | None, float | None]:
-    """Ingest's instance id and watermark from a record's headers."""
-    source = watermark = None
-    for name, value in headers or ():
-        if name == SOURCE_HEADER:
-            source = value.decode()
-        elif name == WATERMARK_HEADER:
-            watermark = float(value)
-    return source, watermark

@@ -39,10 +39,8 @@ from engine.config import Settings
 from engine.events import SourcePosition
 from engine.kafka import behind, client_options, partitions_of
 from engine.quality import Accepted, DeviceRegistry, Inspector, deadletter_value
-from engine.watermark import SourceWatermarks
+from engine.watermark import SOURCE_HEADER, WATERMARK_HEADER, SourceWatermarks
 
-WATERMARK_HEADER = "iotcrm-wm"
-SOURCE_HEADER = "iotcrm-src"
 #: How often the watermark is recomputed (it walks every assigned partition).
 WATERMARK_INTERVAL_S = 0.5
 

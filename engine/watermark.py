@@ -34,6 +34,29 @@ from collections.abc import Callable, Hashable, Iterable
 #: An ingest instance not heard from for this long no longer holds time back.
 SOURCE_SILENCE_S = 30.0
 
+#: Record headers ingest stamps on every forwarded event.
+WATERMARK_HEADER = "iotcrm-wm"
+SOURCE_HEADER = "iotcrm-src"
+
+
+def time_headers(
+    headers: Iterable[tuple[str, bytes]] | None,
+    source_header: str = SOURCE_HEADER,
+    watermark_header: str = WATERMARK_HEADER,
+) -> tuple[str | None, float | None]:
+    """The ingest instance id and watermark a record carries.
+
+    >>> time_headers([("iotcrm-src", b"ingest-1"), ("iotcrm-wm", b"1700000000.5")])
+    ('ingest-1', 1700000000.5)
+    """
+    source = watermark = None
+    for name, value in headers or ():
+        if name == source_header:
+            source = value.decode()
+        elif name == watermark_header:
+            watermark = float(value)
+    return source, watermark
+
 
 class SourceWatermarks:
     """The watermark over one consumer's source partitions."""

@@ -57,7 +57,7 @@ from engine.quality import (
     StreamHygiene,
     deadletter_value,
 )
-from engine.watermark import PartitionClock, SourceWatermarks
+from engine.watermark import PartitionClock, SourceWatermarks, time_headers
 from loadtest.peer_rules import HandRules
 from tables.state import (
     CustomerState,
@@ -296,7 +296,7 @@ class PeerLogic:
             self._emit(customer_state, firings, emitted_at, out)
         state.set_bytes(_STATE_KEY, encode_state(customer_state))
         self._index(work, customer_id, customer_state)
-        work.clock.on_event(event["ts"], *_time_headers(headers))
+        work.clock.on_event(event["ts"], *time_headers(headers, SOURCE_HEADER, WATERMARK_HEADER))
         self._advance(work, state, emitted_at, out)
         self._checkpoint(work, partition, state)
         counters.processed += 1
@@ -366,16 +366,6 @@ class PeerLogic:
         models_state = state._transaction.as_state(prefix=_MODELS_PREFIX)
         models_state.set_bytes(f"p{partition}", work.models.snapshot())
         work.checkpointed_at = now
-
-
-def _time_headers(headers: Any) -> tuple[str | None, float | None]:
-    source = watermark = None
-    for name, value in headers or ():
-        if name == SOURCE_HEADER:
-            source = value.decode()
-        elif name == WATERMARK_HEADER:
-            watermark = float(value)
-    return source, watermark
 
 
 def build_app(options: argparse.Namespace, logic: PeerLogic) -> Application:
