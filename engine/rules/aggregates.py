@@ -101,27 +101,9 @@ class _Sum(Aggregator):
         return acc[1] if acc[0] else None
 
 
-class _Rate(Aggregator):
-    """Per second of window length: of events (``rate()``) or of a sum."""
-
-    numeric = True
-
-    def new(self) -> list[Any]:
-        return [0, 0]
-
-    def add(self, acc: list[Any], value: Any, ts: float, seq: int) -> None:
-        if value is not None:
-            acc[0] += 1
-            acc[1] += value
-
-    def remove(self, acc: list[Any], value: Any) -> None:
-        if value is not None:
-            acc[0] -= 1
-            acc[1] = acc[1] - value if acc[0] else 0
-
-    def merge(self, acc: list[Any], other: list[Any]) -> None:
-        acc[0] += other[0]
-        acc[1] += other[1]
+class _Rate(_Sum):
+    """Per second of window length: of events (``rate()``) or of a sum; the
+    accumulator is the sum's, only the result differs."""
 
     def result(self, acc: list[Any], span: float) -> Any:
         return acc[1] / span if span > 0 else None
