@@ -26,6 +26,7 @@ import orjson
 from mode import Service
 
 from agents.customer import TICK_KEY, CustomerAgent
+from agents.faust_fixes import SeekFirstTableManager
 from agents.ingest import IngestService
 from engine.actor import CustomerActor
 from engine.config import Settings
@@ -99,6 +100,7 @@ class Runtime:
             consumer_auto_offset_reset="earliest",
             table_cleanup_interval=60.0,
             loghandlers=[],
+            TableManager=SeekFirstTableManager,
         )
         self.tables = define_tables(self.app, settings)
         self.customers = self.tables.customers
@@ -162,6 +164,7 @@ class Runtime:
             self.models_by_partition.clear()
             self.agent_logic.due_index_stale = True
             self.agent_logic.forget_mirrored()
+            self.agent_logic.forget_offsets()
 
         if self.ingest is not None:
             app.service(self.ingest)

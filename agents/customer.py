@@ -13,7 +13,14 @@ Per batch (``stream.take_events``):
 3. send actions (and late events) and wait until Kafka acknowledged them;
 4. only then write each customer's state once, so state that says "seen"
    implies its actions were delivered (at least once; a replay repeats an
-   action with the same ``action_id`` and never loses one).
+   action with the same ``action_id`` and never loses one);
+5. wait until the state writes are acknowledged too, before Faust may ack the
+   batch and commit past it (``agents.faust_fixes.flush_table_writes``).
+
+A record of the customer-event topic that arrives past a hole in its
+partition's offsets means records were skipped before they reached the actor
+(Faust dropped some in the past, see ``agents.faust_fixes``): it is logged as
+an error and counted in ``offset_gaps``, never silently absorbed.
 
 Faust writes a table key to the changelog partition of the *current event*,
 so each customer's state is read and written with one of its own records set
@@ -42,6 +49,7 @@ import faust
 import orjson
 from faust.streams import _current_event
 
+from agents.faust_fixes import flush_table_writes
 from engine.actor import ActorOutput
 from engine.watermark import PartitionClock, time_headers
 from tables.definitions import DAY_S
@@ -70,6 +78,8 @@ class ActorStats:
     suppressed: dict[str, int] = field(default_factory=dict)
     batches: int = 0
     timer_firings: int = 0
+    #: records of the customer-event topic skipped before they reached the actor
+    offset_gaps: int = 0
     last_batch_at: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -95,6 +105,8 @@ class CustomerAgent:
         self._positions: dict[tuple[str, str], dict[str, Any]] = {}
         #: customers whose windowed usage this worker has rewritten from their state
         self._mirrored: set[str] = set()
+        #: (topic, partition) -> offset expected next from the customer-event topic
+        self._next_offset: dict[tuple[str, int], int] = {}
 
     # ----------------------------------------------------------- the stream
 
@@ -114,6 +126,8 @@ class CustomerAgent:
         groups: dict[str, list[faust.EventT]] = {}
         ticked: dict[int, faust.EventT] = {}
         for record in batch:
+            if record.message.topic == k.customer_events_topic:
+                self._check_offset(record.message)
             key = record.key
             if key == TICK_KEY:
                 ticked[record.message.partition] = record
@@ -185,6 +199,7 @@ class CustomerAgent:
             self._mirror_usage(customer_id, state, usage.get(customer_id))
             self._index_due(anchor.message.partition, customer_id, state)
         self._checkpoint_models(partitions)
+        await flush_table_writes(self.rt.app.producer)
         self.stats.batches += 1
         self.stats.last_batch_at = emitted_at
         self.stats.events += out.processed
@@ -261,6 +276,26 @@ class CustomerAgent:
         self.stats.actions += len(out.actions)
         self.stats.late += len(out.late)
         self.rt.on_actions(out.actions)
+
+    def _check_offset(self, message: Any) -> None:
+        tp = (message.topic, message.partition)
+        expected = self._next_offset.get(tp)
+        if expected is not None and message.offset > expected:
+            missing = message.offset - expected
+            self.stats.offset_gaps += missing
+            log.error(
+                "%s[%d]: offsets %d..%d never reached the actor (%d records)",
+                message.topic,
+                message.partition,
+                expected,
+                message.offset - 1,
+                missing,
+            )
+        self._next_offset[tp] = message.offset + 1
+
+    def forget_offsets(self) -> None:
+        """After a rebalance the stream restarts at the committed offsets."""
+        self._next_offset.clear()
 
     def forget_mirrored(self) -> None:
         """After a rebalance, rewrite each customer's windows from its state once more."""

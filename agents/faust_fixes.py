@@ -1,0 +1,133 @@
+"""Two repairs to faust-streaming 0.15.3 that at-least-once processing depends on.
+
+Both were found by ``tests/integration/test_actor_state.py`` (a worker killed
+mid-stream and restarted must end with the state of a worker that never
+stopped), which failed about one run in ten before them.
+
+1. **Recovery resumes the stream partitions before it seeks them**
+   (faust-streaming/faust#596). After a rebalance, ``Recovery`` resumes the
+   assigned stream partitions, then awaits ``perform_seek()``, then resumes
+   flow control, which clears every stream queue. Records fetched while the
+   seek is awaited reach the queues and move the consumer's read offsets;
+   the clear then drops the ones not yet taken, and the fetcher skips them
+   when they come again. The actor never sees them, and Faust's gap
+   bookkeeping lets the commit pass over them. ``SeekFirstRecovery`` seeks
+   while the partitions are still paused, then resumes partitions and flow
+   with no ``await`` in between, so nothing can be fetched before the clear.
+
+2. **``Producer.flush()`` may return with table writes still buffered.**
+   Table changelog records wait in Faust's ``ProducerBuffer``; its ``flush``
+   gives up after 0.1 s without progress (a busy event loop is enough) and
+   cannot see the record its sender task holds. Faust commits right after that
+   flush, so a crash can keep a committed offset whose state change never
+   reached the changelog. ``flush_table_writes`` waits until every record
+   buffered so far has been handed to the Kafka client and acknowledged.
+
+Both are checked against the installed Faust version by
+``tests/unit/actor/test_faust_fixes.py``: a Faust upgrade must re-read these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+from faust.tables import TableManager
+from faust.tables.recovery import Recovery
+
+#: The Faust release whose internals these repairs were written against.
+FAUST_VERSION = "0.15.3"
+
+
+class SeekFirstRecovery(Recovery):
+    """Faust's recovery with the stream partitions seeked before they are resumed."""
+
+    async def _resume_streams(self, generation_id: int = 0) -> None:
+        app = self.app
+        consumer = app.consumer
+        await app.on_rebalance_complete.send()
+        if app.consumer_generation_id != generation_id:
+            self.log.warning("Recovery rebalancing again")
+            return
+        await self._seek_then_resume(consumer.assignment())
+        self.tables.on_standbys_ready()
+        app.on_rebalance_end()
+        self.log.info("Worker ready")
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        app = self.app
+        self.log.info("Restore complete!")
+        await app.on_rebalance_complete.send()
+        self._set_recovery_ended()
+        finishing = [
+            asyncio.ensure_future(
+                table.on_recovery_completed(
+                    self.actives_for_table[table], self.standbys_for_table[table]
+                )
+            )
+            for table in self.tables.values()
+        ]
+        if finishing:
+            await asyncio.wait(finishing)
+        if app.consumer_generation_id != generation_id:
+            self.log.warning(
+                "Recovery rebalancing again app id %s param %s",
+                app.consumer_generation_id,
+                generation_id,
+            )
+            return
+        await self._seek_then_resume(app.consumer.assignment())
+        if not app.assignor.assigned_standbys():
+            self.tables.on_standbys_ready()
+        app.on_rebalance_end()
+        self.log.info("Worker ready")
+
+    async def _seek_then_resume(self, assignment: set[Any]) -> None:
+        app = self.app
+        consumer = app.consumer
+        if assignment:
+            self.log.info("Seek stream partitions to committed offsets.")
+            await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+        # No await from here until the flow is resumed: nothing can be fetched
+        # into the queues before resume() clears them.
+        consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+        self.completed.set()
+        app.flow_control.resume()
+        consumer.resume_flow()
+        await cast(Any, app)._fetcher.maybe_start()
+        self.tables.on_actives_ready()
+
+
+class SeekFirstTableManager(TableManager):
+    """Faust's table manager, recovering with ``SeekFirstRecovery``."""
+
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = SeekFirstRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery
+
+
+class _FlushMarker:
+    """Queued behind the table writes; the buffer reaching it means they all left it.
+
+    The buffer's sender task sends records one at a time, in order, by calling
+    ``record.message.channel.publish_message``; the marker answers that call.
+    """
+
+    def __init__(self) -> None:
+        self.reached: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.message = self
+        self.channel = self
+
+    async def publish_message(self, fut: Any, wait: bool = False) -> None:
+        if not self.reached.done():
+            self.reached.set_result(None)
+
+
+async def flush_table_writes(producer: Any) -> None:
+    """Return once every table write made so far is acknowledged by Kafka."""
+    marker = _FlushMarker()
+    producer.buffer.put(marker)
+    await marker.reached
+    await producer.flush()

@@ -1,0 +1,157 @@
+"""The two Faust repairs of ``agents.faust_fixes``, against the installed Faust.
+
+The recovery tests also pin the flaw itself on Faust's own ``Recovery``: when
+an upgrade fixes it upstream, that test fails and the repair can go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import faust
+import pytest
+from faust.tables.recovery import Recovery
+from faust.transport.producer import ProducerBuffer
+
+from agents.faust_fixes import (
+    FAUST_VERSION,
+    SeekFirstRecovery,
+    SeekFirstTableManager,
+    flush_table_writes,
+)
+
+STREAM_TP = faust.types.TP("events", 0)
+CHANGELOG_TP = faust.types.TP("app-customers-changelog", 0)
+
+
+def test_the_repairs_were_written_for_the_installed_faust() -> None:
+    assert faust.__version__ == FAUST_VERSION, (
+        "Faust was upgraded: re-read agents/faust_fixes.py against the new "
+        "Recovery and ProducerBuffer, then update FAUST_VERSION"
+    )
+
+
+class RecordingConsumer:
+    """The consumer calls recovery makes, in order; the seek yields to the loop."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    def assignment(self) -> set[Any]:
+        return {STREAM_TP, CHANGELOG_TP}
+
+    async def perform_seek(self) -> None:
+        await asyncio.sleep(0)  # a fetch could run here, as it does on a broker
+        self.calls.append("seek")
+
+    def resume_partitions(self, tps: set[Any]) -> None:
+        self.calls.append(f"resume_partitions {sorted(tp.topic for tp in tps)}")
+
+    def resume_flow(self) -> None:
+        self.calls.append("resume_flow")
+
+
+def app_recording(calls: list[str], recovery_class: type[Recovery]) -> Any:
+    app = faust.App("unit-recovery", TableManager=SeekFirstTableManager)
+    app.consumer = RecordingConsumer(calls)
+    fetcher = SimpleNamespace(maybe_start=lambda: asyncio.sleep(0))
+    app._fetcher = fetcher  # type: ignore[attr-defined]
+    resume = app.flow_control.resume
+
+    def flow_control_resume() -> None:
+        calls.append("flow_control.resume (clears the stream queues)")
+        resume()
+
+    app.flow_control.resume = flow_control_resume  # type: ignore[method-assign]
+    recovery = recovery_class(app, app.tables)
+    recovery._is_changelog_tp = lambda tp: tp == CHANGELOG_TP  # type: ignore[method-assign]
+    return recovery
+
+
+def test_the_app_recovers_with_the_seek_first_recovery() -> None:
+    app = faust.App("unit-recovery-class", TableManager=SeekFirstTableManager)
+    assert isinstance(app.tables.recovery, SeekFirstRecovery)
+
+
+@pytest.mark.parametrize("step", ["on_recovery_completed", "_resume_streams"])
+async def test_stream_partitions_are_seeked_before_they_are_resumed(step: str) -> None:
+    calls: list[str] = []
+    recovery = app_recording(calls, SeekFirstRecovery)
+    await getattr(recovery, step)(generation_id=0)
+    assert calls == [
+        "seek",
+        "resume_partitions ['events']",
+        "flow_control.resume (clears the stream queues)",
+        "resume_flow",
+    ]
+
+
+@pytest.mark.parametrize("step", ["on_recovery_completed", "_resume_streams"])
+async def test_faust_itself_still_resumes_the_partitions_before_the_seek(step: str) -> None:
+    calls: list[str] = []
+    recovery = app_recording(calls, Recovery)
+    await getattr(recovery, step)(generation_id=0)
+    # Records fetched during the seek are cleared from the queues by the flow
+    # resume, and never fetched again (faust-streaming/faust#596).
+    assert calls.index("resume_partitions ['events']") < calls.index("seek")
+
+
+class SlowChannel:
+    """Publishes a record in 0.3 s: longer than Faust's flush waits for progress."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.published: list[int] = []
+        self.all_published = asyncio.Event()
+
+    async def publish_message(self, fut: Any, wait: bool = False) -> None:
+        await asyncio.sleep(0.3)
+        self.published.append(fut.number)
+        if len(self.published) == self.expected:
+            self.all_published.set()
+
+
+def buffered_record(channel: SlowChannel, number: int) -> Any:
+    return SimpleNamespace(message=SimpleNamespace(channel=channel), number=number)
+
+
+async def started_buffer() -> ProducerBuffer:
+    buffer = ProducerBuffer()
+    buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))  # type: ignore[assignment]
+    await buffer.start()
+    return buffer
+
+
+async def test_faust_flush_returns_while_table_writes_are_still_buffered() -> None:
+    channel = SlowChannel(expected=3)
+    buffer = await started_buffer()
+    try:
+        for number in range(3):
+            buffer.put(buffered_record(channel, number))
+        await buffer.flush()
+        assert len(channel.published) < 3
+        await channel.all_published.wait()
+    finally:
+        await buffer.stop()
+
+
+async def test_flush_table_writes_returns_once_every_write_is_handed_over() -> None:
+    channel = SlowChannel(expected=3)
+    buffer = await started_buffer()
+    client_flushes: list[list[int]] = []
+
+    async def client_flush() -> None:
+        client_flushes.append(list(channel.published))
+
+    producer = SimpleNamespace(buffer=buffer, flush=client_flush)
+    try:
+        for number in range(3):
+            buffer.put(buffered_record(channel, number))
+        await flush_table_writes(producer)
+        assert channel.published == [0, 1, 2]
+        # ... and only then the Kafka client is flushed, so it holds them all.
+        assert client_flushes == [[0, 1, 2]]
+    finally:
+        await buffer.stop()
