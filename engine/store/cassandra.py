@@ -119,6 +119,10 @@ def build_cluster(settings: Settings, *, request_timeout_s: float = 10.0) -> Clu
         protocol_version=ProtocolVersion.V5,
         # Come back quickly after an outage; the sink's own backoff paces retries.
         reconnection_policy=ExponentialReconnectionPolicy(base_delay=0.5, max_delay=10.0),
+        # Connecting reads the schema of every keyspace on the node; the
+        # driver's 2 s is too short for a busy node with many keyspaces, and a
+        # worker that cannot connect at start-up cannot run its migrations.
+        control_connection_timeout=10.0,
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from loadtest.harness import WorkerProcess, wait_for
+from loadtest.harness import ConditionTimeout, WorkerProcess, wait_for
 from tests.integration.kit import REPO, Namespace, read_all
 
 #: Action types of the downstream contract, one topic each.
@@ -61,12 +61,18 @@ async def wait_processed(
 ) -> None:
     """Until every customer's state counts exactly the expected events."""
 
+    seen: dict[str, int] = {}
+
     def done() -> bool:
         if not worker.alive():
             raise AssertionError(f"worker exited; log tail:\n{worker.log_tail()}")
-        return processed_events(worker, expected) == expected
+        seen.update(processed_events(worker, expected))
+        return seen == expected
 
-    await wait_for(done, timeout=timeout, what=f"states counting {expected}")
+    try:
+        await wait_for(done, timeout=timeout, what=f"states counting {expected}")
+    except ConditionTimeout as timeout_error:
+        raise ConditionTimeout(f"{timeout_error}; counted {seen}") from None
 
 
 async def actions_of(ns: Namespace) -> list[dict[str, Any]]:
