@@ -349,6 +349,8 @@ cdc_raw_directory: {data}/cdc_raw
 authenticator: AllowAllAuthenticator
 authorizer: AllowAllAuthorizer
 concurrent_compactors: 1
+# Test namespaces are dropped after each test; no snapshot of them is wanted.
+auto_snapshot: false
 """
     )
     (conf / "logback.xml").write_text(

@@ -12,13 +12,13 @@ read each other's records and can run against long-lived servers.
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.integration.kit import REPO, Namespace, fresh_namespace
+from tests.integration.kit import CLEANER, REPO, Namespace, fresh_namespace
 
 sys.path.insert(0, str(REPO / "deploy" / "local"))
 import services
@@ -35,6 +35,13 @@ def servers_up() -> None:
             "`python3 deploy/local/services.py start` (make test does it)",
             pytrace=False,
         )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def drop_namespaces_at_the_end() -> Iterator[None]:
+    """Wait for the background drops of every namespace the tests used."""
+    yield
+    CLEANER.close()
 
 
 @pytest.fixture

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import warnings
 from collections.abc import AsyncIterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from engine.config import Settings, load_settings
 from engine.kafka import behind, partitions_of
@@ -164,6 +168,56 @@ async def read_all(bootstrap: str, topic: str) -> list[Any]:
         await consumer.stop()
 
 
+class NamespaceCleaner:
+    """Drops each finished namespace's keyspace and topics, in the background.
+
+    The servers may be long-lived (a developer's); a Cassandra node holding
+    hundreds of test keyspaces runs out of heap and stops answering in time.
+    One thread, so the drops never compete with each other; a failed drop
+    (Cassandra stopped by the outage test, say) is a warning, not a failure.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="namespace-cleaner")
+        self._pending: list[Future[None]] = []
+        self._cluster: Any = None
+
+    def drop(self, ns: Namespace) -> None:
+        self._pending.append(self._pool.submit(self._drop, ns.id, ns.settings))
+
+    def _drop(self, prefix: str, settings: Settings) -> None:
+        from engine.store.cassandra import build_cluster
+
+        if self._cluster is None:
+            self._cluster = build_cluster(settings)
+        session = self._cluster.connect()
+        session.execute(f'DROP KEYSPACE IF EXISTS "{settings.cassandra.keyspace}"', timeout=60)
+        asyncio.run(self._delete_topics(prefix, settings.kafka.bootstrap))
+
+    @staticmethod
+    async def _delete_topics(prefix: str, bootstrap: str) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            topics = [t for t in await admin.list_topics() if t.startswith(prefix)]
+            if topics:
+                await admin.delete_topics(topics)
+        finally:
+            await admin.close()
+
+    def close(self) -> None:
+        for pending in self._pending:
+            error = pending.exception()
+            if error is not None:
+                warnings.warn(f"a test namespace was not dropped: {error!r}", stacklevel=1)
+        self._pool.shutdown()
+        if self._cluster is not None:
+            self._cluster.shutdown()
+
+
+CLEANER = NamespaceCleaner()
+
+
 @asynccontextmanager
 async def fresh_namespace(name: str, label: str = "namespace") -> AsyncIterator[Namespace]:
     """A namespace with its topics and keyspace created (``iotcrm setup``); its
@@ -181,3 +235,4 @@ async def fresh_namespace(name: str, label: str = "namespace") -> AsyncIterator[
         for worker in ns.workers:
             worker.kill()
             print(f"--- {worker.log_path} (tail) ---\n{worker.log_tail(40)}")
+        CLEANER.drop(ns)
