@@ -30,10 +30,14 @@ Both are checked against the installed Faust version by
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import Any, cast
 
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
+
+log = logging.getLogger(__name__)
 
 #: The Faust release whose internals these repairs were written against.
 FAUST_VERSION = "0.15.3"
@@ -125,9 +129,23 @@ class _FlushMarker:
             self.reached.set_result(None)
 
 
-async def flush_table_writes(producer: Any) -> None:
+async def flush_table_writes(producer: Any, *, warn_after_s: float = 10.0) -> None:
     """Return once every table write made so far is acknowledged by Kafka."""
     marker = _FlushMarker()
-    producer.buffer.put(marker)
-    await marker.reached
+    buffer = producer.buffer
+    buffer.put(marker)
+    while True:
+        try:
+            await asyncio.wait_for(asyncio.shield(marker.reached), warn_after_s)
+            break
+        except TimeoutError:
+            log.warning(
+                "table writes still buffered after %.0f s (%d records waiting)",
+                warn_after_s,
+                buffer.size,
+            )
+    started = time.monotonic()
     await producer.flush()
+    took = time.monotonic() - started
+    if took > warn_after_s:
+        log.warning("the Kafka client took %.0f s to deliver the table writes", took)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import warnings
 from collections.abc import AsyncIterator
@@ -175,6 +176,7 @@ class NamespaceCleaner:
     hundreds of test keyspaces runs out of heap and stops answering in time.
     One thread, so the drops never compete with each other; a failed drop
     (Cassandra stopped by the outage test, say) is a warning, not a failure.
+    ``IOTCRM_TEST_KEEP_NAMESPACES=1`` keeps them, for a post-mortem.
     """
 
     def __init__(self) -> None:
@@ -183,6 +185,8 @@ class NamespaceCleaner:
         self._cluster: Any = None
 
     def drop(self, ns: Namespace) -> None:
+        if os.environ.get("IOTCRM_TEST_KEEP_NAMESPACES"):
+            return  # kept for a post-mortem
         self._pending.append(self._pool.submit(self._drop, ns.id, ns.settings))
 
     def _drop(self, prefix: str, settings: Settings) -> None:

@@ -72,7 +72,10 @@ async def wait_processed(
     try:
         await wait_for(done, timeout=timeout, what=f"states counting {expected}")
     except ConditionTimeout as timeout_error:
-        raise ConditionTimeout(f"{timeout_error}; counted {seen}") from None
+        metrics = worker.metrics() if worker.alive() else None
+        raise ConditionTimeout(
+            f"{timeout_error}; counted {seen}; worker metrics {metrics}"
+        ) from None
 
 
 async def actions_of(ns: Namespace) -> list[dict[str, Any]]:
