@@ -17,10 +17,12 @@ Per batch (``stream.take_events``):
 5. wait until the state writes are acknowledged too, before Faust may ack the
    batch and commit past it (``agents.faust_fixes.flush_table_writes``).
 
-A record of the customer-event topic that arrives past a hole in its
-partition's offsets means records were skipped before they reached the actor
-(Faust dropped some in the past, see ``agents.faust_fixes``): it is logged as
-an error and counted in ``offset_gaps``, never silently absorbed.
+The customer-event topic has no holes in its offsets (no compaction, no
+transactions), so a record that arrives past one means Faust dropped records
+before they reached the actor (it has, see ``agents.faust_fixes``). The actor
+counts it in ``offset_gaps``, logs it, leaves the records past the hole
+unprocessed and unacknowledged, and seeks the partition back to the hole; and
+Faust is told never to commit across a hole in that topic.
 
 Faust writes a table key to the changelog partition of the *current event*,
 so each customer's state is read and written with one of its own records set
@@ -48,8 +50,9 @@ from typing import Any
 import faust
 import orjson
 from faust.streams import _current_event
+from faust.types import TP
 
-from agents.faust_fixes import flush_table_writes
+from agents.faust_fixes import flush_table_writes, never_fill_gaps, unprocessed
 from engine.actor import ActorOutput
 from engine.watermark import PartitionClock, time_headers
 from tables.definitions import DAY_S
@@ -107,11 +110,14 @@ class CustomerAgent:
         self._mirrored: set[str] = set()
         #: (topic, partition) -> offset expected next from the customer-event topic
         self._next_offset: dict[tuple[str, int], int] = {}
+        #: partitions sought back after a hole, until its first record comes again
+        self._rewinding: set[tuple[str, int]] = set()
 
     # ----------------------------------------------------------- the stream
 
     async def run(self, stream: faust.StreamT) -> None:
         settings = self.rt.settings.worker
+        never_fill_gaps(self.rt.app.consumer, {self.rt.settings.kafka.customer_events_topic})
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
             try:
                 await self.handle_batch(batch)
@@ -125,9 +131,12 @@ class CustomerAgent:
             self._rebuild_due_index()
         groups: dict[str, list[faust.EventT]] = {}
         ticked: dict[int, faust.EventT] = {}
+        rewinds: dict[int, int] = {}
         for record in batch:
-            if record.message.topic == k.customer_events_topic:
-                self._check_offset(record.message)
+            if record.message.topic == k.customer_events_topic and not self._in_sequence(
+                record.message, rewinds
+            ):
+                continue
             key = record.key
             if key == TICK_KEY:
                 ticked[record.message.partition] = record
@@ -140,6 +149,9 @@ class CustomerAgent:
                 )
                 continue
             groups.setdefault(key.decode(), []).append(record)
+
+        for partition, offset in rewinds.items():
+            await self.rt.app.consumer.seek(TP(k.customer_events_topic, partition), offset)
 
         emitted_at = time.time()
         #: where each event of this batch was read, for the late-event envelope
@@ -277,25 +289,42 @@ class CustomerAgent:
         self.stats.late += len(out.late)
         self.rt.on_actions(out.actions)
 
-    def _check_offset(self, message: Any) -> None:
+    def _in_sequence(self, message: Any, rewinds: dict[int, int]) -> bool:
+        """Whether a customer-stream record follows the last one processed.
+
+        After a hole (records Faust dropped before they reached the actor) the
+        records past it are not processed, nor acknowledged, so no commit can
+        pass them; the partition is sought back to the first missing offset
+        (``rewinds``) and they come again, in order. The first record after an
+        assignment must be at the committed offset the stream resumes from.
+        """
         tp = (message.topic, message.partition)
         expected = self._next_offset.get(tp)
-        if expected is not None and message.offset > expected:
-            missing = message.offset - expected
-            self.stats.offset_gaps += missing
+        if expected is None:
+            expected = self.rt.app.consumer._committed_offset.get(message.tp)
+        if expected is None or message.offset <= expected:
+            self._rewinding.discard(tp)
+            self._next_offset[tp] = message.offset + 1
+            return True
+        if tp not in self._rewinding:
+            self._rewinding.add(tp)
+            rewinds[message.partition] = expected
+            self.stats.offset_gaps += message.offset - expected
             log.error(
-                "%s[%d]: offsets %d..%d never reached the actor (%d records)",
+                "%s[%d]: offsets %d..%d never reached the actor; seeking back to %d",
                 message.topic,
                 message.partition,
                 expected,
                 message.offset - 1,
-                missing,
+                expected,
             )
-        self._next_offset[tp] = message.offset + 1
+        unprocessed(self.rt.app.consumer, message)
+        return False
 
     def forget_offsets(self) -> None:
         """After a rebalance the stream restarts at the committed offsets."""
         self._next_offset.clear()
+        self._rewinding.clear()
 
     def forget_mirrored(self) -> None:
         """After a rebalance, rewrite each customer's windows from its state once more."""

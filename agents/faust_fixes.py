@@ -1,6 +1,6 @@
-"""Two repairs to faust-streaming 0.15.3 that at-least-once processing depends on.
+"""Repairs to faust-streaming 0.15.3 that at-least-once processing depends on.
 
-Both were found by ``tests/integration/test_actor_state.py`` (a worker killed
+They were found by ``tests/integration/test_actor_state.py`` (a worker killed
 mid-stream and restarted must end with the state of a worker that never
 stopped), which failed about one run in ten before them.
 
@@ -23,7 +23,15 @@ stopped), which failed about one run in ten before them.
    reached the changelog. ``flush_table_writes`` waits until every record
    buffered so far has been handed to the Kafka client and acknowledged.
 
-Both are checked against the installed Faust version by
+3. **A hole in fetched offsets is committed over.** Faust takes a jump in a
+   partition's offsets for records that are not there (compaction,
+   transaction markers) and lets the commit pass it, the record that revealed
+   the hole included. Where Faust itself dropped the records, that commits
+   them unprocessed. ``never_fill_gaps`` turns this off for topics that have
+   no holes; the actor then finds the hole itself, leaves the records past it
+   ``unprocessed`` and seeks back (``agents.customer``).
+
+All are checked against the installed Faust version by
 ``tests/unit/actor/test_faust_fixes.py``: a Faust upgrade must re-read these.
 """
 
@@ -149,3 +157,20 @@ async def flush_table_writes(producer: Any, *, warn_after_s: float = 10.0) -> No
     took = time.monotonic() - started
     if took > warn_after_s:
         log.warning("the Kafka client took %.0f s to deliver the table writes", took)
+
+
+def never_fill_gaps(consumer: Any, topics: set[str]) -> None:
+    """Never let Faust commit across a hole in the offsets of ``topics``."""
+    fill_gap = consumer._add_gap
+
+    async def add_gap(tp: Any, offset_from: int, offset_to: int) -> None:
+        if tp.topic not in topics:
+            await fill_gap(tp, offset_from, offset_to)
+
+    consumer._add_gap = add_gap
+
+
+def unprocessed(consumer: Any, message: Any) -> None:
+    """Take ``message`` out of Faust's acknowledgements: it will come again."""
+    message.acked = True  # so the stream's own ack of it does nothing
+    consumer._unacked_messages.discard(message)

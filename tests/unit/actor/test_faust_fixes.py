@@ -20,6 +20,7 @@ from agents.faust_fixes import (
     SeekFirstRecovery,
     SeekFirstTableManager,
     flush_table_writes,
+    never_fill_gaps,
 )
 
 STREAM_TP = faust.types.TP("events", 0)
@@ -155,3 +156,66 @@ async def test_flush_table_writes_returns_once_every_write_is_handed_over() -> N
         assert client_flushes == [[0, 1, 2]]
     finally:
         await buffer.stop()
+
+
+class Message(SimpleNamespace):
+    def __hash__(self) -> int:
+        return id(self)
+
+
+def stream_message(offset: int, partition: int = 0) -> Any:
+    tp = faust.types.TP("events", partition)
+    return Message(topic="events", partition=partition, offset=offset, tp=tp, acked=False)
+
+
+def agent_with_committed(committed: dict[Any, int]) -> Any:
+    from agents.customer import CustomerAgent
+
+    consumer = SimpleNamespace(_committed_offset=committed, _unacked_messages=set())
+    return CustomerAgent(SimpleNamespace(app=SimpleNamespace(consumer=consumer)))
+
+
+def test_records_past_a_hole_are_left_unprocessed_and_the_partition_sought_back() -> None:
+    agent = agent_with_committed({faust.types.TP("events", 0): 5})
+    consumer = agent.rt.app.consumer
+    rewinds: dict[int, int] = {}
+    arrived = [stream_message(offset) for offset in (5, 6, 9, 10)]
+    consumer._unacked_messages.update(arrived)
+
+    admitted = [m.offset for m in arrived if agent._in_sequence(m, rewinds)]
+
+    assert admitted == [5, 6]
+    assert rewinds == {0: 7}
+    assert agent.stats.offset_gaps == 2
+    # Never acknowledged, so no commit can pass them; they come again.
+    assert [m.acked for m in arrived] == [False, False, True, True]
+    assert consumer._unacked_messages == set(arrived[:2])
+    again = [stream_message(offset) for offset in (7, 8, 9, 10)]
+    assert [m.offset for m in again if agent._in_sequence(m, rewinds)] == [7, 8, 9, 10]
+    assert rewinds == {0: 7}  # sought once, not once per record past the hole
+
+
+def test_the_first_record_after_an_assignment_must_be_at_the_committed_offset() -> None:
+    agent = agent_with_committed({faust.types.TP("events", 1): 4})
+    rewinds: dict[int, int] = {}
+    assert not agent._in_sequence(stream_message(365, partition=1), rewinds)
+    assert rewinds == {1: 4}
+    assert agent.stats.offset_gaps == 361
+
+
+def test_a_partition_without_a_commit_starts_anywhere() -> None:
+    agent = agent_with_committed({})
+    assert agent._in_sequence(stream_message(12), {})
+
+
+async def test_faust_is_not_told_to_commit_across_holes_in_the_guarded_topics() -> None:
+    filled: list[tuple[str, int, int]] = []
+
+    async def add_gap(tp: Any, offset_from: int, offset_to: int) -> None:
+        filled.append((tp.topic, offset_from, offset_to))
+
+    consumer = SimpleNamespace(_add_gap=add_gap)
+    never_fill_gaps(consumer, {"events"})
+    await consumer._add_gap(faust.types.TP("events", 0), 5, 365)
+    await consumer._add_gap(faust.types.TP("crm.customers", 0), 3, 9)
+    assert filled == [("crm.customers", 3, 9)]
