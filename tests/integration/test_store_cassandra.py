@@ -663,6 +663,12 @@ async def test_sink_survives_cassandra_going_away_and_coming_back(
         await eventually(stored, 20, deadline_s=60)
         await eventually(lambda: sink.metrics.healthy)
         retries_before_outage = sink.metrics.retries
+
+        async def committed_total() -> int:
+            return sum((await committed_offsets(kafka, group, topics)).values())
+
+        # The sink commits after each write: wait for the last of them.
+        await eventually(committed_total, 20)
         committed_before_outage = await committed_offsets(kafka, group, topics)
 
         await cable.unplug()
