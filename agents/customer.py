@@ -151,7 +151,7 @@ class CustomerAgent:
             groups.setdefault(key.decode(), []).append(record)
 
         for partition, offset in rewinds.items():
-            await self.rt.app.consumer.seek(TP(k.customer_events_topic, partition), offset)
+            await self._seek_back(TP(k.customer_events_topic, partition), offset)
 
         emitted_at = time.time()
         #: where each event of this batch was read, for the late-event envelope
@@ -320,6 +320,23 @@ class CustomerAgent:
             )
         unprocessed(self.rt.app.consumer, message)
         return False
+
+    async def _seek_back(self, tp: TP, offset: int) -> None:
+        """Fetch ``tp`` again from ``offset``, or from the log's start if
+        retention has deleted what lay before it (those records are lost)."""
+        consumer = self.rt.app.consumer
+        earliest = (await consumer.earliest_offsets(tp)).get(tp, offset)
+        if earliest > offset:
+            log.error(
+                "%s[%d]: offsets %d..%d were deleted by retention before the actor read them",
+                tp.topic,
+                tp.partition,
+                offset,
+                earliest - 1,
+            )
+            offset = earliest
+        self._next_offset[tp.topic, tp.partition] = offset
+        await consumer.seek(tp, offset)
 
     def forget_offsets(self) -> None:
         """After a rebalance the stream restarts at the committed offsets."""

@@ -219,3 +219,22 @@ async def test_faust_is_not_told_to_commit_across_holes_in_the_guarded_topics() 
     await consumer._add_gap(faust.types.TP("events", 0), 5, 365)
     await consumer._add_gap(faust.types.TP("crm.customers", 0), 3, 9)
     assert filled == [("crm.customers", 3, 9)]
+
+
+async def test_seeking_back_starts_at_the_logs_start_when_retention_deleted_the_hole() -> None:
+    agent = agent_with_committed({})
+    sought: list[tuple[Any, int]] = []
+
+    async def earliest_offsets(*tps: Any) -> dict[Any, int]:
+        return {tp: 300 for tp in tps}
+
+    async def seek(tp: Any, offset: int) -> None:
+        sought.append((tp, offset))
+
+    agent.rt.app.consumer.earliest_offsets = earliest_offsets
+    agent.rt.app.consumer.seek = seek
+    tp = faust.types.TP("events", 0)
+    await agent._seek_back(tp, 4)
+    await agent._seek_back(tp, 320)
+    assert sought == [(tp, 300), (tp, 320)]
+    assert agent._in_sequence(stream_message(320), {})
