@@ -131,7 +131,8 @@ class CustomerAgent:
             self._rebuild_due_index()
         groups: dict[str, list[faust.EventT]] = {}
         ticked: dict[int, faust.EventT] = {}
-        rewinds: dict[int, int] = {}
+        #: partition -> (offset to fetch again from, whether the hole is new)
+        rewinds: dict[int, tuple[int, bool]] = {}
         for record in batch:
             if record.message.topic == k.customer_events_topic and not self._in_sequence(
                 record.message, rewinds
@@ -150,8 +151,14 @@ class CustomerAgent:
                 continue
             groups.setdefault(key.decode(), []).append(record)
 
-        for partition, offset in rewinds.items():
-            await self._seek_back(TP(k.customer_events_topic, partition), offset)
+        for partition, (offset, new_hole) in rewinds.items():
+            tp = TP(k.customer_events_topic, partition)
+            if new_hole:
+                await self._seek_back(tp, offset)
+            else:
+                # Records fetched before the seek still arrive, and Faust's
+                # read offset follows them past the seek: seek again.
+                await self.rt.app.consumer.seek(tp, offset)
 
         emitted_at = time.time()
         #: where each event of this batch was read, for the late-event envelope
@@ -289,7 +296,7 @@ class CustomerAgent:
         self.stats.late += len(out.late)
         self.rt.on_actions(out.actions)
 
-    def _in_sequence(self, message: Any, rewinds: dict[int, int]) -> bool:
+    def _in_sequence(self, message: Any, rewinds: dict[int, tuple[int, bool]]) -> bool:
         """Whether a customer-stream record follows the last one processed.
 
         After a hole (records Faust dropped before they reached the actor) the
@@ -306,9 +313,11 @@ class CustomerAgent:
             self._rewinding.discard(tp)
             self._next_offset[tp] = message.offset + 1
             return True
-        if tp not in self._rewinding:
+        if tp in self._rewinding:
+            rewinds.setdefault(message.partition, (expected, False))
+        else:
             self._rewinding.add(tp)
-            rewinds[message.partition] = expected
+            rewinds[message.partition] = (expected, True)
             self.stats.offset_gaps += message.offset - expected
             log.error(
                 "%s[%d]: offsets %d..%d never reached the actor; seeking back to %d",

@@ -26,15 +26,19 @@ timers, so nothing depends on the wall clock.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from aiokafka import TopicPartition
 
+from agents.customer import TICK_KEY
 from loadtest.harness import WorkerProcess, wait_for
 from tests.integration.kit import Namespace, read_all, register
 from tests.integration.live_helpers import (
@@ -315,3 +319,84 @@ async def test_state_command_prints_the_live_state(
     unknown = iotcrm("state", "customer", "nobody", env=namespace.env)
     assert unknown.returncode == 1
     assert "nobody" in json.loads(unknown.stdout)["error"]
+
+
+async def test_a_hole_in_the_customer_stream_is_found_and_the_actor_resumes_after_it(
+    namespace: Namespace, reference: Namespace, rules_dir: Path
+) -> None:
+    """Records of the customer stream deleted by retention before the actor
+    read them: the actor finds the hole (its first record is past the committed
+    offset), leaves the records it got past the hole unprocessed, seeks to the
+    log's start, and processes everything that is left, once. The same repair
+    runs for records Faust drops (agents/faust_fixes.py), which no test can
+    provoke on purpose."""
+    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+    first, deleted_per_partition = 60, 30
+    by_device = streams(time.time())
+    bootstrap = namespace.settings.kafka.bootstrap
+    stream_topic = namespace.settings.kafka.customer_events_topic
+    worker = await prepare(namespace, rules_dir)
+    reference_worker = await prepare(reference, rules_dir)
+    await worker.wait_ready()
+    await reference_worker.wait_ready()
+    producer = await idempotent_producer(bootstrap)
+    try:
+        await publish(producer, records(reference, by_device, slice(None)))
+        await publish(producer, records(namespace, by_device, slice(0, first)))
+        await wait_processed(worker, expected_counts(first))
+        await wait_processed(reference_worker, expected_counts(EVENTS_PER_DEVICE))
+        worker.stop()
+
+        # The rest of the stream goes straight into the customer stream, as
+        # the reference's ingest wrote it, while the worker is down ...
+        forwarded = await read_all(bootstrap, reference.settings.kafka.customer_events_topic)
+        rest = [
+            r
+            for r in forwarded
+            if r.key != TICK_KEY and int(orjson.loads(r.value)["id"].rsplit("-", 1)[1]) >= first
+        ]
+        so_far = await read_all(bootstrap, stream_topic)
+        ends = {
+            p: 1 + max((r.offset for r in so_far if r.partition == p), default=-1) for p in (0, 1)
+        }
+        sends = [
+            await producer.send(
+                stream_topic, r.value, key=r.key, partition=r.partition, headers=list(r.headers)
+            )
+            for r in rest
+        ]
+        await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
+
+    # ... and retention deletes the first records of each partition of it.
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        committed = {
+            tp.partition: meta.offset
+            for tp, meta in (await admin.list_consumer_group_offsets(namespace.id)).items()
+            if tp.topic == stream_topic
+        }
+        await admin.delete_records(
+            {
+                TopicPartition(stream_topic, p): RecordsToDelete(end + deleted_per_partition)
+                for p, end in ends.items()
+            }
+        )
+    finally:
+        await admin.close()
+    lost: Counter[str] = Counter()
+    for p in (0, 1):
+        for r in [r for r in rest if r.partition == p][:deleted_per_partition]:
+            lost[r.key.decode()] += 1
+
+    worker.start()
+    await worker.wait_ready()
+    expected = {c: EVENTS_PER_DEVICE - lost[c] for c in expected_counts(0)}
+    await wait_processed(worker, expected)
+    # The hole: from the committed offset to the first record retention kept.
+    hole = sum(end + deleted_per_partition - committed[p] for p, end in ends.items())
+    assert worker.metrics()["actor"]["offset_gaps"] == hole
+    assert "deleted by retention" in worker.log_tail(400)

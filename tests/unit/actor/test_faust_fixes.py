@@ -178,28 +178,32 @@ def agent_with_committed(committed: dict[Any, int]) -> Any:
 def test_records_past_a_hole_are_left_unprocessed_and_the_partition_sought_back() -> None:
     agent = agent_with_committed({faust.types.TP("events", 0): 5})
     consumer = agent.rt.app.consumer
-    rewinds: dict[int, int] = {}
+    rewinds: dict[int, tuple[int, bool]] = {}
     arrived = [stream_message(offset) for offset in (5, 6, 9, 10)]
     consumer._unacked_messages.update(arrived)
 
     admitted = [m.offset for m in arrived if agent._in_sequence(m, rewinds)]
 
     assert admitted == [5, 6]
-    assert rewinds == {0: 7}
+    assert rewinds == {0: (7, True)}
     assert agent.stats.offset_gaps == 2
     # Never acknowledged, so no commit can pass them; they come again.
     assert [m.acked for m in arrived] == [False, False, True, True]
     assert consumer._unacked_messages == set(arrived[:2])
+    # A later batch still bringing records fetched before the seek seeks again.
+    stale: dict[int, tuple[int, bool]] = {}
+    assert not agent._in_sequence(stream_message(11), stale)
+    assert stale == {0: (7, False)}
+    assert agent.stats.offset_gaps == 2  # one hole, counted once
     again = [stream_message(offset) for offset in (7, 8, 9, 10)]
-    assert [m.offset for m in again if agent._in_sequence(m, rewinds)] == [7, 8, 9, 10]
-    assert rewinds == {0: 7}  # sought once, not once per record past the hole
+    assert [m.offset for m in again if agent._in_sequence(m, {})] == [7, 8, 9, 10]
 
 
 def test_the_first_record_after_an_assignment_must_be_at_the_committed_offset() -> None:
     agent = agent_with_committed({faust.types.TP("events", 1): 4})
-    rewinds: dict[int, int] = {}
+    rewinds: dict[int, tuple[int, bool]] = {}
     assert not agent._in_sequence(stream_message(365, partition=1), rewinds)
-    assert rewinds == {1: 4}
+    assert rewinds == {1: (4, True)}
     assert agent.stats.offset_gaps == 361
 
 
