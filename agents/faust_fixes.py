@@ -160,7 +160,15 @@ async def flush_table_writes(producer: Any, *, warn_after_s: float = 10.0) -> No
 
 
 def never_fill_gaps(consumer: Any, topics: set[str]) -> None:
-    """Never let Faust commit across a hole in the offsets of ``topics``."""
+    """Never let Faust commit across a hole in the offsets of ``topics``.
+
+    Idempotent: a restarted agent calls it again on the same consumer.
+    """
+    guarded = getattr(consumer, "_iotcrm_gapless_topics", None)
+    if guarded is not None:
+        guarded.update(topics)
+        return
+    consumer._iotcrm_gapless_topics = topics = set(topics)
     fill_gap = consumer._add_gap
 
     async def add_gap(tp: Any, offset_from: int, offset_to: int) -> None:
