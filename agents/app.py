@@ -151,6 +151,10 @@ class Runtime:
                     await self.events_topic.send(key=TICK_KEY, value=wall, partition=tp.partition)
             await self.summaries.flush()
 
+        @app.timer(interval=w.checkpoint_interval_s)
+        async def checkpoint() -> None:
+            await self.agent_logic.checkpoint_if_due()
+
         @app.timer(interval=self.settings.rules.reload_interval_s)
         async def reload_rules() -> None:
             ruleset = self.rules_watcher.poll()
@@ -162,6 +166,7 @@ class Runtime:
             # Partitions may move: models are reloaded from their checkpoints and
             # the timer index is rebuilt from the timers table on the next batch.
             self.models_by_partition.clear()
+            self.agent_logic.drop_uncheckpointed()
             self.agent_logic.due_index_stale = True
             self.agent_logic.forget_mirrored()
             self.agent_logic.forget_offsets()
@@ -185,6 +190,8 @@ class Runtime:
 
         @app.page("/customers/{customer_id}")
         async def customer(web: Any, request: Any, customer_id: str) -> Any:
+            # The checkpointed state (at most worker.checkpoint_interval_s old),
+            # consistent with the usage windows written with it.
             blob = self.customers.get(customer_id)
             if blob is None:
                 return web.json({"error": f"no state for customer {customer_id!r}"}, status=404)

@@ -8,14 +8,29 @@ record of a customer in order. The logic itself is ``engine.actor``.
 Per batch (``stream.take_events``):
 
 1. group records by customer (one customer's records share a partition);
-2. per customer: read its state once, apply profiles, outcomes and events,
-   fire its due timers, collect actions;
-3. send actions (and late events) and wait until Kafka acknowledged them;
-4. only then write each customer's state once, so state that says "seen"
-   implies its actions were delivered (at least once; a replay repeats an
-   action with the same ``action_id`` and never loses one);
-5. wait until the state writes are acknowledged too, before Faust may ack the
-   batch and commit past it (``agents.faust_fixes.flush_table_writes``).
+2. per customer: take its decoded state from memory (read from the table
+   only the first time), apply profiles, outcomes and events, fire its due
+   timers, collect actions;
+3. send the actions (and late events) without waiting for them;
+4. hold the batch's records: Faust's own ack after the batch does not let it
+   commit them yet.
+
+Every ``worker.checkpoint_interval_s`` (the order is the delivery guarantee,
+as in Quix Streams' checkpoint):
+
+1. wait until Kafka acknowledged every action sent since the last checkpoint;
+2. only then write each changed customer's state once (and its usage windows
+   and timer), so state that says "seen" implies its actions were delivered
+   (at least once; a replay repeats an action with the same ``action_id`` and
+   never loses one);
+3. wait until those state writes are acknowledged too
+   (``agents.faust_fixes.flush_table_writes``);
+4. release the held records, so Faust may commit past them.
+
+A crash between checkpoints loses only work that the records still behind the
+committed offset will redo. On a rebalance the uncheckpointed work and the
+decoded states are dropped: the new owner replays from the committed offsets
+over the states of the last checkpoint.
 
 The customer-event topic has no holes in its offsets (no compaction, no
 transactions), so a record that arrives past one means Faust dropped records
@@ -39,10 +54,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import logging
 import time
 import weakref
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +88,10 @@ TICK_KEY = b"\x00tick"
 
 @dataclass
 class ActorStats:
+    """Counters of the actor. ``events``, ``duplicates`` and ``late`` count
+    records whose effects a checkpoint made durable: a record replayed after a
+    rebalance or crash is counted once."""
+
     events: int = 0
     profiles: int = 0
     outcomes: int = 0
@@ -80,6 +100,9 @@ class ActorStats:
     duplicates: int = 0
     suppressed: dict[str, int] = field(default_factory=dict)
     batches: int = 0
+    checkpoints: int = 0
+    #: decoded states kept in memory between batches
+    cached_states: int = 0
     timer_firings: int = 0
     #: records of the customer-event topic skipped before they reached the actor
     offset_gaps: int = 0
@@ -95,7 +118,7 @@ def set_current(event: faust.EventT) -> None:
 
 
 class CustomerAgent:
-    """Owns the table, the timer index and the per-partition models of a worker."""
+    """Owns the decoded states, the timer index and the per-partition models of a worker."""
 
     def __init__(self, runtime: Any) -> None:
         self.rt = runtime  # agents.app.Runtime
@@ -104,6 +127,8 @@ class CustomerAgent:
         #: partition -> customer_id -> earliest pending timer.
         self.due: dict[int, dict[str, float]] = defaultdict(dict)
         self.due_index_stale = True
+        #: customer -> next timer as last written to the timers table
+        self._written_due: dict[str, float | None] = {}
         self._last_checkpoint: dict[int, float] = {}
         self._positions: dict[tuple[str, str], dict[str, Any]] = {}
         #: customers whose windowed usage this worker has rewritten from their state
@@ -112,6 +137,26 @@ class CustomerAgent:
         self._next_offset: dict[tuple[str, int], int] = {}
         #: partitions sought back after a hole, until its first record comes again
         self._rewinding: set[tuple[str, int]] = set()
+        #: decoded states, least recently used first; the table holds the checkpointed ones
+        self._states: OrderedDict[str, CustomerState] = OrderedDict()
+        #: changed since the last checkpoint: customer -> a record of its partition
+        #: (Faust writes a table key to the changelog partition of the current event)
+        self._dirty: dict[str, faust.EventT] = {}
+        #: hours of usage changed since the last checkpoint, per customer
+        self._dirty_usage: dict[str, set[float]] = {}
+        #: partitions whose models moved since the last checkpoint: a record of each
+        self._dirty_partitions: dict[int, faust.EventT] = {}
+        #: records processed since the last checkpoint, not yet released to Faust
+        self._held: list[faust.EventT] = []
+        #: acknowledgements of actions sent since the last checkpoint
+        self._unacknowledged: list[asyncio.Future[Any]] = []
+        self._checkpointed_at = time.monotonic()
+        #: events, duplicates and late events processed since the last checkpoint
+        self._uncounted = ActorOutput()
+        #: bumped on every rebalance: work begun before it is never checkpointed
+        self._generation = 0
+        #: a batch and a checkpoint never interleave (both await Kafka midway)
+        self._lock = asyncio.Lock()
 
     # ----------------------------------------------------------- the stream
 
@@ -120,24 +165,40 @@ class CustomerAgent:
         never_fill_gaps(self.rt.app.consumer, {self.rt.settings.kafka.customer_events_topic})
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
             try:
-                await self.handle_batch(batch)
+                async with self._lock:
+                    await self.handle_batch(batch)
+                    if self._checkpoint_due():
+                        await self.checkpoint()
             except Exception:
                 log.exception("customer actor failed on a batch of %d records", len(batch))
                 raise
 
+    def _checkpoint_due(self) -> bool:
+        interval = self.rt.settings.worker.checkpoint_interval_s
+        return bool(self._held) and time.monotonic() - self._checkpointed_at >= interval
+
+    async def checkpoint_if_due(self) -> None:
+        """From a timer: the last batch before a quiet spell is made durable too."""
+        async with self._lock:
+            if self._checkpoint_due():
+                await self.checkpoint()
+
     async def handle_batch(self, batch: Iterable[faust.EventT]) -> None:
         k = self.rt.settings.kafka
+        generation = self._generation
         if self.due_index_stale:
             self._rebuild_due_index()
         groups: dict[str, list[faust.EventT]] = {}
         ticked: dict[int, faust.EventT] = {}
         #: partition -> (offset to fetch again from, whether the hole is new)
         rewinds: dict[int, tuple[int, bool]] = {}
+        held: list[faust.EventT] = []
         for record in batch:
             if record.message.topic == k.customer_events_topic and not self._in_sequence(
                 record.message, rewinds
             ):
                 continue
+            held.append(record)
             key = record.key
             if key == TICK_KEY:
                 ticked[record.message.partition] = record
@@ -159,17 +220,17 @@ class CustomerAgent:
                 # Records fetched before the seek still arrive, and Faust's
                 # read offset follows them past the seek: seek again.
                 await self.rt.app.consumer.seek(tp, offset)
+        if generation != self._generation:
+            return  # partitions were revoked meanwhile: these records come again
 
         emitted_at = time.time()
         #: where each event of this batch was read, for the late-event envelope
         self._positions: dict[tuple[str, str], dict[str, Any]] = {}
         written: dict[str, tuple[faust.EventT, CustomerState]] = {}
-        usage: dict[str, set[float]] = {}
         out = ActorOutput()
         for customer_id, records in groups.items():
             anchor = records[-1]
-            set_current(anchor)
-            state = self._load(customer_id)
+            state = self._state(customer_id, anchor)
             events: list[dict[str, Any]] = []
             for record in records:
                 topic = record.message.topic
@@ -195,7 +256,7 @@ class CustomerAgent:
                 models = self._models(anchor.message.partition)
                 handled = self.rt.actor.handle_events(state, events, models, emitted_at)
                 if handled.usage_hours:
-                    usage[customer_id] = handled.usage_hours
+                    self._dirty_usage.setdefault(customer_id, set()).update(handled.usage_hours)
                 out.extend(handled)
             written[customer_id] = (anchor, state)
 
@@ -211,25 +272,93 @@ class CustomerAgent:
                 out.extend(self._advance_partition(partition, anchor, now, written, emitted_at))
 
         await self._send(out)
-        tables = self.rt.tables
+        if generation != self._generation:
+            return
         for customer_id, (anchor, state) in written.items():
-            set_current(anchor)
-            tables.customers[customer_id] = encode_state(state)
-            self._mirror_usage(customer_id, state, usage.get(customer_id))
+            self._dirty[customer_id] = anchor
             self._index_due(anchor.message.partition, customer_id, state)
-        self._checkpoint_models(partitions)
-        await flush_table_writes(self.rt.app.producer)
+        self._dirty_partitions.update(partitions)
+        for record in held:
+            # Faust acks each record after the batch; the extra reference keeps
+            # it uncommitted until the checkpoint that makes its effects durable.
+            record.message.incref()
+        self._held += held
         self.stats.batches += 1
         self.stats.last_batch_at = emitted_at
-        self.stats.events += out.processed
-        self.stats.duplicates += out.duplicates
+        self._uncounted.processed += out.processed
+        self._uncounted.duplicates += out.duplicates
+        self._uncounted.late += out.late
         for reason, count in out.suppressed.items():
             self.stats.suppressed[reason] = self.stats.suppressed.get(reason, 0) + count
         self.rt.summaries.mark(written)
 
-    def _load(self, customer_id: str) -> CustomerState:
-        blob = self.rt.customers.get(customer_id)
-        return decode_state(blob) if blob is not None else new_customer_state(customer_id)
+    async def checkpoint(self) -> None:
+        """Make everything processed so far durable, in the order that keeps
+        at-least-once: actions acknowledged, then state written and
+        acknowledged, then the records released for Faust to commit."""
+        generation = self._generation
+        unacknowledged, self._unacknowledged = self._unacknowledged, []
+        if unacknowledged:
+            await asyncio.gather(*unacknowledged)
+        if generation != self._generation:
+            return  # revoked while waiting: the new owner replays these records
+        dirty, self._dirty = self._dirty, {}
+        dirty_usage, self._dirty_usage = self._dirty_usage, {}
+        dirty_partitions, self._dirty_partitions = self._dirty_partitions, {}
+        held, self._held = self._held, []
+        customers = self.rt.tables.customers
+        for customer_id, anchor in dirty.items():
+            state = self._states[customer_id]
+            set_current(anchor)
+            customers[customer_id] = encode_state(state)
+            self._mirror_usage(customer_id, state, dirty_usage.get(customer_id))
+            self._write_due(anchor.message.partition, customer_id)
+        self._checkpoint_models(dirty_partitions)
+        await flush_table_writes(self.rt.app.producer)
+        if generation != self._generation:
+            return
+        for record in held:
+            record.ack()
+        counted, self._uncounted = self._uncounted, ActorOutput()
+        self.stats.events += counted.processed
+        self.stats.duplicates += counted.duplicates
+        self.stats.late += len(counted.late)
+        self._checkpointed_at = time.monotonic()
+        self.stats.checkpoints += 1
+        self._trim_states()
+
+    def drop_uncheckpointed(self) -> None:
+        """On a rebalance: forget the work since the last checkpoint and every
+        decoded state; the records behind it were never released, so they come again."""
+        self._generation += 1
+        self._states.clear()
+        self._dirty.clear()
+        self._dirty_usage.clear()
+        self._dirty_partitions.clear()
+        self._held.clear()
+        self._unacknowledged.clear()
+        self._uncounted = ActorOutput()
+        self._checkpointed_at = time.monotonic()
+        self.stats.cached_states = 0
+
+    def _state(self, customer_id: str, anchor: faust.EventT) -> CustomerState:
+        state = self._states.get(customer_id)
+        if state is None:
+            set_current(anchor)
+            blob = self.rt.customers.get(customer_id)
+            state = decode_state(blob) if blob is not None else new_customer_state(customer_id)
+            self._states[customer_id] = state
+            self.stats.cached_states = len(self._states)
+        else:
+            self._states.move_to_end(customer_id)
+        return state
+
+    def _trim_states(self) -> None:
+        excess = len(self._states) - self.rt.settings.worker.state_cache_size
+        for customer_id in list(itertools.islice(self._states, max(0, excess))):
+            if customer_id not in self._dirty:
+                del self._states[customer_id]
+        self.stats.cached_states = len(self._states)
 
     def _advance_partition(
         self,
@@ -245,8 +374,7 @@ class CustomerAgent:
             if customer_id in written:
                 state = written[customer_id][1]
             else:
-                set_current(anchor)
-                state = self._load(customer_id)
+                state = self._state(customer_id, anchor)
                 written[customer_id] = (anchor, state)
             fired = self.rt.actor.advance(state, now, emitted_at)
             self.stats.timer_firings += len(fired.actions)
@@ -255,11 +383,13 @@ class CustomerAgent:
         return out
 
     async def _send(self, out: ActorOutput) -> None:
+        """Hand the actions and late events to the producer; their
+        acknowledgements are awaited at the next checkpoint."""
         producer = self.rt.app.producer
         k = self.rt.settings.kafka
-        futures = []
+        pending = self._unacknowledged
         for topic, action in out.actions:
-            futures.append(
+            pending.append(
                 await producer.send(
                     topic,
                     action["customer_id"].encode(),
@@ -280,7 +410,7 @@ class CustomerAgent:
                 "original_b64": base64.b64encode(encoded).decode("ascii"),
                 "event": event,
             }
-            futures.append(
+            pending.append(
                 await producer.send(
                     k.late_topic,
                     event["device_id"].encode(),
@@ -290,10 +420,7 @@ class CustomerAgent:
                     headers=None,
                 )
             )
-        if futures:
-            await asyncio.gather(*futures)
         self.stats.actions += len(out.actions)
-        self.stats.late += len(out.late)
         self.rt.on_actions(out.actions)
 
     def _in_sequence(self, message: Any, rewinds: dict[int, tuple[int, bool]]) -> bool:
@@ -387,20 +514,26 @@ class CustomerAgent:
 
     def _index_due(self, partition: int, customer_id: str, state: CustomerState) -> None:
         next_due = self.rt.actor.next_due(state)
-        previous = self.due[partition].get(customer_id)
-        if next_due == previous:
-            return
         if next_due is None:
             self.due[partition].pop(customer_id, None)
         else:
             self.due[partition][customer_id] = next_due
+
+    def _write_due(self, partition: int, customer_id: str) -> None:
+        """At a checkpoint: persist the customer's next timer if it changed."""
+        next_due = self.due[partition].get(customer_id)
+        if self._written_due.get(customer_id) == next_due:
+            return
         self.rt.timers[customer_id] = orjson.dumps([partition, next_due])
+        self._written_due[customer_id] = next_due
 
     def _rebuild_due_index(self) -> None:
         """After start or a rebalance: the pending timers of the partitions we own."""
         self.due.clear()
+        self._written_due.clear()
         for customer_id, blob in self.rt.timers.items():
             partition, next_due = orjson.loads(blob)
+            self._written_due[customer_id] = next_due
             if next_due is not None:
                 self.due[partition][customer_id] = next_due
         self.due_index_stale = False

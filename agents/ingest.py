@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from mode import Service
 
 from engine.config import Settings
@@ -108,6 +109,8 @@ class IngestMetrics:
         self.accepted = 0
         self.deadlettered = 0
         self.batches = 0
+        #: commits refused (the group rebalanced under a batch): re-delivered, deduplicated
+        self.commit_failures = 0
         self.subscribed_topics = 0
         self.last_batch_at: float | None = None
         self.watermark: float | None = None
@@ -181,7 +184,7 @@ class IngestService(Service):
             )
             if batches:
                 await self.ingest(batches)
-                await self.consumer.commit()
+                await self._commit()
             await self._update_watermark()
             self.metrics.subscribed_topics = len(self.consumer.subscription())
 
@@ -237,6 +240,17 @@ class IngestService(Service):
         self.metrics.consumed += len(records)
         self.metrics.batches += 1
         self.metrics.last_batch_at = received_at
+
+    async def _commit(self) -> None:
+        assert self.consumer is not None
+        try:
+            await self.consumer.commit()
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            # Every record of the batch is already acknowledged downstream; the
+            # group moved on (a rebalance), so whoever owns the partitions now
+            # reads them again and the actor's dedup drops the repeats.
+            self.metrics.commit_failures += 1
+            log.warning("ingest offset commit failed, the batch will be re-delivered: %r", exc)
 
     def _headers(self) -> list[tuple[str, bytes]]:
         # Unknown (a lagging source has yielded no valid event yet) holds time

@@ -58,6 +58,12 @@ class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     batch_within_s: float = 0.05
     idle_allowance_s: float = 5.0
     commit_interval_s: float = 1.0
+    #: How often the actor checkpoints: waits for its actions' acknowledgements,
+    #: writes each changed customer's state once, then lets Faust commit.
+    checkpoint_interval_s: float = 0.5
+    #: Decoded customer states kept in memory between batches (clean ones
+    #: beyond this are dropped after a checkpoint, least recently used first).
+    state_cache_size: int = 50_000
     session_timeout_s: float = 10.0
     model_checkpoint_interval_s: float = 5.0
     run_ingest: bool = True

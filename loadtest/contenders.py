@@ -189,6 +189,11 @@ class EngineContender(Contender):
             "IOTCRM_WORKER_STATE_DIR": str(self.work_dir / "state"),
             "IOTCRM_RULES_PATH": str(REPO / "rules"),
             "IOTCRM_MODELS_PATH": str(REPO / "models" / "models.yaml"),
+            # The backlog is published while the process is frozen (SIGSTOP),
+            # which can take longer than the default failover time: a frozen
+            # worker must not lose its partitions to a rebalance in the middle
+            # of a measurement (the peer's librdkafka waits 45 s by default).
+            "IOTCRM_WORKER_SESSION_TIMEOUT_S": "60",
         }
         self.worker = WorkerProcess(self.env, self.work_dir / "worker.log", cwd=REPO)
         self.metrics: dict[str, Any] = {}
