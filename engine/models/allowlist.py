@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from river import (
-    anomaly,
     forest,
     linear_model,
     multiclass,
@@ -26,6 +25,8 @@ from river import (
 )
 
 from engine.models.estimators import DaysUntilEmpty
+from engine.models.hst import HalfSpaceTrees
+from engine.models.scalers import MinMaxScaler
 
 
 class Role(Enum):
@@ -53,7 +54,8 @@ _HOEFFDING = {"max_depth": (1, 50), "grace_period": (1, 1_000_000)}
 ALLOWED: dict[str, Allowed] = {
     # transformers
     "StandardScaler": Allowed(preprocessing.StandardScaler, Role.TRANSFORMER),
-    "MinMaxScaler": Allowed(preprocessing.MinMaxScaler, Role.TRANSFORMER),
+    # River's MinMaxScaler, with the same state and results, faster
+    "MinMaxScaler": Allowed(MinMaxScaler, Role.TRANSFORMER),
     "MaxAbsScaler": Allowed(preprocessing.MaxAbsScaler, Role.TRANSFORMER),
     "AdaptiveStandardScaler": Allowed(preprocessing.AdaptiveStandardScaler, Role.TRANSFORMER),
     "Normalizer": Allowed(preprocessing.Normalizer, Role.TRANSFORMER),
@@ -81,8 +83,9 @@ ALLOWED: dict[str, Allowed] = {
     "ARFRegressor": Allowed(forest.ARFRegressor, Role.REGRESSOR, _FOREST),
     "TargetStandardScaler": Allowed(preprocessing.TargetStandardScaler, Role.REGRESSOR),
     "DaysUntilEmpty": Allowed(DaysUntilEmpty, Role.REGRESSOR, {"max_days": (1e-3, 1e6)}),
-    # anomaly detectors (scores in [0, 1], see docs/models.md)
-    "HalfSpaceTrees": Allowed(anomaly.HalfSpaceTrees, Role.ANOMALY, _TREES),
+    # anomaly detectors (scores in [0, 1], see docs/models.md); River's
+    # HalfSpaceTrees, with the same trees and scores, computed faster
+    "HalfSpaceTrees": Allowed(HalfSpaceTrees, Role.ANOMALY, _TREES),
     # components: only as arguments
     "SGD": Allowed(optim.SGD, Role.COMPONENT),
     "Adam": Allowed(optim.Adam, Role.COMPONENT),

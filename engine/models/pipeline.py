@@ -31,9 +31,11 @@ import tokenize
 from dataclasses import dataclass
 from typing import Any
 
-from river import compose
+from river import anomaly, compose, preprocessing
 
 from engine.models.allowlist import ALLOWED, Role
+from engine.models.hst import HalfSpaceTrees
+from engine.models.scalers import MinMaxScaler
 
 MAX_PIPELINE_CHARS = 2000
 
@@ -91,6 +93,28 @@ class PipelineRecipe:
     def build(self) -> Any:
         built = [step.build() for step in self.steps]
         return built[0] if len(built) == 1 else compose.Pipeline(*built)
+
+
+def upgraded(model: Any) -> Any:
+    """A restored estimator with River classes that this version builds as
+    exact, faster subclasses (snapshots written before they existed) swapped
+    for those; anything else is returned as it is.
+
+    >>> from river import anomaly, preprocessing
+    >>> old = compose.Pipeline(preprocessing.MinMaxScaler(), anomaly.HalfSpaceTrees(seed=1))
+    >>> [type(step).__module__ for step in upgraded(old).steps.values()]
+    ['engine.models.scalers', 'engine.models.hst']
+    """
+    if isinstance(model, compose.Pipeline):
+        steps = [(name, upgraded(step)) for name, step in model.steps.items()]
+        if all(new is old for (_, new), old in zip(steps, model.steps.values(), strict=True)):
+            return model
+        return compose.Pipeline(*steps)
+    if type(model) is anomaly.HalfSpaceTrees:
+        return HalfSpaceTrees.from_river(model)
+    if type(model) is preprocessing.MinMaxScaler:
+        return MinMaxScaler.from_river(model)
+    return model
 
 
 def parse_pipeline(text: str) -> PipelineRecipe:

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 from river import metrics as river_metrics
 
 from engine.models.features import FeatureExtractor, lookup, numeric
+from engine.models.pipeline import upgraded
 from engine.models.spec import AppliesTo, FieldLabel, ModelSpec, OutcomeLabel
 
 #: Counters reported only by models with an outcome label.
@@ -90,7 +91,7 @@ class OnlineModel:
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
-        self.instances = state["instances"]
+        self.instances = {key: upgraded(model) for key, model in state["instances"].items()}
         self.metrics = state["metrics"]
         self.counts = state["counts"]
         self.pending = state["pending"]

@@ -9,6 +9,8 @@ import pytest
 from models_helpers import model_set
 from river import anomaly, linear_model, preprocessing
 
+from engine.models.allowlist import ALLOWED
+
 BINARY = """
 - name: clf
   kind: binary
@@ -241,7 +243,8 @@ def test_a_failing_model_is_counted_and_the_others_still_score(
     def broken(self: object, x: dict) -> float:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(anomaly.HalfSpaceTrees, "score_one", broken)
+    # the class the pipeline text builds (River's HalfSpaceTrees or a subclass)
+    monkeypatch.setattr(ALLOWED["HalfSpaceTrees"].cls, "score_one", broken)
     scores = models.process(telemetry(0, "washer", 0.2, a=1.0, b=2.0, y=True))
 
     assert set(scores) == {"clf"}

@@ -115,6 +115,8 @@ def test_depletion_days_from_device_rates() -> None:
         "engine.models.errors",
         "engine.models.estimators",
         "engine.models.features",
+        "engine.models.hst",
+        "engine.models.scalers",
         "engine.models.modelset",
         "engine.models.pipeline",
         "engine.models.spec",
