@@ -64,8 +64,10 @@ class FeatureExtractor:
         all_event_fields: bool = False,
         exclude_event_fields: Iterable[str] = (),
     ) -> None:
+        # (name, source index, first key, the keys below it): most paths have one key
         self._features = [
-            (name, _SOURCE_INDEX[field.source], field.path) for name, field in features
+            (name, _SOURCE_INDEX[field.source], field.path[0], field.path[1:])
+            for name, field in features
         ]
         self._all_event_fields = all_event_fields
         self._exclude = ENVELOPE_FIELDS | frozenset(exclude_event_fields)
@@ -95,9 +97,9 @@ class FeatureExtractor:
                 if value is not None:
                     x[key] = value
         sources = (event, customer, device)
-        for name, index, path in self._features:
-            raw: Any = sources[index].get(path[0])
-            for key in path[1:]:
+        for name, index, first, rest in self._features:
+            raw: Any = sources[index].get(first)
+            for key in rest:
                 if not isinstance(raw, Mapping):
                     raw = None
                     break

@@ -25,6 +25,9 @@ _OUTCOME_COUNTS = frozenset({"outcomes_matched", "pending_dropped"})
 #: Scope key of a ``scope: global`` model.
 GLOBAL_SCOPE = "*"
 
+#: Where a field's source sits in (event, customer, device).
+_SOURCES = ("event", "customer", "device")
+
 
 class Pending(NamedTuple):
     """A prediction waiting for its outcome."""
@@ -59,6 +62,18 @@ class OnlineModel:
         self._field_label = spec.label.field if isinstance(spec.label, FieldLabel) else None
         self._outcome = spec.label if isinstance(spec.label, OutcomeLabel) else None
         self._applies_to_all = spec.applies_to == AppliesTo()
+        # The declaration, unpacked once: process() runs for every event.
+        self._kind = spec.kind
+        self._scope = spec.scope
+        rule = spec.applies_to
+        self._kinds, self._device_types, self._segments = (
+            rule.kinds,
+            rule.device_types,
+            rule.segments,
+        )
+        self._require = tuple((_SOURCES.index(f.source), f.path) for f in rule.require)
+        label = self._field_label
+        self._label_at = None if label is None else (_SOURCES.index(label.source), label.path)
         self.reset()
 
     def reset(self) -> None:
@@ -129,6 +144,33 @@ class OnlineModel:
         sources = (event, customer, device)
         return all(lookup(sources, field) is not None for field in rule.require)
 
+    def _applies(
+        self, event: Mapping[str, Any], customer: Mapping[str, Any], device: Mapping[str, Any]
+    ) -> bool:
+        """``applies``, with the declaration unpacked (the hot path)."""
+        kinds = self._kinds
+        if kinds is not None and event.get("kind") not in kinds:
+            return False
+        device_types = self._device_types
+        if device_types is not None and (
+            (event.get("device_type") or device.get("device_type")) not in device_types
+        ):
+            return False
+        segments = self._segments
+        if segments is not None and customer.get("segment") not in segments:
+            return False
+        if self._require:
+            sources = (event, customer, device)
+            for index, path in self._require:
+                value: Any = sources[index]
+                for key in path:
+                    if not isinstance(value, Mapping):
+                        return False
+                    value = value.get(key)
+                if value is None:
+                    return False
+        return True
+
     def process(
         self,
         event: Mapping[str, Any],
@@ -137,18 +179,26 @@ class OnlineModel:
         ts: float | None,
     ) -> float | None:
         """Predict, then learn what can be learned now; the score or ``None``."""
-        if not self.applies(event, customer, device):
+        if not self._applies_to_all and not self._applies(event, customer, device):
             return None
-        scope_key = self.scope_key(event, customer, device)
-        if not isinstance(scope_key, str) or not scope_key:
-            return None
+        scope = self._scope
+        scope_key: Any
+        if scope == "global":
+            scope_key = GLOBAL_SCOPE
+        else:
+            if scope == "device_type":
+                scope_key = event.get("device_type") or device.get("device_type")
+            else:
+                scope_key = customer.get("segment")
+            if not isinstance(scope_key, str) or not scope_key:
+                return None
         x = self._extract(event, customer, device)
         if not x:
             return None
         model = self.instances.get(scope_key)
         if model is None:
             model = self.instances[scope_key] = self.spec.pipeline.build()
-        kind = self.spec.kind
+        kind = self._kind
         score: float | None
         if kind == "binary":
             proba = model.predict_proba_one(x)
@@ -183,10 +233,18 @@ class OnlineModel:
     def _field_label_value(
         self, event: Mapping[str, Any], customer: Mapping[str, Any], device: Mapping[str, Any]
     ) -> Any:
-        if self._field_label is None:
+        if self._label_at is None:
             return None
-        raw = lookup((event, customer, device), self._field_label)
-        return numeric(raw) if self.spec.kind == "regression" else _binary_label(raw)
+        index, path = self._label_at
+        raw: Any = (event, customer, device)[index]
+        for key in path:
+            if not isinstance(raw, Mapping):
+                raw = None
+                break
+            raw = raw.get(key)
+        if raw is None:
+            return None
+        return numeric(raw) if self._kind == "regression" else _binary_label(raw)
 
     def _update_metrics(self, y: Any, y_pred: Any) -> None:
         if y_pred is None:
@@ -212,8 +270,9 @@ class OnlineModel:
         device: Mapping[str, Any],
         pending: Pending,
     ) -> None:
-        assert self._outcome is not None
-        join = self._outcome.join
+        outcome = self._outcome
+        assert outcome is not None
+        join = outcome.join
         if join == "device":
             key = event.get("device_id")
             store = self.pending
@@ -225,10 +284,13 @@ class OnlineModel:
         store[key] = pending
         store.move_to_end(key)
         if pending.ts is not None:
-            self._next_expiry = min(self._next_expiry, pending.ts + self._outcome.horizon_s)
-        while len(store) > self._outcome.max_pending:
-            store.popitem(last=False)
-            self.counts["pending_dropped"] += 1
+            expiry = pending.ts + outcome.horizon_s
+            if expiry < self._next_expiry:
+                self._next_expiry = expiry
+        if len(store) > outcome.max_pending:
+            while len(store) > outcome.max_pending:
+                store.popitem(last=False)
+                self.counts["pending_dropped"] += 1
 
     def bind_action(self, action_id: str, customer_id: str) -> None:
         """Let an outcome about ``action_id`` answer the customer's latest prediction."""
