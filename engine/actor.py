@@ -121,26 +121,28 @@ class CustomerActor:
             else:
                 admitted.append((event, device_state))
         admitted.sort(key=_admitted_ts)
+        rules = self.rules
         for event, device_state in admitted:
             record_event(state, device_state, event)
             usage_min = event.get("usage_min")
-            if isinstance(usage_min, int | float) and usage_min > 0:
+            if isinstance(usage_min, _NUMBER) and usage_min > 0:
                 hour = event["ts"] // HOUR_S * HOUR_S
                 out.usage_hours.add(hour)
             customer = customer_view(state)
             device = device_view(device_state)
             scores = models.process(event, customer=customer, device=device) if models else {}
-            firings = self.rules.process(
+            firings = rules.process(
                 rules_state, event, customer=customer, device=device, score=scores
             )
-            for late in self.rules.drain_late():
+            for late in rules.drain_late():
                 # Too late for one rule's window (past its grace); other rules saw it.
                 out.late.append(
                     (event, f"too late for the window of rule {late.rule_id} "
                             f"({late.key_kind} {late.key}); it changed nothing there")
                 )  # fmt: skip
-            self._emit(state, firings, out, emitted_at)
-            out.processed += 1
+            if firings:
+                self._emit(state, firings, out, emitted_at)
+        out.processed += len(admitted)
         return out
 
     def advance(self, state: CustomerState, now: float, emitted_at: float) -> ActorOutput:
@@ -176,6 +178,8 @@ class CustomerActor:
 
 
 HOUR_S = 3600.0
+#: isinstance with a tuple is quicker than with ``int | float`` (same meaning).
+_NUMBER = (int, float)
 
 
 def _admitted_ts(admitted: tuple[dict[str, Any], dict[str, Any]]) -> float:

@@ -47,7 +47,7 @@ import functools
 import math
 import random
 from bisect import bisect_right
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from operator import add, and_, getitem
 from typing import Any
 
@@ -93,10 +93,10 @@ class _Derived:
         self.leaf_scores: list[int] = []
         self.max_score = 0
         # cell (positions among the thresholds) -> its leaves: readings repeat
-        self.cells: dict[tuple[int, ...], list[int]] = {}
+        self.cells: dict[tuple[int, ...], tuple[int, ...]] = {}
         # score_one and the learn_one after it usually see the same values
         self.last_values: tuple[Any, ...] | None = None
-        self.last_leaves: list[int] = []
+        self.last_leaves: Sequence[int] = ()
 
 
 class HalfSpaceTrees(anomaly.HalfSpaceTrees):
@@ -346,7 +346,7 @@ class HalfSpaceTrees(anomaly.HalfSpaceTrees):
             return None
 
     @staticmethod
-    def _leaves(derived: _Derived, values: tuple[Any, ...]) -> list[int]:
+    def _leaves(derived: _Derived, values: tuple[Any, ...]) -> tuple[int, ...]:
         """Global leaf id per tree, from the values' positions among each
         feature's thresholds: the one bit left in each tree's mask is its leaf."""
         key = tuple(map(bisect_right, derived.grid, values))  # type: ignore[arg-type]
@@ -357,7 +357,8 @@ class HalfSpaceTrees(anomaly.HalfSpaceTrees):
         common = next(masks)
         for more in masks:
             common = map(and_, common, more)
-        leaves = list(map(add, map(int.bit_length, common), derived.offsets))
+        # a tuple: the garbage collector stops tracking it (the cache is long-lived)
+        leaves = tuple(map(add, map(int.bit_length, common), derived.offsets))
         if len(derived.cells) >= MAX_CACHED_CELLS:
             derived.cells.clear()
         derived.cells[key] = leaves

@@ -93,12 +93,21 @@ class StreamHygiene:
                 counts[LATE] += 1
                 return LATE
             if ts > stream_ts:
-                self._note_gap(device_state, event, stream_ts, ts)
+                options = self.options
+                interval = options.expected_interval_s.get(
+                    event.get("device_type", ""), options.default_expected_interval_s
+                )
+                # _note_gap only for a silence that may be one (most are not)
+                if not (interval <= 0 or ts - stream_ts <= interval * options.gap_factor):
+                    self._note_gap(device_state, event, stream_ts, ts)
                 stream_ts = device_state["stream_ts"] = ts
             if remembered is not None:
                 del seen[event_id]  # forgotten in time, not yet in memory: renew
         seen[event_id] = ts
-        self._forget(seen, stream_ts - self._horizon)
+        # _forget, inlined for the usual case: the oldest id is still remembered
+        oldest = next(iter(seen))
+        if not (seen[oldest] >= stream_ts - self._horizon and len(seen) <= self._max_ids):
+            self._forget(seen, stream_ts - self._horizon)
         device_state["last_seen"] = self.clock()
         counts[OK] += 1
         return OK
