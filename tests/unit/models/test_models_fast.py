@@ -15,13 +15,13 @@ from collections.abc import Iterator
 
 import pytest
 from models_helpers import SHIPPED_MODELS, feed, synthetic_stream
-from river import anomaly, compose, preprocessing
+from river import anomaly, compose, linear_model, preprocessing
 
 from engine.models import ModelSet, load_models
 from engine.models import hst as fast_hst
 from engine.models.allowlist import ALLOWED
 from engine.models.hst import HalfSpaceTrees
-from engine.models.pipeline import upgraded
+from engine.models.pipeline import Pipeline, upgraded
 from engine.models.scalers import MinMaxScaler
 from engine.models.snapshot import dumps, loads
 
@@ -312,3 +312,36 @@ def test_scores_stay_in_the_unit_interval() -> None:
     models: ModelSet = load_models(SHIPPED_MODELS)
     scores = _anomaly_scores(feed(models, synthetic_stream(3000)))
     assert all(0.0 <= s <= 1.0 and not math.isnan(s) for s in scores)
+
+
+def test_the_pipeline_calls_its_steps_as_river_does() -> None:
+    rng = random.Random(5)
+    classifier = (
+        Pipeline(preprocessing.StandardScaler(), linear_model.LogisticRegression(l2=0.001)),
+        compose.Pipeline(preprocessing.StandardScaler(), linear_model.LogisticRegression(l2=0.001)),
+    )
+    detector = (
+        Pipeline(MinMaxScaler(), HalfSpaceTrees(n_trees=5, height=3, window_size=20, seed=1)),
+        compose.Pipeline(
+            preprocessing.MinMaxScaler(),
+            anomaly.HalfSpaceTrees(n_trees=5, height=3, window_size=20, seed=1),
+        ),
+    )
+    for i in range(1500):
+        x = {"a": rng.gauss(0, 1), "b": rng.random()}
+        y = x["a"] + rng.gauss(0, 0.5) > 0
+        mine, river = classifier
+        assert mine.predict_proba_one(x) == river.predict_proba_one(x)
+        assert mine.predict_one(x) == river.predict_one(x)
+        mine.learn_one(x, y)
+        river.learn_one(x, y)
+        mine, river = detector
+        if i % 500 == 499:  # River's own path inside learn_during_predict, for both
+            with compose.learn_during_predict():
+                assert mine.score_one(x) == river.score_one(x)
+        assert mine.score_one(x) == river.score_one(x)
+        mine.learn_one(x)
+        river.learn_one(x)
+    restored = pickle.loads(pickle.dumps(classifier[0]))
+    probe = {"a": 1.0, "b": 0.5}
+    assert restored.predict_proba_one(probe) == classifier[1].predict_proba_one(probe)
