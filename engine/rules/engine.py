@@ -131,16 +131,27 @@ class RuleEngine:
         device = EMPTY if device is None else device
         device_ks = customer_ks = None
         device_key = customer_key = ""
+        # _key_state, inlined (twice per event)
         if self._has_device_rules:
             device_id = event.get("device_id")
             if device_id is not None:
                 device_key = device_id if type(device_id) is str else str(device_id)
-                device_ks = self._key_state(state, "device", device_key, ts)
+                keys = state["device"]
+                device_ks = keys.get(device_key)
+                if device_ks is None:
+                    device_ks = keys[device_key] = new_key_state(ts)
+                elif device_ks["t"] is None or ts > device_ks["t"]:
+                    device_ks["t"] = ts
         if self._has_customer_rules:
             customer_id = event.get("customer_id")
             if customer_id is not None:
                 customer_key = customer_id if type(customer_id) is str else str(customer_id)
-                customer_ks = self._key_state(state, "customer", customer_key, ts)
+                keys = state["customer"]
+                customer_ks = keys.get(customer_key)
+                if customer_ks is None:
+                    customer_ks = keys[customer_key] = new_key_state(ts)
+                elif customer_ks["t"] is None or ts > customer_ks["t"]:
+                    customer_ks["t"] = ts
         firings: list[Firing] = []
         device_run = customer_run = None
         late = self._late
@@ -169,17 +180,25 @@ class RuleEngine:
                 if device_run is None:
                     if device_ks is None:
                         continue
-                    device_run = Run(device_ks, "device", device_key, customer, device, late)
-                    device_run.scope, device_run.out, device_run.seq = scope, out, seq
+                    device_run = Run(
+                        device_ks, "device", device_key, customer, device, late, scope, out, seq
+                    )
                 run = device_run
             else:
                 if customer_run is None:
                     if customer_ks is None:
                         continue
                     customer_run = Run(
-                        customer_ks, "customer", customer_key, customer, device, late
+                        customer_ks,
+                        "customer",
+                        customer_key,
+                        customer,
+                        device,
+                        late,
+                        scope,
+                        out,
+                        seq,
                     )
-                    customer_run.scope, customer_run.out, customer_run.seq = scope, out, seq
                 run = customer_run
             rule.trigger.on_event(rule, run, event, ts)
         if out:

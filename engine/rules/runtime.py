@@ -128,6 +128,9 @@ class Run:
         customer: Mapping[str, Any],
         device: Mapping[str, Any],
         late: list[LateEvent],
+        scope: Scope | None = None,
+        out: list[Match] | None = None,
+        seq: int = 0,
     ) -> None:
         self.ks = ks
         self.key_kind = key_kind
@@ -135,9 +138,10 @@ class Run:
         self.customer = customer
         self.device = device
         self.late = late
-        self.out: list[Match] = []
-        self.scope: Scope = Scope()
-        self.seq = 0
+        # An event's runs get its scope and match list at once: no throwaway Scope().
+        self.out: list[Match] = [] if out is None else out
+        self.scope: Scope = Scope() if scope is None else scope
+        self.seq = seq
         self.projections: dict[frozenset[str] | None, dict[str, Any]] = {}
 
     # timers -----------------------------------------------------------------
