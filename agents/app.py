@@ -26,8 +26,9 @@ import orjson
 from mode import Service
 
 from agents.customer import TICK_KEY, CustomerAgent
-from agents.faust_fixes import SeekFirstTableManager
+from agents.faust_fixes import SeekFirstTableManager, batch_fetches
 from agents.ingest import IngestService
+from agents.services import ChildProcess
 from engine.actor import CustomerActor
 from engine.config import Settings
 from engine.models import ModelSet, load_models
@@ -75,6 +76,7 @@ class Runtime:
         self.settings = settings
         w, k = settings.worker, settings.kafka
         Path(w.state_dir).mkdir(parents=True, exist_ok=True)
+        batch_fetches(w.fetch_min_bytes, w.fetch_max_wait_ms)
         self.app = faust.App(
             w.app_id,
             broker=[f"kafka://{host}" for host in k.bootstrap.split(",")],
@@ -116,8 +118,16 @@ class Runtime:
         self.models_by_partition: dict[int, ModelSet] = {}
         self.summaries = SummaryPublisher(self)
         self.agent_logic = CustomerAgent(self)
-        self.ingest: IngestService | None = IngestService(settings) if w.run_ingest else None
+        self.ingest: IngestService | None = (
+            IngestService(settings) if w.ingest == "inline" else None
+        )
         self.sink: Any = None
+        #: stages run as supervised child processes (agents.services)
+        self.children: dict[str, ChildProcess] = {
+            role: ChildProcess(settings, role)
+            for role, mode in (("ingest", w.ingest), ("sink", w.sink))
+            if mode == "process"
+        }
         self.action_counts: dict[str, int] = {}
         self._wire()
 
@@ -149,6 +159,9 @@ class Runtime:
             for tp in app.assignor.assigned_actives():
                 if tp.topic == k.customer_events_topic:
                     await self.events_topic.send(key=TICK_KEY, value=wall, partition=tp.partition)
+
+        @app.timer(interval=w.summary_interval_s)
+        async def publish_summaries() -> None:
             await self.summaries.flush()
 
         @app.timer(interval=w.checkpoint_interval_s)
@@ -173,8 +186,10 @@ class Runtime:
 
         if self.ingest is not None:
             app.service(self.ingest)
-        if w.run_sink:
+        if w.sink == "inline":
             app.service(SinkService(self.settings, self))
+        for child in self.children.values():
+            app.service(child)
         self._pages()
 
     def _pages(self) -> None:
@@ -223,13 +238,23 @@ class Runtime:
         return {
             "actor": self.agent_logic.stats.as_dict(),
             "actions_by_type": dict(self.action_counts),
-            "ingest": self.ingest.metrics.as_dict() if self.ingest else None,
-            "sink": self.sink.metrics.as_dict() if self.sink else None,
+            "ingest": self._stage_metrics("ingest", self.ingest),
+            "sink": self._stage_metrics("sink", self.sink),
             "rules": self.rules_watcher.status(),
         }
 
+    def _stage_metrics(self, role: str, inline: Any) -> dict[str, Any] | None:
+        if inline is not None:
+            return inline.metrics.as_dict()
+        child = self.children.get(role)
+        return child.status() if child is not None else None
+
     def health(self) -> dict[str, Any]:
-        sink_ok = self.sink.metrics.healthy if self.sink else True
+        if "sink" in self.children:
+            status = self.children["sink"].status()
+            sink_ok = bool(status and status.get("alive") and status.get("healthy"))
+        else:
+            sink_ok = self.sink.metrics.healthy if self.sink else True
         return {
             "status": "ok" if sink_ok else "degraded",
             "assigned": sorted(

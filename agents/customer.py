@@ -68,7 +68,13 @@ import orjson
 from faust.streams import _current_event
 from faust.types import TP
 
-from agents.faust_fixes import flush_table_writes, never_fill_gaps, unprocessed
+from agents.faust_fixes import (
+    checkpoint_before_wait_empty,
+    flush_table_writes,
+    never_fill_gaps,
+    seek,
+    unprocessed,
+)
 from engine.actor import ActorOutput
 from engine.watermark import PartitionClock, time_headers
 from tables.definitions import DAY_S
@@ -157,12 +163,16 @@ class CustomerAgent:
         self._generation = 0
         #: a batch and a checkpoint never interleave (both await Kafka midway)
         self._lock = asyncio.Lock()
+        #: true while a batch changes states; still true if it was cancelled midway
+        self._batch_open = False
 
     # ----------------------------------------------------------- the stream
 
     async def run(self, stream: faust.StreamT) -> None:
         settings = self.rt.settings.worker
-        never_fill_gaps(self.rt.app.consumer, {self.rt.settings.kafka.customer_events_topic})
+        consumer = self.rt.app.consumer
+        never_fill_gaps(consumer, {self.rt.settings.kafka.customer_events_topic})
+        checkpoint_before_wait_empty(consumer, self.checkpoint_before_commit)
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
             try:
                 async with self._lock:
@@ -176,6 +186,25 @@ class CustomerAgent:
     def _checkpoint_due(self) -> bool:
         interval = self.rt.settings.worker.checkpoint_interval_s
         return bool(self._held) and time.monotonic() - self._checkpointed_at >= interval
+
+    async def checkpoint_before_commit(self, lock_timeout_s: float = 5.0) -> None:
+        """Before Faust's commit on a rebalance or a clean stop: checkpoint now,
+        unless a batch was cut off midway (then its half-applied states must
+        never be written: everything since the last checkpoint is dropped and
+        comes again) or is stuck (it may wait on the rebalance itself)."""
+        try:
+            await asyncio.wait_for(self._lock.acquire(), lock_timeout_s)
+        except TimeoutError:
+            log.warning("a batch is still running; its records will be processed again")
+            self.drop_uncheckpointed()
+            return
+        try:
+            if self._batch_open:
+                self.drop_uncheckpointed()
+            elif self._held:
+                await self.checkpoint()
+        finally:
+            self._lock.release()
 
     async def checkpoint_if_due(self) -> None:
         """From a timer: the last batch before a quiet spell is made durable too."""
@@ -219,11 +248,12 @@ class CustomerAgent:
             else:
                 # Records fetched before the seek still arrive, and Faust's
                 # read offset follows them past the seek: seek again.
-                await self.rt.app.consumer.seek(tp, offset)
+                await seek(self.rt.app.consumer, tp, offset)
         if generation != self._generation:
             return  # partitions were revoked meanwhile: these records come again
 
         emitted_at = time.time()
+        self._batch_open = True
         #: where each event of this batch was read, for the late-event envelope
         self._positions: dict[tuple[str, str], dict[str, Any]] = {}
         written: dict[str, tuple[faust.EventT, CustomerState]] = {}
@@ -272,6 +302,7 @@ class CustomerAgent:
                 out.extend(self._advance_partition(partition, anchor, now, written, emitted_at))
 
         await self._send(out)
+        self._batch_open = False
         if generation != self._generation:
             return
         for customer_id, (anchor, state) in written.items():
@@ -339,6 +370,7 @@ class CustomerAgent:
         self._unacknowledged.clear()
         self._uncounted = ActorOutput()
         self._checkpointed_at = time.monotonic()
+        self._batch_open = False
         self.stats.cached_states = 0
 
     def _state(self, customer_id: str, anchor: faust.EventT) -> CustomerState:
@@ -472,7 +504,7 @@ class CustomerAgent:
             )
             offset = earliest
         self._next_offset[tp.topic, tp.partition] = offset
-        await consumer.seek(tp, offset)
+        await seek(consumer, tp, offset)
 
     def forget_offsets(self) -> None:
         """After a rebalance the stream restarts at the committed offsets."""

@@ -31,6 +31,20 @@ stopped), which failed about one run in ten before them.
    no holes; the actor then finds the hole itself, leaves the records past it
    ``unprocessed`` and seeks back (``agents.customer``).
 
+4. **A seek runs in the caller's thread.** Faust's aiokafka consumer lives in
+   a thread of its own, but ``Consumer.seek`` changes its fetcher from the
+   calling thread, racing the fetcher's own walk over its fetched records
+   (seen as ``KeyError`` in ``Fetcher.fetched_records``, which crashes the
+   worker). ``seek`` does it inside the consumer's thread.
+
+Besides the repairs, ``checkpoint_before_wait_empty`` lets the actor make
+its work durable before Faust's last commit on a rebalance or a clean stop
+(Faust waits for every record to be acked there, and at a stop gives up at
+once), and ``batch_fetches`` sets the fetch size of Faust's
+worker consumer, which its driver leaves at one byte: under a steady trickle
+every fetch then carries a handful of records, and the actor pays a fetch's
+whole cost for each few events.
+
 All are checked against the installed Faust version by
 ``tests/unit/actor/test_faust_fixes.py``: a Faust upgrade must re-read these.
 """
@@ -182,3 +196,47 @@ def unprocessed(consumer: Any, message: Any) -> None:
     """Take ``message`` out of Faust's acknowledgements: it will come again."""
     message.acked = True  # so the stream's own ack of it does nothing
     consumer._unacked_messages.discard(message)
+
+
+def batch_fetches(min_bytes: int, max_wait_ms: int) -> None:
+    """Fetches of Faust's worker consumer wait for ``min_bytes`` or ``max_wait_ms``.
+
+    Faust's aiokafka driver builds its consumer without ``fetch_min_bytes``
+    (aiokafka's default is one byte). Applies to consumers created after the
+    call; idempotent.
+    """
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    create = AIOKafkaConsumerThread._create_worker_consumer
+    original = getattr(create, "_iotcrm_original", create)
+
+    def create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_min_bytes = min_bytes
+        consumer._fetch_max_wait_ms = max_wait_ms
+        return consumer
+
+    create_worker_consumer._iotcrm_original = original  # type: ignore[attr-defined]
+    AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer
+
+
+async def seek(consumer: Any, tp: Any, offset: int) -> None:
+    """``consumer.seek(tp, offset)``, run in the thread that owns the Kafka client."""
+    thread = consumer._thread
+    await thread.call_thread(thread._ensure_consumer().seek, tp, offset)
+    consumer._read_offset[tp] = offset if offset else None
+
+
+def checkpoint_before_wait_empty(consumer: Any, checkpoint: Any) -> None:
+    """Run ``await checkpoint()`` whenever Faust waits for the streams to be
+    acked before it commits (``Consumer.wait_empty``: on every rebalance and
+    on a clean stop). Installing it again replaces the callback."""
+    wait_empty = getattr(consumer, "_iotcrm_wait_empty", None)
+    if wait_empty is None:
+        wait_empty = consumer._iotcrm_wait_empty = consumer.wait_empty
+
+    async def checkpoint_then_wait_empty() -> None:
+        await checkpoint()
+        await wait_empty()
+
+    consumer.wait_empty = checkpoint_then_wait_empty

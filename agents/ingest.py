@@ -161,8 +161,8 @@ class IngestService(Service):
             max_poll_records=self.settings.worker.batch_size,
             # A fetch waits a little for more bytes: under a steady trickle each
             # response otherwise carries a handful of events across hundreds of topics.
-            fetch_min_bytes=16 * 1024,
-            fetch_max_wait_ms=50,
+            fetch_min_bytes=self.settings.worker.fetch_min_bytes,
+            fetch_max_wait_ms=self.settings.worker.fetch_max_wait_ms,
         )
         await self.consumer.start()
         pattern = f"^{re.escape(k.device_topic_prefix)}.+|^{re.escape(k.telemetry_topic)}$"
@@ -184,7 +184,11 @@ class IngestService(Service):
             )
             if batches:
                 await self.ingest(batches)
-                await self._commit()
+                # Only the partitions this poll read: a commit of every assigned
+                # partition lists hundreds of device topics each time.
+                await self._commit(
+                    {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
+                )
             await self._update_watermark()
             self.metrics.subscribed_topics = len(self.consumer.subscription())
 
@@ -241,10 +245,10 @@ class IngestService(Service):
         self.metrics.batches += 1
         self.metrics.last_batch_at = received_at
 
-    async def _commit(self) -> None:
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assert self.consumer is not None
         try:
-            await self.consumer.commit()
+            await self.consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
             # Every record of the batch is already acknowledged downstream; the
             # group moved on (a rebalance), so whoever owns the partitions now

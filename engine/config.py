@@ -16,7 +16,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -50,6 +50,9 @@ class CassandraSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     username: str = ""
 
 
+StageMode = Literal["process", "inline", "off"]
+
+
 class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     app_id: str = "iotcrm"
     web_port: int = 6066
@@ -60,14 +63,24 @@ class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     commit_interval_s: float = 1.0
     #: How often the actor checkpoints: waits for its actions' acknowledgements,
     #: writes each changed customer's state once, then lets Faust commit.
-    checkpoint_interval_s: float = 0.5
+    checkpoint_interval_s: float = 1.0
+    #: A consumer's fetch is answered once this many bytes are there, or after
+    #: ``fetch_max_wait_ms``: larger fetches under a steady load, for a bounded delay.
+    fetch_min_bytes: int = 32 * 1024
+    fetch_max_wait_ms: int = 25
     #: Decoded customer states kept in memory between batches (clean ones
     #: beyond this are dropped after a checkpoint, least recently used first).
     state_cache_size: int = 50_000
     session_timeout_s: float = 10.0
+    #: How often changed customers' 360 summaries are published (at most once
+    #: per customer per interval).
+    summary_interval_s: float = 5.0
     model_checkpoint_interval_s: float = 5.0
-    run_ingest: bool = True
-    run_sink: bool = True
+    #: Where ingest and the Cassandra sink run: a child process of the worker
+    #: (a core of their own), the worker's own event loop, or elsewhere
+    #: (``iotcrm ingest`` / ``iotcrm sink`` started by the operator).
+    ingest: StageMode = "process"
+    sink: StageMode = "process"
 
 
 class RulesSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

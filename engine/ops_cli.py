@@ -9,6 +9,7 @@ import logging
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, Settings, load_settings
@@ -28,6 +29,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-setup", action="store_true", help="do not create topics or migrate the schema first"
     )
     worker.set_defaults(func=run_worker)
+
+    for role, what in (
+        ("ingest", "the ingest stage alone: device topics -> validated, customer-keyed events"),
+        ("sink", "the Cassandra sink alone: action topics, registry, customer 360 -> Cassandra"),
+    ):
+        stage = subparsers.add_parser(
+            role, help=f'{what} (a worker runs it itself unless worker.{role} = "off")'
+        )
+        stage.add_argument("--loglevel", default="info", help="log level (default info)")
+        stage.add_argument(
+            "--status",
+            type=Path,
+            default=None,
+            help="keep the stage's counters in this JSON file (replaced a few times a second)",
+        )
+        stage.set_defaults(func=run_stage_command, role=role)
 
     state = subparsers.add_parser("state", help="show live state")
     state_sub = state.add_subparsers(dest="what", metavar="WHAT", required=True)
@@ -113,6 +130,17 @@ def run_worker(args: argparse.Namespace) -> int:
 
     worker = Worker(runtime.app, loglevel=args.loglevel, quiet=True, override_logging=False)
     worker.execute_from_commandline()
+    return 0
+
+
+def run_stage_command(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    logging.basicConfig(
+        level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from agents.services import run_stage
+
+    asyncio.run(run_stage(settings, args.role, args.status))
     return 0
 
 

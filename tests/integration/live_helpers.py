@@ -78,6 +78,22 @@ async def wait_processed(
         ) from None
 
 
+async def checkpointed_metrics(
+    worker: WorkerProcess, records: int, timeout: float = 30.0
+) -> dict[str, Any]:
+    """The worker's metrics once its actor has checkpointed at least ``records``
+    records (events, duplicates and late ones count at the checkpoint that
+    makes them durable)."""
+
+    def counted() -> dict[str, Any] | None:
+        metrics = worker.metrics()
+        actor = (metrics or {}).get("actor") or {}
+        done = actor.get("events", 0) + actor.get("duplicates", 0) + actor.get("late", 0)
+        return metrics if done >= records else None
+
+    return await wait_for(counted, timeout=timeout, what=f"{records} records checkpointed")
+
+
 async def actions_of(ns: Namespace) -> list[dict[str, Any]]:
     """Every action on the namespace's action topics (all types)."""
     bootstrap = ns.settings.kafka.bootstrap

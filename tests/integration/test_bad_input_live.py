@@ -22,7 +22,7 @@ import orjson
 
 from loadtest.harness import ConditionTimeout, wait_for
 from tests.integration.kit import Namespace, TopicReader, read_all, register
-from tests.integration.live_helpers import idempotent_producer
+from tests.integration.live_helpers import checkpointed_metrics, idempotent_producer
 from tests.unit.quality.helpers import event_bytes
 from tests.unit.quality.test_corpus import CORPUS
 
@@ -153,7 +153,7 @@ async def test_bad_inputs_are_dead_lettered_and_the_worker_keeps_going(
     assert envelope["event"]["customer_id"] == "c1"
     assert "behind the stream time" in envelope["reason"]
 
-    metrics = worker.metrics()
+    metrics = await checkpointed_metrics(worker, len(goods) + 2)
     assert metrics["ingest"]["deadlettered"] == len(cases)
     assert metrics["ingest"]["accepted"] == len(goods) + 2
     assert metrics["actor"]["duplicates"] == 1

@@ -21,7 +21,12 @@ from river import datasets
 from engine.models import load_models
 from loadtest.harness import WorkerProcess, wait_for
 from tests.integration.kit import Namespace, read_all, register
-from tests.integration.live_helpers import idempotent_producer, iotcrm, publish
+from tests.integration.live_helpers import (
+    checkpointed_metrics,
+    idempotent_producer,
+    iotcrm,
+    publish,
+)
 
 PHISHING_MODELS = """\
 models:
@@ -124,7 +129,7 @@ async def test_live_metrics_equal_the_backtest(
     assert live["Accuracy"] == expected["metrics"]["Accuracy"]
     assert live["ROCAUC"] == expected["metrics"]["ROCAUC"]
     assert live == expected["metrics"]
-    assert worker.metrics()["actor"]["events"] == ROWS
+    assert (await checkpointed_metrics(worker, ROWS))["actor"]["events"] == ROWS
 
 
 async def checkpoints(namespace: Namespace, models: Path) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from engine.rules import action_id
 from engine.store.cassandra import CassandraStore
 from loadtest.harness import wait_for
 from tests.integration.kit import Namespace, TopicReader, register, send_json
+from tests.integration.live_helpers import checkpointed_metrics
 
 HOT_RULE = """\
 - id: hot-device
@@ -115,7 +116,7 @@ async def test_events_become_actions_on_kafka_and_in_cassandra(
     finally:
         await store.close()
 
-    metrics = worker.metrics()
+    metrics = await checkpointed_metrics(worker, 3)
     assert metrics["ingest"]["deadlettered"] == 4
     assert metrics["actor"]["events"] == 3
 

@@ -235,13 +235,23 @@ async def test_seeking_back_starts_at_the_logs_start_when_retention_deleted_the_
     async def earliest_offsets(*tps: Any) -> dict[Any, int]:
         return {tp: 300 for tp in tps}
 
-    async def seek(tp: Any, offset: int) -> None:
+    async def call_thread(method: Any, *args: Any) -> Any:
+        return method(*args)
+
+    def seek(tp: Any, offset: int) -> None:
         sought.append((tp, offset))
 
-    agent.rt.app.consumer.earliest_offsets = earliest_offsets
-    agent.rt.app.consumer.seek = seek
+    consumer = agent.rt.app.consumer
+    consumer.earliest_offsets = earliest_offsets
+    # The seek runs in the Kafka client's own thread (faust_fixes.seek).
+    kafka_client = SimpleNamespace(seek=seek)
+    consumer._thread = SimpleNamespace(
+        call_thread=call_thread, _ensure_consumer=lambda: kafka_client
+    )
+    consumer._read_offset = {}
     tp = faust.types.TP("events", 0)
     await agent._seek_back(tp, 4)
     await agent._seek_back(tp, 320)
     assert sought == [(tp, 300), (tp, 320)]
+    assert consumer._read_offset == {tp: 320}
     assert agent._in_sequence(stream_message(320), {})
