@@ -40,16 +40,19 @@ class Progress:
 
 
 class ProcessTree:
-    """CPU, memory and suspension of a process and its children."""
+    """CPU, memory and suspension of processes (one or more roots) and their children."""
 
-    def __init__(self, pid: int) -> None:
-        self.root = psutil.Process(pid)
+    def __init__(self, *pids: int) -> None:
+        self.roots = [psutil.Process(pid) for pid in pids]
 
     def _all(self) -> list[psutil.Process]:
-        try:
-            return [self.root, *self.root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
+        processes: list[psutil.Process] = []
+        for root in self.roots:
+            try:
+                processes += [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+        return processes
 
     def cpu_s(self) -> float:
         total = 0.0
@@ -61,18 +64,25 @@ class ProcessTree:
             total += times.user + times.system
         return total
 
-    def peak_rss_mb(self) -> float:
-        """The largest resident set each process reached (VmHWM), summed."""
-        peak = 0
+    def _status_kib(self, field: str) -> int:
+        total = 0
         for process in self._all():
             try:
                 status = Path(f"/proc/{process.pid}/status").read_text()
             except OSError:
                 continue
             for line in status.splitlines():
-                if line.startswith("VmHWM:"):
-                    peak += int(line.split()[1]) * 1024
-        return peak / 2**20
+                if line.startswith(field):
+                    total += int(line.split()[1])
+        return total
+
+    def peak_rss_mb(self) -> float:
+        """The largest resident set each process reached (VmHWM), summed."""
+        return self._status_kib("VmHWM:") / 1024
+
+    def rss_mb(self) -> float:
+        """The resident sets now (VmRSS), summed."""
+        return self._status_kib("VmRSS:") / 1024
 
     def suspend(self) -> None:
         for process in self._all():
@@ -84,17 +94,26 @@ class ProcessTree:
 
 
 class Contender:
-    """A process that consumes one namespace's device topics."""
+    """A process (or ``replicas`` processes sharing the work) that consumes one
+    namespace's device topics."""
 
     name: str = ""
 
-    def __init__(self, run_id: str, bootstrap: str, work_dir: Path, partitions: int) -> None:
+    def __init__(
+        self, run_id: str, bootstrap: str, work_dir: Path, partitions: int, *, replicas: int = 1
+    ) -> None:
+        if replicas < 1:
+            raise ValueError(f"replicas must be at least 1, not {replicas}")
         self.prefix = f"{run_id}-{self.name}"
         self.bootstrap = bootstrap
         self.work_dir = work_dir / self.name
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.partitions = partitions
+        self.replicas = replicas
         self.tree: ProcessTree | None = None
+        #: The one keyed topic (key = device_id) the events go to instead of
+        #: per-device topics; None: per-device topics.
+        self.shared_topic: str | None = None
 
     # topics ----------------------------------------------------------------------------
     @property
@@ -114,14 +133,22 @@ class Contender:
         return []
 
     def topic_plans(self, device_ids: list[str]) -> list[TopicPlan]:
+        events = (
+            [TopicPlan(self.shared_topic, self.partitions)]
+            if self.shared_topic
+            else [TopicPlan(self.device_prefix + d, 1) for d in device_ids]
+        )
         return [
             TopicPlan(self.registry_topic, self.partitions, compacted=True),
             TopicPlan(self.customers_topic, self.partitions, compacted=True),
-            *(TopicPlan(self.device_prefix + d, 1) for d in device_ids),
+            *events,
         ]
 
     async def prepare(self) -> None:
         """Anything to set up after the topics exist and before the start."""
+
+    async def wait_ready(self, timeout_s: float = 180.0) -> None:
+        """Until every replica owns part of the work (a no-op where that cannot be seen)."""
 
     # process ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -164,8 +191,13 @@ class EngineContender(Contender):
         work_dir: Path,
         partitions: int,
         profile_to: Path | None = None,
+        *,
+        replicas: int = 1,
+        shared_topic: bool = False,
     ) -> None:
-        super().__init__(run_id, bootstrap, work_dir, partitions)
+        super().__init__(run_id, bootstrap, work_dir, partitions, replicas=replicas)
+        if shared_topic:
+            self.shared_topic = f"{self.prefix}.telemetry"
         #: Run the worker under ``loadtest.profiled_worker``, writing its profile here.
         self.profile_to = profile_to
         p = self.prefix
@@ -195,8 +227,22 @@ class EngineContender(Contender):
             # of a measurement (the peer's librdkafka waits 45 s by default).
             "IOTCRM_WORKER_SESSION_TIMEOUT_S": "60",
         }
-        self.worker = WorkerProcess(self.env, self.work_dir / "worker.log", cwd=REPO)
+        # Replicas: the same app id and topics, each its own web port and state folder.
+        self.workers = [self.worker_process(i) for i in range(replicas)]
+        self.worker = self.workers[0]
         self.metrics: dict[str, Any] = {}
+        #: The latest /metrics of every replica.
+        self.replica_metrics: list[dict[str, Any]] = []
+
+    def worker_process(self, index: int) -> WorkerProcess:
+        if index == 0:
+            return WorkerProcess(self.env, self.work_dir / "worker.log", cwd=REPO)
+        env = {
+            **self.env,
+            "IOTCRM_WORKER_WEB_PORT": str(free_port()),
+            "IOTCRM_WORKER_STATE_DIR": str(self.work_dir / f"state-{index}"),
+        }
+        return WorkerProcess(env, self.work_dir / f"worker-{index}.log", cwd=REPO)
 
     @property
     def settings(self) -> Settings:
@@ -213,7 +259,8 @@ class EngineContender(Contender):
 
     def start(self) -> None:
         if self.profile_to is None:
-            self.worker.start()
+            for worker in self.workers:
+                worker.start()
         else:
             with self.worker.log_path.open("ab") as log:
                 self.worker.process = subprocess.Popen(
@@ -225,8 +272,11 @@ class EngineContender(Contender):
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,
                 )
-        assert self.worker.process is not None
-        self.tree = ProcessTree(self.worker.process.pid)
+        self.tree = ProcessTree(*(w.process.pid for w in self.workers if w.process is not None))
+
+    async def wait_ready(self, timeout_s: float = 180.0) -> None:
+        for worker in self.workers:
+            await worker.wait_ready(timeout_s)
 
     def profile(self, on: bool) -> None:
         """Start or stop (and write) the profile of a worker started with ``profile_to``."""
@@ -236,22 +286,39 @@ class EngineContender(Contender):
         self.worker.process.send_signal(START if on else STOP)
 
     async def progress(self) -> Progress | None:
-        metrics = await asyncio.to_thread(self.worker.metrics)
-        if not metrics or not metrics.get("ingest"):
+        """The sum of every replica's counters; None until each one answers."""
+        if len(self.workers) == 1:
+            every = [await asyncio.to_thread(self.worker.metrics)]
+        else:
+            every = list(
+                await asyncio.gather(*(asyncio.to_thread(w.metrics) for w in self.workers))
+            )
+        if not all(metrics and metrics.get("ingest") and metrics.get("actor") for metrics in every):
             return None
-        self.metrics = metrics
-        ingest, actor = metrics["ingest"], metrics["actor"]
-        done = ingest["deadlettered"] + actor["events"] + actor["duplicates"] + actor["late"]
-        return Progress(ingest["consumed"], done)
+        self.metrics = every[0]  # type: ignore[assignment]
+        self.replica_metrics = every  # type: ignore[assignment]
+        started = done = 0
+        for metrics in every:
+            assert metrics is not None
+            ingest, actor = metrics["ingest"], metrics["actor"]
+            started += ingest["consumed"]
+            done += ingest["deadlettered"] + actor["events"] + actor["duplicates"] + actor["late"]
+        return Progress(started, done)
 
     def alive(self) -> bool:
-        return self.worker.alive()
+        return all(worker.alive() for worker in self.workers)
 
     def log_tail(self) -> str:
-        return self.worker.log_tail()
+        return "\n".join(
+            f"--- {worker.log_path.name}\n{worker.log_tail()}"
+            if len(self.workers) > 1
+            else worker.log_tail()
+            for worker in self.workers
+        )
 
     def stop(self) -> None:
-        self.worker.stop()
+        for worker in self.workers:
+            worker.stop()
 
     async def drop_keyspace(self) -> None:
         from engine.store.cassandra import build_cluster
@@ -273,54 +340,82 @@ class _StatusProcess(Contender):
 
     module = ""
 
-    def __init__(self, run_id: str, bootstrap: str, work_dir: Path, partitions: int) -> None:
-        super().__init__(run_id, bootstrap, work_dir, partitions)
-        self.status_path = self.work_dir / "status.json"
-        self.log_path = self.work_dir / f"{self.name}.log"
+    def __init__(
+        self, run_id: str, bootstrap: str, work_dir: Path, partitions: int, *, replicas: int = 1
+    ) -> None:
+        super().__init__(run_id, bootstrap, work_dir, partitions, replicas=replicas)
+        suffixes = [""] + [f"-{i}" for i in range(1, replicas)]
+        #: Each replica's status file and log (the first one's names have no suffix).
+        self.status_paths = [self.work_dir / f"status{suffix}.json" for suffix in suffixes]
+        self.log_paths = [self.work_dir / f"{self.name}{suffix}.log" for suffix in suffixes]
+        self.status_path, self.log_path = self.status_paths[0], self.log_paths[0]
+        self.processes: list[subprocess.Popen[bytes]] = []
         self.process: subprocess.Popen[bytes] | None = None
         self.status: dict[str, Any] = {}
+        self.statuses: list[dict[str, Any]] = []
 
-    def arguments(self) -> list[str]:
+    def arguments(self, replica: int = 0) -> list[str]:
         raise NotImplementedError
 
     def start(self) -> None:
-        self.status_path.unlink(missing_ok=True)
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", self.module, *self.arguments()],
-                cwd=REPO,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.tree = ProcessTree(self.process.pid)
+        self.processes = []
+        for replica, (status, log_path) in enumerate(
+            zip(self.status_paths, self.log_paths, strict=True)
+        ):
+            status.unlink(missing_ok=True)
+            with log_path.open("ab") as log:
+                self.processes.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", self.module, *self.arguments(replica)],
+                        cwd=REPO,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+                )
+        self.process = self.processes[0]
+        self.tree = ProcessTree(*(process.pid for process in self.processes))
 
     def read_status(self) -> dict[str, Any] | None:
-        try:
-            self.status = orjson.loads(self.status_path.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            return None
-        return self.status
+        """The first replica's status (the only one, usually)."""
+        statuses = self.read_statuses()
+        return statuses[0] if statuses else None
+
+    def read_statuses(self) -> list[dict[str, Any]] | None:
+        """Every replica's status; None until each has written one."""
+        statuses = []
+        for path in self.status_paths:
+            try:
+                statuses.append(orjson.loads(path.read_bytes()))
+            except (OSError, orjson.JSONDecodeError):
+                return None
+        self.statuses, self.status = statuses, statuses[0]
+        return statuses
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return bool(self.processes) and all(p.poll() is None for p in self.processes)
 
     def log_tail(self) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-40:])
-        except OSError:
-            return "(no log)"
+        tails = []
+        for path in self.log_paths:
+            try:
+                tail = "\n".join(path.read_text(errors="replace").splitlines()[-40:])
+            except OSError:
+                tail = "(no log)"
+            tails.append(f"--- {path.name}\n{tail}" if len(self.log_paths) > 1 else tail)
+        return "\n".join(tails)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(30)
+        running = [p for p in self.processes if p.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        for process in running:
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(30)
 
 
 class PeerContender(_StatusProcess):
@@ -342,8 +437,9 @@ class PeerContender(_StatusProcess):
             TopicPlan(f"{self.prefix}.late", 1),
         ]
 
-    def arguments(self) -> list[str]:
+    def arguments(self, replica: int = 0) -> list[str]:
         p = self.prefix
+        suffix = f"-{replica}" if replica else ""
         return [
             "--bootstrap", self.bootstrap,
             "--group", p,
@@ -356,16 +452,19 @@ class PeerContender(_StatusProcess):
             "--actions-topic", f"{p}.actions",
             "--partitions", str(self.partitions),
             "--models", str(REPO / "models" / "models.yaml"),
-            "--state-dir", str(self.work_dir / "state"),
-            "--status", str(self.status_path),
+            "--state-dir", str(self.work_dir / f"state{suffix}"),
+            "--status", str(self.status_paths[replica]),
         ]  # fmt: skip
 
     async def progress(self) -> Progress | None:
-        status = self.read_status()
-        if status is None:
+        """The sum of every replica's counters (one consumer group shares the work)."""
+        statuses = self.read_statuses()
+        if statuses is None:
             return None
-        done = status["deadlettered"] + status["processed"]
-        return Progress(status["consumed"], done, status["last_at"])
+        started = sum(status["consumed"] for status in statuses)
+        done = sum(status["deadlettered"] + status["processed"] for status in statuses)
+        lasts = [status["last_at"] for status in statuses if status.get("last_at")]
+        return Progress(started, done, max(lasts) if lasts else None)
 
 
 class CeilingContender(_StatusProcess):
@@ -377,7 +476,7 @@ class CeilingContender(_StatusProcess):
     fetch_max_wait_ms = 20
     fetch_min_bytes = 1
 
-    def arguments(self) -> list[str]:
+    def arguments(self, replica: int = 0) -> list[str]:
         pattern = "^" + self.device_prefix.replace(".", r"\.") + ".+"
         return [
             "--bootstrap", self.bootstrap,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -293,3 +293,227 @@ def latency_breakdown(
         summary["to_emit_p50_ms"] = round(percentile(emits, 50) * 1000, 2) if emits else None
         result[name] = summary
     return result
+
+
+# The sustainable rate: a step search over short paced phases ---------------------------
+
+
+def high_water(values: Iterable[float | None]) -> list[float]:
+    """The running maximum of event times, an unreadable one (None) taking its
+    predecessor's; -inf before the first readable one. The clock of a stream
+    as the contenders see it: a late event never moves it back.
+
+    >>> high_water([5.0, None, 3.0, 7.0])
+    [5.0, 5.0, 5.0, 7.0]
+    >>> high_water([None, 1.0])
+    [-inf, 1.0]
+    """
+    high = -math.inf
+    out: list[float] = []
+    for value in values:
+        if value is not None and value > high:
+            high = value
+        out.append(high)
+    return out
+
+
+def step_end(
+    clock: Sequence[float],
+    start: int,
+    rate: float,
+    action_ats: Sequence[float],
+    *,
+    min_actions: int,
+    min_s: float,
+    max_s: float,
+) -> tuple[int, int]:
+    """Where a paced step that begins at event ``start`` ends (exclusive), and
+    how many expected actions fall inside its event time: the fewest events
+    that last ``min_s`` at ``rate`` and hold ``min_actions`` expected actions
+    (sorted ``action_ats``), but no more than ``max_s`` worth, nor past the
+    stream's end. ``clock`` is ``high_water`` of the stream's event times.
+
+    >>> clock = [float(t) for t in range(100)]  # one event per simulated second
+    >>> ats = [10.5, 20.5, 30.5, 80.5]
+    >>> step_end(clock, 0, 10.0, ats, min_actions=2, min_s=1.0, max_s=5.0)  # 2 actions by ts 21
+    (22, 2)
+    >>> step_end(clock, 0, 10.0, ats, min_actions=1, min_s=2.0, max_s=5.0)  # 2 s at 10/s
+    (20, 1)
+    >>> step_end(clock, 40, 10.0, ats, min_actions=1, min_s=1.0, max_s=3.0)  # at most 3 s
+    (70, 0)
+    >>> step_end(clock, 90, 10.0, ats, min_actions=1, min_s=1.0, max_s=3.0)  # the stream ends
+    (100, 0)
+    """
+    total = len(clock)
+    if start >= total:
+        return total, 0
+    shortest = min(total, start + max(1, math.ceil(rate * min_s)))
+    longest = min(total, max(shortest, start + int(rate * max_s)))
+    end = shortest
+    first = bisect.bisect_left(action_ats, clock[start])
+    wanted = first + min_actions - 1
+    if min_actions > 0 and wanted < len(action_ats):
+        # The first event whose time reaches the wanted action's: the step must include it.
+        reach = bisect.bisect_left(clock, action_ats[wanted], lo=start)
+        end = max(end, min(reach + 1, longest))
+    elif min_actions > 0:
+        end = longest
+    inside = bisect.bisect_right(action_ats, clock[end - 1]) - first
+    return end, max(0, inside)
+
+
+@dataclass(frozen=True)
+class StepVerdict:
+    passed: bool
+    reason: str
+
+
+def step_verdict(
+    latencies_s: Sequence[float], *, limit_ms: float, min_samples: int, fell_behind: bool = False
+) -> StepVerdict:
+    """Whether a step held event-to-action p99 under ``limit_ms``: a step that
+    fell behind (stopped early) or timed too few actions does not.
+
+    >>> step_verdict([0.1] * 50, limit_ms=250, min_samples=20)
+    StepVerdict(passed=True, reason='p99 < 250 ms')
+    >>> step_verdict([0.1] * 45 + [0.3] * 5, limit_ms=250, min_samples=20).reason
+    'p99 ≥ 250 ms'
+    >>> step_verdict([0.1] * 5, limit_ms=250, min_samples=20).reason
+    'too few samples (5 < 20)'
+    >>> step_verdict([], limit_ms=250, min_samples=20, fell_behind=True).reason
+    'fell behind (stopped early)'
+    """
+    if fell_behind:
+        return StepVerdict(False, "fell behind (stopped early)")
+    if len(latencies_s) < min_samples:
+        return StepVerdict(False, f"too few samples ({len(latencies_s)} < {min_samples})")
+    p99 = percentile([value * 1000.0 for value in latencies_s], 99)
+    limit = f"{limit_ms:g}"
+    return (
+        StepVerdict(True, f"p99 < {limit} ms")
+        if p99 < limit_ms
+        else StepVerdict(False, f"p99 ≥ {limit} ms")
+    )
+
+
+@dataclass(frozen=True)
+class RateSearch:
+    """The offered rates to try, one step after another: from ``start`` up by
+    ``up`` while steps pass (at most ``ceiling``, the contender's backlog rate:
+    more cannot be sustained), down by ``up`` while they fail (not below
+    ``floor``), then bisecting between the highest pass and the lowest fail
+    above it until they are within ``resolution`` of each other; at most
+    ``max_steps`` steps.
+
+    >>> search = RateSearch(start=1000.0, ceiling=4000.0, up=2.0, resolution=0.05, max_steps=8)
+    >>> steps = []
+    >>> while (rate := search.next_rate(steps)) is not None:
+    ...     steps.append((rate, rate <= 2600))  # a contender that sustains 2,600/s
+    >>> [rate for rate, _ in steps]
+    [1000.0, 2000.0, 4000.0, 3000.0, 2500.0, 2750.0, 2625.0]
+    >>> search.bracket(steps)
+    (2500.0, 2625.0)
+    """
+
+    start: float
+    ceiling: float
+    up: float = 1.5
+    resolution: float = 0.1
+    max_steps: int = 6
+    floor: float = 0.0
+
+    @staticmethod
+    def bracket(steps: Sequence[tuple[float, bool]]) -> tuple[float | None, float | None]:
+        """(highest rate that passed, lowest rate above it that failed); None when there is none."""
+        passed = [rate for rate, ok in steps if ok]
+        low = max(passed) if passed else None
+        failed = [rate for rate, ok in steps if not ok and (low is None or rate > low)]
+        return low, (min(failed) if failed else None)
+
+    def next_rate(self, steps: Sequence[tuple[float, bool]]) -> float | None:
+        """The next rate to try after ``steps`` ((rate, passed) in order); None: done."""
+        if len(steps) >= self.max_steps:
+            return None
+        if not steps:
+            return min(self.start, self.ceiling)
+        low, high = self.bracket(steps)
+        if low is None:
+            assert high is not None
+            lower = high / self.up
+            return lower if lower >= self.floor and lower > 0 else None
+        if high is None:
+            return min(low * self.up, self.ceiling) if low < self.ceiling else None
+        if high <= low * (1 + self.resolution):
+            return None
+        return (low + high) / 2
+
+
+def sustainable_summary(
+    steps: Sequence[Mapping[str, Any]], ceiling: float | None = None
+) -> dict[str, Any]:
+    """The outcome of one contender's search from its steps (each with
+    ``offered_rate``, ``passed`` and ``latency_samples``): the highest rate
+    that held (``rate``), the lowest above it that did not (``failed_at``),
+    whether the search reached the contender's backlog rate, and the samples.
+
+    >>> steps = [{"offered_rate": 900.0, "passed": True, "latency_samples": 40},
+    ...          {"offered_rate": 1350.0, "passed": False, "latency_samples": 12}]
+    >>> summary = sustainable_summary(steps, ceiling=3000.0)
+    >>> summary["rate"], summary["failed_at"], summary["at_ceiling"], summary["samples"]
+    (900.0, 1350.0, False, 52)
+    >>> none_held = [{"offered_rate": 500.0, "passed": False, "latency_samples": 3}]
+    >>> sustainable_summary(none_held)["below"]
+    500.0
+    """
+    pairs = [(float(step["offered_rate"]), bool(step["passed"])) for step in steps]
+    low, high = RateSearch.bracket(pairs)
+    tried = [rate for rate, _ in pairs]
+    return {
+        "rate": low,
+        "failed_at": high,
+        # No step held: the rate is below the lowest one tried.
+        "below": min(tried) if low is None and tried else None,
+        "at_ceiling": bool(low is not None and ceiling and low >= ceiling * 0.999),
+        "steps": len(pairs),
+        "samples": sum(int(step.get("latency_samples") or 0) for step in steps),
+        "min_step_samples": min((int(s.get("latency_samples") or 0) for s in steps), default=0),
+    }
+
+
+def at_least(engine: Mapping[str, Any], peer: Mapping[str, Any]) -> bool | None:
+    """Whether the engine's sustainable rate is at least the peer's, from
+    two ``sustainable_summary`` results; None when the searches cannot tell.
+
+    >>> at_least({"rate": 1200.0}, {"rate": 1000.0}), at_least({"rate": 900.0}, {"rate": 1000.0})
+    (True, False)
+    >>> at_least({"rate": None, "below": 400.0}, {"rate": 1000.0})  # under 400 < 1,000
+    False
+    >>> at_least({"rate": None, "below": 400.0}, {"rate": None, "below": 800.0}) is None
+    True
+    >>> at_least({"rate": 900.0}, {"rate": None, "below": 800.0})  # the peer held none
+    True
+    """
+    mine, theirs = engine.get("rate"), peer.get("rate")
+    if mine is not None and theirs is not None:
+        return mine >= theirs
+    if mine is None and theirs is not None and engine.get("below") is not None:
+        return False if engine["below"] <= theirs else None
+    if mine is not None and theirs is None and peer.get("below") is not None:
+        return True if mine >= peer["below"] else None
+    return None
+
+
+def state_memory_per_customer(
+    small_mb: float | None, large_mb: float | None, small_customers: int, large_customers: int
+) -> float | None:
+    """KiB of resident memory per customer added: the difference of two runs'
+    resident sets over the difference of their fleets.
+
+    >>> state_memory_per_customer(300.0, 345.0, 100, 1000)
+    51.2
+    >>> state_memory_per_customer(300.0, None, 100, 1000) is None
+    True
+    """
+    if small_mb is None or large_mb is None or large_customers == small_customers:
+        return None
+    return round((large_mb - small_mb) * 1024 / (large_customers - small_customers), 1)
