@@ -48,7 +48,7 @@ def lookup(sources: tuple[Mapping[str, Any], ...], field: FieldPath) -> Any:
     """The value at ``field`` in (event, customer, device), or ``None``."""
     value: Any = sources[_SOURCE_INDEX[field.source]]
     for key in field.path:
-        if not isinstance(value, Mapping):
+        if type(value) is not dict and not isinstance(value, Mapping):
             return None
         value = value.get(key)
     return value
@@ -99,11 +99,12 @@ class FeatureExtractor:
         sources = (event, customer, device)
         for name, index, first, rest in self._features:
             raw: Any = sources[index].get(first)
-            for key in rest:
-                if not isinstance(raw, Mapping):
-                    raw = None
-                    break
-                raw = raw.get(key)
+            if rest:
+                for key in rest:
+                    if type(raw) is not dict and not isinstance(raw, Mapping):
+                        raw = None
+                        break
+                    raw = raw.get(key)
             kind = type(raw)
             if kind is float:
                 if raw - raw == 0.0:  # finite

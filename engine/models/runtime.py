@@ -38,6 +38,10 @@ class Pending(NamedTuple):
     y_pred: Any  # binary: (label, p); regression: float
 
 
+#: Pending(...) without NamedTuple's Python-level __new__: the same tuple subclass.
+_pending = tuple.__new__
+
+
 def _new_metrics(kind: str) -> dict[str, river_metrics.base.Metric]:
     if kind == "binary":
         return {"Accuracy": river_metrics.Accuracy(), "ROCAUC": river_metrics.ROCAUC()}
@@ -58,7 +62,8 @@ class OnlineModel:
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
-        self._extract = FeatureExtractor.for_spec(spec)
+        # the bound method: calling the extractor object itself costs a slot lookup more
+        self._extract = FeatureExtractor.for_spec(spec).__call__
         self._field_label = spec.label.field if isinstance(spec.label, FieldLabel) else None
         self._outcome = spec.label if isinstance(spec.label, OutcomeLabel) else None
         self._applies_to_all = spec.applies_to == AppliesTo()
@@ -164,7 +169,8 @@ class OnlineModel:
             for index, path in self._require:
                 value: Any = sources[index]
                 for key in path:
-                    if not isinstance(value, Mapping):
+                    # a dict first: the ABC check of isinstance(..., Mapping) is slow
+                    if type(value) is not dict and not isinstance(value, Mapping):
                         return False
                     value = value.get(key)
                 if value is None:
@@ -204,7 +210,14 @@ class OnlineModel:
             proba = model.predict_proba_one(x)
             if proba:
                 p_true = proba.get(True, 0.0)
-                y_pred: Any = (max(proba, key=proba.get), p_true)
+                # the most probable class, the first of equals: max(proba, key=proba.get)
+                # without its keyword parsing
+                classes = iter(proba.items())
+                label, best = next(classes)
+                for other, p in classes:
+                    if p > best:
+                        label, best = other, p
+                y_pred: Any = (label, p_true)
                 score = float(p_true)
             else:
                 y_pred = score = None
@@ -227,7 +240,7 @@ class OnlineModel:
                 self._update_metrics(y, y_pred)
                 model.learn_one(x, y)
         elif self._outcome is not None:
-            self._remember(event, customer, device, Pending(ts, scope_key, x, y_pred))
+            self._remember(event, customer, device, _pending(Pending, (ts, scope_key, x, y_pred)))
         return score
 
     def _field_label_value(
@@ -238,7 +251,7 @@ class OnlineModel:
         index, path = self._label_at
         raw: Any = (event, customer, device)[index]
         for key in path:
-            if not isinstance(raw, Mapping):
+            if type(raw) is not dict and not isinstance(raw, Mapping):
                 raw = None
                 break
             raw = raw.get(key)

@@ -107,7 +107,8 @@ class Expression:
 
 
 def _lookup(value: Any, key: Any) -> Any:
-    if isinstance(value, Mapping):
+    # a dict first: the ABC check of isinstance(..., Mapping) is slow
+    if type(value) is dict or isinstance(value, Mapping):
         return value.get(key)
     if isinstance(value, list | tuple | str) and type(key) is int:
         try:
