@@ -111,8 +111,12 @@ class CustomerActor:
         # then processed in event-time order (a stable sort: equal times keep
         # their arrival order).
         admitted: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        devices = state["devices"]
         for event in events:
-            device_state = state["devices"].setdefault(event["device_id"], {})
+            # setdefault(..., {}) would build a dict per event only to drop it
+            device_state = devices.get(event["device_id"])
+            if device_state is None:
+                device_state = devices[event["device_id"]] = {}
             verdict = self.hygiene.admit(device_state, event)
             if verdict == "duplicate":
                 out.duplicates += 1

@@ -49,6 +49,9 @@ _NOT_READINGS = frozenset({"id", "ts", "device_id", "customer_id", "device_type"
 #: because isinstance checks it faster than the equivalent ``int | float``.
 _NUMBER = (int, float)
 
+#: An empty mapping to read from, never handed out (so never changed).
+_NOTHING: dict[str, Any] = {}
+
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()
 
@@ -93,7 +96,9 @@ def record_event(state: CustomerState, device_state: dict[str, Any], event: dict
     device_state["kind"] = event.get("kind")
     device_state["last_ts"] = ts
     device_state["events"] = device_state.get("events", 0) + 1
-    last = device_state.setdefault("last", {})
+    last = device_state.get("last")
+    if last is None:  # not setdefault: it would build a dict per event
+        last = device_state["last"] = {}
     for name, value in event.items():
         if name not in _NOT_READINGS:
             last[name] = value
@@ -217,9 +222,9 @@ def _support_cases_30d(state: CustomerState) -> int:
 
 def device_view(device_state: dict[str, Any]) -> dict[str, Any]:
     """What rules see as ``device`` and models as ``device.*``."""
-    consumable = device_state.get("consumable") or {}
+    consumable = device_state.get("consumable") or _NOTHING
     return {
-        **device_state.get("last", {}),
+        **device_state.get("last", _NOTHING),
         "device_type": device_state.get("device_type"),
         "last_ts": device_state.get("last_ts"),
         "events": device_state.get("events", 0),

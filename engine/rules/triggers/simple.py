@@ -172,8 +172,15 @@ class SilenceTrigger(Trigger):
         state["last"] = ts
         state["id"] = event.get("id")
         state["e"] = run.project(rule, event)
-        state["sc"] = rule.project_scores(scope.score)
-        run.set_due(rule, ts + self.duration)
+        fields = rule.score_fields
+        # project_scores and set_due, inlined: a watchdog is re-armed by every event
+        state["sc"] = {} if fields is not None and not fields else rule.project_scores(scope.score)
+        due = ts + self.duration
+        ks = run.ks
+        ks["due"][rule.state_key] = due
+        bound = ks["m"]
+        if bound is None or due < bound:
+            ks["m"] = due
 
     def on_timer(self, rule: Rule, run: Run, due: float) -> None:
         state = run.state(rule)
