@@ -26,10 +26,27 @@ starts the local servers first). Options: ``--customers``, ``--events``,
      is from publish to decode, per event;
    - the engine alone then takes the rest of the stream, and its actions are
      scored against the simulation's ground truth.
-3. An offline profile of the engine's hot path (the same ingest inspector,
+3. The sustainable rate (``--no-sustainable`` skips it): for the engine and
+   the peer, each in a fresh process on a workload of its own (denser in
+   actions: ``--search-customers`` over ``--search-span``), paced steps one
+   after another (``RateSearch``: from a share of the contender's backlog
+   rate, up while steps hold, down while they fail, then bisecting), each
+   sized to hold enough expected actions for a p99 and drained before the
+   next; a step holds when the p99 of its event-to-action latencies is under
+   250 ms. Bounded by ``--search-steps`` and ``--search-budget``.
+4. Replicas (``--no-replicas``): the main backlog again through ``--replicas``
+   engine workers (one app id, each its own web port and state folder,
+   progress summed over their ``/metrics``) and as many peer processes in one
+   consumer group; events/s against one replica's.
+5. Growth (``--no-growth``): the engine on ``--growth-factor`` times the
+   customers, its events on the shared keyed telemetry topic instead of
+   per-device topics: backlog and latency against the main row, peak RSS,
+   and the memory per customer (the RSS difference over the customers added,
+   and encoded states of a sample of customers replayed offline).
+6. An offline profile of the engine's hot path (the same ingest inspector,
    customer actor, rules and models, in process, under cProfile) shows where
    its CPU time goes.
-4. Results go to ``--out`` (default ``loadtest/results``): ``latest.json``,
+7. Results go to ``--out`` (default ``loadtest/results``): ``latest.json``,
    ``report.md`` and PNG plots.
 """
 
@@ -37,6 +54,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
+import contextlib
 import logging
 import os
 import platform
@@ -58,12 +77,20 @@ from loadtest.episodes import EpisodeShares
 from loadtest.measure import (
     ProgressSeries,
     PublishClock,
+    RateSearch,
     action_latencies,
+    at_least,
     cdf_points,
+    high_water,
     latency_breakdown,
     latency_summary,
     per_million,
     ratio,
+    split_by_trigger,
+    state_memory_per_customer,
+    step_end,
+    step_verdict,
+    sustainable_summary,
     wire_ts,
 )
 from loadtest.simulator import GHOST_DEVICE_IDS, SimParams, Simulation
@@ -83,6 +110,11 @@ BENCH_EPISODES = EpisodeShares(
 )
 DEFAULT_OUT = REPO / "loadtest" / "results"
 ORDER = ("engine", "peer", "ceiling")
+#: The latency targets: at half load (p50 and p99), and what a sustainable rate holds (p99).
+P50_LIMIT_MS = 50.0
+P99_LIMIT_MS = 250.0
+#: Episodes start after this share of the simulated span (``loadtest.episodes``).
+EPISODE_WARMUP_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -107,6 +139,31 @@ class BenchOptions:
     live_profile_seconds: float = 15.0
     #: Also time the ceiling with batched fetches over the paced phase.
     fetch_probe: bool = True
+    #: The step search for each contender's sustainable rate (0 steps: none).
+    sustainable: bool = True
+    #: Its own workload: denser in actions than the main one (a shorter span,
+    #: so the same episodes per device fall in fewer events), and longer.
+    search_customers: int = 200
+    search_span_s: float = 12 * 3600.0
+    #: The first step's rate as a share of the contender's backlog rate.
+    search_start_share: float = 0.3
+    search_up: float = 1.5
+    #: Stop bisecting once the highest pass and the lowest fail are this close.
+    search_resolution: float = 0.15
+    search_max_steps: int = 5
+    #: A step lasts at least this long and holds at least this many expected actions...
+    search_min_step_s: float = 6.0
+    search_min_actions: int = 40
+    #: ...but lasts no longer than this.
+    search_max_step_s: float = 25.0
+    #: A step stops early once the contender is this many seconds of load behind.
+    search_abort_lag_s: float = 2.0
+    #: Wall-time budget of one contender's steps.
+    search_budget_s: float = 180.0
+    #: Worker replicas (engine) and processes in one consumer group (peer); < 2: no row.
+    replicas: int = 2
+    #: The growth row: the engine on ``growth_factor`` times the customers (0: none).
+    growth_factor: int = 10
     out: Path = DEFAULT_OUT
     bootstrap: str | None = None
     keep: bool = False
@@ -126,6 +183,66 @@ class Workload:
 
     def live(self, rate: float, seconds: float) -> list[Record]:
         return self.rest[: max(1, int(rate * seconds))]
+
+
+def _params(options: BenchOptions, customers: int, span_s: float) -> SimParams:
+    return SimParams(
+        customers=customers,
+        devices_per_customer=options.devices_per_customer,
+        seed=options.seed,
+        span_s=span_s,
+        episodes=BENCH_EPISODES,
+    )
+
+
+def _device_ids(sim: Simulation) -> list[str]:
+    return [d.device_id for d in sim.fleet.devices] + list(GHOST_DEVICE_IDS)
+
+
+def generate_search(options: BenchOptions) -> Workload:
+    """The sustainable-rate search's stream: a warm-up, then the steps' events
+    (``rest``), in order; the truth's expected actions size the steps. The
+    steps begin where episodes do (a tenth into the span: before, there is no
+    action to time), the warm-up is the events just before."""
+    sim = Simulation(_params(options, options.search_customers, options.search_span_s))
+    records = list(sim.events())
+    truth = sim.truth()
+    cut = sim.start_ts + EPISODE_WARMUP_SHARE * options.search_span_s
+    clock = high_water(wire_ts(value) for _, value in records)
+    begin = bisect.bisect_left(clock, cut)
+    records = records[max(0, begin - options.warmup) :]
+    warm = records[: options.warmup]
+    return Workload(sim, records, truth, warm, [], records[options.warmup :], _device_ids(sim))
+
+
+def generate_growth(options: BenchOptions) -> Workload:
+    """The growth row's stream: ``growth_factor`` times the customers, the
+    same span, from where episodes begin (the first tenth of the span has
+    none, and the latency phase needs actions); as many events as the main
+    workload's warm-up and backlog, then as many again for the latency phase."""
+    customers = options.customers * options.growth_factor
+    sim = Simulation(_params(options, customers, options.span_s))
+    cut = sim.start_ts + EPISODE_WARMUP_SHARE * options.span_s
+    needed = options.warmup + 2 * options.events
+    records: list[Record] = []
+    for device_id, value in sim.events():
+        if not records:
+            ts = wire_ts(value)
+            if ts is None or ts < cut:
+                continue
+        records.append((device_id, value))
+        if len(records) >= needed:
+            break
+    end = options.warmup + options.events
+    return Workload(
+        sim,
+        records,
+        {"expected_actions": []},  # the simulation is not run to its end
+        records[: options.warmup],
+        records[options.warmup : end],
+        records[end:],
+        _device_ids(sim),
+    )
 
 
 def generate(options: BenchOptions) -> Workload:
@@ -167,15 +284,70 @@ def _log(message: str) -> None:
 
 
 async def _feed(
-    contender: Contender, events: list[Record], rate: float = 0.0, linger_ms: int = 20
+    contender: Contender,
+    events: list[Record],
+    rate: float = 0.0,
+    linger_ms: int = 20,
+    *,
+    walls: list[float] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> list[float]:
+    """Publish ``events`` to the contender (``rate`` per second, 0: at once);
+    returns their publish wall times. With ``walls``, each is appended as it
+    is sent; with ``stop``, publishing ends early once it is set."""
     from loadtest.feed import Feeder
 
     async with Feeder(contender.bootstrap, contender.device_prefix, linger_ms) as feeder:
-        return await feeder.publish_events(events, rate)
+        if contender.shared_topic is None and walls is None and stop is None:
+            return await feeder.publish_events(events, rate)
+        return await _send(feeder, contender.shared_topic, events, rate, walls, stop)
 
 
-async def _prepare(contender: Contender, work: Workload) -> None:
+async def _send(
+    feeder: Any,
+    shared_topic: str | None,
+    events: list[Record],
+    rate: float,
+    walls: list[float] | None = None,
+    stop: asyncio.Event | None = None,
+) -> list[float]:
+    """``Feeder.publish_events``, to one keyed topic (partitioned by the key,
+    the device id) when ``shared_topic`` is set, and stoppable."""
+    from loadtest.publish import Pacer
+
+    pacer = Pacer(rate)
+    chunk = max(1, int(rate / 50)) if rate > 0 else 2000
+    send = feeder.producer.send
+    topic_of = feeder.topic_of
+    partition = None if shared_topic else 0
+    walls = [] if walls is None else walls
+    previous: list[asyncio.Future[Any]] = []
+    in_flight: list[asyncio.Future[Any]] = []
+    for sent, (device_id, value) in enumerate(events, start=1):
+        wall = time.time()
+        walls.append(wall)
+        in_flight.append(
+            await send(
+                shared_topic or topic_of(device_id),
+                value,
+                key=device_id.encode(),
+                partition=partition,
+                timestamp_ms=int(wall * 1000),
+            )
+        )
+        if len(in_flight) >= chunk:
+            await asyncio.gather(*previous)
+            previous, in_flight = in_flight, []
+            if stop is not None and stop.is_set():
+                break
+            wait = pacer.delay(sent)
+            if wait > 0:
+                await asyncio.sleep(wait)
+    await asyncio.gather(*previous, *in_flight)
+    return walls
+
+
+async def _prepare(contender: Contender, work: Workload, warmup: bool = True) -> None:
     from loadtest.feed import Feeder, create_topics
 
     plans = contender.topic_plans(work.device_ids)
@@ -185,7 +357,12 @@ async def _prepare(contender: Contender, work: Workload) -> None:
         await feeder.wait_for_leaders([plan.name for plan in plans])
         await feeder.publish_json(contender.registry_topic, work.sim.registry_records())
         await feeder.publish_json(contender.customers_topic, work.sim.profiles())
-        await feeder.publish_events(work.warmup)
+        if not warmup:
+            return
+        if contender.shared_topic is None:
+            await feeder.publish_events(work.warmup)
+        else:
+            await _send(feeder, contender.shared_topic, work.warmup, 0.0)
 
 
 async def _backlog(
@@ -250,9 +427,14 @@ def _rounded(value: float | None, digits: int) -> float | None:
 
 
 async def measure(
-    contender: Contender, work: Workload, rate: float | None, options: BenchOptions
+    contender: Contender,
+    work: Workload,
+    rate: float | None,
+    options: BenchOptions,
+    tail: bool = True,
 ) -> PhaseResult:
-    """One contender through warm-up, backlog, latency (and, for the engine, the rest)."""
+    """One contender through warm-up, backlog, latency (and, for the engine
+    with ``tail``, the rest, whose actions are scored)."""
     from loadtest.contenders import CeilingContender, EngineContender
     from loadtest.feed import ActionReader
 
@@ -265,6 +447,9 @@ async def measure(
         _log(f"{contender.name}: warmed up; publishing a backlog of {len(work.backlog)} frozen")
         resumed_at, figures = await _backlog(contender, work, base)
         result.figures.update(figures)
+        assert contender.tree is not None
+        # Memory with the same events in the state as any other run of this workload size.
+        result.figures["rss_after_backlog_mb"] = round(contender.tree.rss_mb(), 1)
         if contender.name != "ceiling":  # its exact figures come from its own timings, later
             _log(
                 f"{contender.name}: {figures['eps']:,.0f} events/s over "
@@ -302,11 +487,12 @@ async def measure(
                 live_cpu_s_per_million=_rounded(per_million(live_cpu, len(live)), 1),
                 live_lag=_lag_summary(lags if isinstance(lags, list) else []),
             )
-            if isinstance(contender, EngineContender):
-                tail = work.rest[len(live) :]
-                _log(f"{contender.name}: the rest of the stream ({len(tail)} events) for accuracy")
-                await _feed(contender, tail)
+            if isinstance(contender, EngineContender) and tail:
+                rest = work.rest[len(live) :]
+                _log(f"{contender.name}: the rest of the stream ({len(rest)} events) for accuracy")
+                await _feed(contender, rest)
                 await contender.wait_done(len(work.records), timeout_s=900)
+            if isinstance(contender, EngineContender):
                 result.metrics = contender.metrics
             if reader is not None:
                 await reader.drain()
@@ -378,6 +564,357 @@ def _lag_summary(samples: list[tuple[float, int, int, int]]) -> dict[str, Any]:
         ),
         "last_stage_max_events": max(max(0, offered - done) for _, offered, _, done in samples),
         "series": [list(sample) for sample in samples],
+    }
+
+
+# The sustainable rate ---------------------------------------------------------------
+
+
+async def sustainable_search(
+    contender: Contender, work: Workload, backlog_eps: float, options: BenchOptions
+) -> dict[str, Any]:
+    """One contender's step search (``RateSearch``) over the search workload:
+    paced steps one after another in one process, each drained before the
+    next, each judged by the event-to-action p99 of its own events."""
+    from loadtest.feed import ActionReader
+
+    search = RateSearch(
+        start=options.search_start_share * backlog_eps,
+        ceiling=backlog_eps,
+        up=options.search_up,
+        resolution=options.search_resolution,
+        max_steps=options.search_max_steps,
+        floor=0.02 * backlog_eps,
+    )
+    clock = high_water(wire_ts(value) for _, value in work.rest)
+    action_ats = sorted(float(a["expected_at"]) for a in work.truth["expected_actions"])
+    steps: list[dict[str, Any]] = []
+    stopped = "the search converged"
+    _log(f"{contender.name}: sustainable rate, steps from {search.start:,.0f}/s")
+    await _prepare(contender, work)
+    contender.start()
+    reader = ActionReader(contender.bootstrap, contender.action_topics)
+    began = time.monotonic()
+    try:
+        await contender.wait_done(len(work.warmup), timeout_s=300)
+        await reader.start()
+        began = time.monotonic()  # the budget is the steps'
+        position = 0
+        while True:
+            rate = search.next_rate([(step["offered_rate"], step["passed"]) for step in steps])
+            if rate is None:
+                if len(steps) >= search.max_steps:
+                    stopped = f"{search.max_steps} steps (the most allowed)"
+                break
+            end, expected = step_end(
+                clock,
+                position,
+                rate,
+                action_ats,
+                min_actions=options.search_min_actions,
+                min_s=options.search_min_step_s,
+                max_s=options.search_max_step_s,
+            )
+            if (end - position) < rate * options.search_min_step_s:
+                stopped = "the search workload ran out of events"
+                break
+            if time.monotonic() - began + (end - position) / rate > options.search_budget_s:
+                stopped = f"the time budget ({options.search_budget_s:.0f} s)"
+                break
+            before = len(work.warmup) + position
+            step = await _search_step(
+                contender, reader, work.rest[position:end], rate, before, options
+            )
+            step["expected_actions"] = expected
+            steps.append(step)
+            position += step["events"]
+            _log(
+                f"{contender.name}: {rate:,.0f}/s for {step['seconds']} s, "
+                f"{step['latency_samples']} samples, p99 {step['p99_ms']} ms: {step['verdict']}"
+            )
+    finally:
+        await reader.stop()
+        contender.stop()
+    summary = sustainable_summary(steps, ceiling=backlog_eps)
+    return {
+        **summary,
+        "backlog_eps": round(backlog_eps, 1),
+        "share_of_backlog": ratio(summary["rate"], backlog_eps),
+        "stopped_by": stopped,
+        "seconds": round(time.monotonic() - began, 1),
+        "step_results": steps,
+    }
+
+
+async def _search_step(
+    contender: Contender,
+    reader: Any,
+    events: list[Record],
+    rate: float,
+    before: int,
+    options: BenchOptions,
+) -> dict[str, Any]:
+    """One paced step: publish at ``rate`` (stopping early once the contender
+    falls behind), wait until it processed all of them, time the actions."""
+    assert contender.tree is not None
+    walls: list[float] = []
+    stop = asyncio.Event()
+    cpu = contender.tree.cpu_s()
+    started = time.time()
+    limit = rate * options.search_abort_lag_s
+    lags: list[tuple[float, int]] = []
+    watch = asyncio.create_task(_watch_lag(contender, walls, before, limit, stop, lags))
+    try:
+        await _feed(contender, events, rate=rate, linger_ms=1, walls=walls, stop=stop)
+        published_s = time.time() - started
+    finally:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+    await contender.wait_done(before + len(walls), timeout_s=300)
+    drained_s = time.time() - started - published_s
+    cpu = contender.tree.cpu_s() - cpu
+    await reader.drain()
+    event_ts = [wire_ts(value) for _, value in events[: len(walls)]]
+    clock = PublishClock(event_ts, walls)
+    timed, _outside = action_latencies(reader.received, clock)
+    # Judged on the actions an event triggered; a timer's latency is how long
+    # event time took to pass its due time, which grows as the rate falls.
+    latencies, timer_latencies = split_by_trigger(timed, event_ts)
+    verdict = step_verdict(
+        latencies,
+        limit_ms=P99_LIMIT_MS,
+        min_samples=min_step_samples(options),
+        fell_behind=stop.is_set(),
+    )
+    summary = latency_summary(latencies)
+    timers = latency_summary(timer_latencies)
+    return {
+        "offered_rate": round(rate, 1),
+        "events": len(walls),
+        "planned_events": len(events),
+        "seconds": round(published_s, 1),
+        "drained_s": round(drained_s, 1),
+        "latency_samples": summary["n"],
+        "p50_ms": summary["p50_ms"],
+        "p99_ms": summary["p99_ms"],
+        "max_ms": summary["max_ms"],
+        "timer_samples": timers["n"],
+        "timer_p50_ms": timers["p50_ms"],
+        "timer_p99_ms": timers["p99_ms"],
+        "max_lag_events": max((lag for _, lag in lags), default=None),
+        #: (seconds into the step, events published but not yet fully processed)
+        "lag_series": [[round(at - started, 1), lag] for at, lag in lags],
+        "cpu_s_per_million": _rounded(per_million(cpu, len(walls)), 1),
+        "passed": verdict.passed,
+        "verdict": verdict.reason,
+    }
+
+
+def min_step_samples(options: BenchOptions) -> int:
+    """The fewest timed actions a step is judged on: half of the expected
+    actions each step is sized for, and never fewer than 10.
+
+    >>> [min_step_samples(BenchOptions(search_min_actions=n)) for n in (40, 8)]
+    [20, 10]
+    """
+    return max(10, options.search_min_actions // 2)
+
+
+async def _watch_lag(
+    contender: Contender,
+    walls: list[float],
+    before: int,
+    limit: float,
+    stop: asyncio.Event,
+    lags: list[tuple[float, int]],
+) -> None:
+    """Twice a second, until cancelled: how many published events are not
+    fully processed yet (appended to ``lags`` with the wall time); sets
+    ``stop`` once that is more than ``limit`` twice in a row (a queue of
+    seconds of load is many times the p99 limit)."""
+    over = 0
+    with contextlib.suppress(asyncio.CancelledError):
+        while True:
+            await asyncio.sleep(0.5)
+            progress = await contender.progress()
+            if progress is None:
+                continue
+            lag = max(0, len(walls) - (progress.done - before))
+            lags.append((time.time(), lag))
+            over = over + 1 if lag > limit else 0
+            if over >= 2:
+                stop.set()
+
+
+# Replicas -------------------------------------------------------------------------------
+
+
+async def replicas_phase(
+    contender: Contender, work: Workload, one_replica: dict[str, Any]
+) -> dict[str, Any]:
+    """The backlog of the main workload through ``contender.replicas``
+    processes sharing one consumer group; events/s against one replica's."""
+    n = contender.replicas
+    _log(f"{contender.name}: {n} replicas; creating topics and publishing reference data")
+    await _prepare(contender, work, warmup=False)
+    contender.start()
+    try:
+        await contender.wait_ready()
+        # The warm-up in quarters, each once the last is done: every replica
+        # joins its groups and gets partitions before the backlog is timed.
+        quarter = max(1, len(work.warmup) // 4)
+        for start in range(0, len(work.warmup), quarter):
+            await _feed(contender, work.warmup[start : start + quarter])
+            base = await contender.wait_done(min(len(work.warmup), start + quarter), timeout_s=300)
+            await asyncio.sleep(1.0)
+        shares_before = _replica_done(contender)
+        _log(f"{contender.name}: {n} replicas warmed up; a backlog of {len(work.backlog)} frozen")
+        _, figures = await _backlog(contender, work, base)
+        shares_after = _replica_done(contender)
+        assert contender.tree is not None
+        figures["peak_rss_mb"] = round(contender.tree.peak_rss_mb(), 1)
+    finally:
+        contender.stop()
+    worked = [after - before for before, after in zip(shares_before, shares_after, strict=True)]
+    total = sum(worked) or 1
+    figures.update(
+        replicas=n,
+        replica_shares=[round(done / total, 3) for done in worked],
+        one_replica_eps=one_replica.get("eps"),
+        over_one_replica=ratio(figures.get("eps"), one_replica.get("eps")),
+        one_replica_cpu_s_per_million=one_replica.get("cpu_s_per_million"),
+    )
+    _log(
+        f"{contender.name}: {n} replicas {figures['eps']:,.0f} events/s, "
+        f"{figures['over_one_replica']}x one replica, shares {figures['replica_shares']}"
+    )
+    return figures
+
+
+def _replica_done(contender: Contender) -> list[int]:
+    """Events each replica fully processed so far (from its latest counters)."""
+    from loadtest.contenders import EngineContender, PeerContender
+
+    if isinstance(contender, EngineContender):
+        return [
+            m["ingest"]["deadlettered"]
+            + m["actor"]["events"]
+            + m["actor"]["duplicates"]
+            + m["actor"]["late"]
+            for m in contender.replica_metrics
+        ]
+    if isinstance(contender, PeerContender):
+        return [s["deadlettered"] + s["processed"] for s in contender.statuses]
+    return []
+
+
+# Growth ---------------------------------------------------------------------------------
+
+
+async def growth_phase(
+    run_id: str,
+    bootstrap: str,
+    work_dir: Path,
+    options: BenchOptions,
+    base: PhaseResult,
+    base_work: Workload,
+) -> dict[str, Any]:
+    """The engine on ``growth_factor`` times the fleet, its events on the
+    shared keyed telemetry topic: backlog and latency against the main row,
+    and the memory each customer's state takes."""
+    from loadtest.contenders import EngineContender
+
+    _log(f"growth: generating {options.growth_factor}x the fleet")
+    work = generate_growth(options)
+    contender = EngineContender(
+        f"{run_id}g", bootstrap, work_dir / "growth", options.partitions, shared_topic=True
+    )
+    try:
+        phase = await measure(contender, work, options.rate or None, options, tail=False)
+    finally:
+        await _cleanup(contender, options)
+    settings = load_settings()
+    _log("growth: encoded customer states of a sample of each fleet, replayed offline")
+    small = encoded_states(base_work, settings, len(base_work.records), STATE_SAMPLE)
+    large = encoded_states(work, settings, len(work.warmup) + len(work.backlog), STATE_SAMPLE)
+    customers = options.customers * options.growth_factor
+    figures = phase.figures
+    keep = ("eps", "steady_eps", "cpu_s_per_million", "p50_ms", "p99_ms", "latency_samples",
+            "offered_rate", "peak_rss_mb", "rss_after_backlog_mb", "live_events", "live_seconds",
+            "backlog_events")  # fmt: skip
+    return {
+        "factor": options.growth_factor,
+        "customers": customers,
+        "devices": customers * options.devices_per_customer,
+        "topics": "shared keyed topic",
+        "stream_records": len(work.records),
+        "skipped_s": round(EPISODE_WARMUP_SHARE * options.span_s, 1),
+        "engine": {k: figures.get(k) for k in keep},
+        "base": {k: base.figures.get(k) for k in keep},
+        "over_base": {
+            k: ratio(figures.get(k), base.figures.get(k))
+            for k in ("eps", "p50_ms", "p99_ms", "peak_rss_mb", "rss_after_backlog_mb")
+        },
+        "state_memory": {
+            "rss_kib_per_customer": state_memory_per_customer(
+                base.figures.get("rss_after_backlog_mb"),
+                figures.get("rss_after_backlog_mb"),
+                options.customers,
+                customers,
+            ),
+            "encoded_base": small,
+            "encoded_growth": large,
+        },
+    }
+
+
+#: Customers whose states are replayed offline for their encoded size.
+STATE_SAMPLE = 10
+
+
+def sample_records(
+    records: list[Record], owner: dict[str, str], customers: int
+) -> tuple[list[Record], int]:
+    """The records of every n-th customer (by id) so that about ``customers``
+    are kept, and how many are; ``owner`` maps device ids to customer ids.
+
+    >>> owner = {"d1": "c1", "d2": "c2", "d3": "c3", "d4": "c4"}
+    >>> sample_records([("d1", b"a"), ("d2", b"b"), ("d3", b"c"), ("x", b"d")], owner, 2)
+    ([('d1', b'a'), ('d3', b'c')], 2)
+    """
+    ids = sorted(set(owner.values()))
+    step = max(1, len(ids) // max(1, customers))
+    kept = set(ids[::step][:customers])
+    return [r for r in records if owner.get(r[0]) in kept], len(kept)
+
+
+def encoded_states(
+    work: Workload, settings: Any, events: int, customers: int = STATE_SAMPLE
+) -> dict[str, Any]:
+    """The encoded customer states (``tables.state`` codec) of a sample of
+    ``customers`` customers after the first ``events`` records of ``work``
+    (theirs among them) went through the worker's hot path, in process."""
+    from loadtest.hotpath import HotPath
+
+    class Capturing(HotPath):
+        states: dict[str, bytes] | None = None
+
+        def _load(self, states: dict[str, bytes], customer_id: str) -> dict[str, Any]:
+            self.states = states
+            return super()._load(states, customer_id)
+
+    owner = {d.device_id: d.customer_id for d in work.sim.fleet.devices}
+    records, _ = sample_records(work.records[:events], owner, customers)
+    path = Capturing(settings, work.sim.registry_records(), work.sim.profiles())
+    path.run(records, path.fresh())
+    sizes = sorted(len(blob) for blob in (path.states or {}).values())
+    return {
+        "events": len(records),
+        "customers": len(sizes),
+        "events_per_customer": round(len(records) / max(1, len(sizes)), 1),
+        "mean_bytes": round(sum(sizes) / len(sizes), 1) if sizes else None,
+        "p95_bytes": sizes[int(0.95 * (len(sizes) - 1))] if sizes else None,
+        "max_bytes": sizes[-1] if sizes else None,
     }
 
 
@@ -562,6 +1099,7 @@ async def run_bench(options: BenchOptions, command: str) -> dict[str, Any]:
     rate: float | None = options.rate or None
     live: dict[str, Any] = {}
     probe: dict[str, Any] = {}
+    scale: dict[str, Any] = {}
     try:
         for name in names:
             contender = CONTENDERS[name](run_id, bootstrap, work_dir, options.partitions)
@@ -572,6 +1110,7 @@ async def run_bench(options: BenchOptions, command: str) -> dict[str, Any]:
                     await contender.drop_keyspace()
             if rate is None:
                 rate = phases[name].figures["offered_rate"]
+        scale = await scale_phases(run_id, bootstrap, work_dir, work, phases, options)
         if "ceiling" in names and options.fetch_probe and rate:
             probe = await fetch_probe(run_id, bootstrap, work_dir, work, rate, options)
         if "engine" in names and options.live_profile_seconds > 0 and rate:
@@ -582,7 +1121,7 @@ async def run_bench(options: BenchOptions, command: str) -> dict[str, Any]:
             _log(f"deleted {deleted} topics of run {run_id}")
     _log(f"profiling the engine's hot path offline on {options.profile_events} events")
     profile = profile_hot_path(work, settings, options.profile_events)
-    results = _document(options, work, phases, {**profile, "live": live}, command)
+    results = _document(options, work, phases, {**profile, "live": live}, command, scale)
     results["fetch_probe"] = probe
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     write_report(results, phases, options.out)
@@ -592,12 +1131,146 @@ async def run_bench(options: BenchOptions, command: str) -> dict[str, Any]:
     return results
 
 
+async def scale_phases(
+    run_id: str,
+    bootstrap: str,
+    work_dir: Path,
+    work: Workload,
+    phases: dict[str, PhaseResult],
+    options: BenchOptions,
+) -> dict[str, Any]:
+    """The sustainable rates, the replica row and the growth row (each one
+    that is on, for the engine and the peer among the contenders that ran).
+    A part that fails is reported as its error: the rest of the run stands."""
+    names = [name for name in ("engine", "peer") if name in phases]
+    out: dict[str, Any] = {}
+    if options.sustainable and names:
+        out["sustainable"] = await _sustainable_rates(
+            run_id, bootstrap, work_dir, phases, names, options
+        )
+    if options.replicas >= 2 and names:
+        began = time.monotonic()
+        rows: dict[str, Any] = {}
+        for name in names:
+            rows[name] = await _guarded(
+                f"{name} replicas",
+                _replica_row(name, run_id, bootstrap, work_dir, work, phases, options),
+            )
+        out["replicas"] = {
+            **rows,
+            "count": options.replicas,
+            "seconds": round(time.monotonic() - began, 1),
+        }
+    if options.growth_factor > 1 and "engine" in phases:
+        began = time.monotonic()
+        out["growth"] = await _guarded(
+            "growth", growth_phase(run_id, bootstrap, work_dir, options, phases["engine"], work)
+        )
+        out["growth"]["seconds"] = round(time.monotonic() - began, 1)
+    return out
+
+
+async def _guarded(what: str, job: Any) -> dict[str, Any]:
+    try:
+        return await job
+    except Exception as exc:  # a failed part must not lose the run's other figures
+        _log(f"{what} failed: {type(exc).__name__}: {exc}")
+        return {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+
+
+async def _cleanup(contender: Contender, options: BenchOptions) -> None:
+    """Drop a finished contender's keyspace and topics (unless ``--keep``)."""
+    from loadtest.contenders import EngineContender
+    from loadtest.feed import delete_topics
+
+    if options.keep:
+        return
+    if isinstance(contender, EngineContender):
+        await contender.drop_keyspace()
+    await delete_topics(contender.bootstrap, contender.prefix + ".")
+
+
+async def _sustainable_rates(
+    run_id: str,
+    bootstrap: str,
+    work_dir: Path,
+    phases: dict[str, PhaseResult],
+    names: list[str],
+    options: BenchOptions,
+) -> dict[str, Any]:
+    from loadtest.contenders import CONTENDERS
+
+    began = time.monotonic()
+    _log(
+        f"sustainable rate: generating the search workload ({options.search_customers} "
+        f"customers over {options.search_span_s / 3600:g} h)"
+    )
+    search_work = generate_search(options)
+    results: dict[str, Any] = {}
+    for name in names:
+        contender = CONTENDERS[name](
+            f"{run_id}s", bootstrap, work_dir / "search", options.partitions
+        )
+
+        async def search(contender: Contender = contender, name: str = name) -> dict[str, Any]:
+            try:
+                return await sustainable_search(
+                    contender, search_work, phases[name].figures["eps"], options
+                )
+            finally:
+                await _cleanup(contender, options)
+
+        results[name] = await _guarded(f"{name} sustainable rate", search())
+    return {
+        **results,
+        "engine_over_peer": ratio(
+            (results.get("engine") or {}).get("rate"), (results.get("peer") or {}).get("rate")
+        ),
+        "p99_limit_ms": P99_LIMIT_MS,
+        "min_step_samples": min_step_samples(options),
+        "min_actions": options.search_min_actions,
+        "min_step_s": options.search_min_step_s,
+        "max_step_s": options.search_max_step_s,
+        "abort_lag_s": options.search_abort_lag_s,
+        "workload": {
+            "customers": options.search_customers,
+            "devices": options.search_customers * options.devices_per_customer,
+            "span_s": options.search_span_s,
+            "stream_records": len(search_work.records),
+            "expected_actions": len(search_work.truth["expected_actions"]),
+        },
+        "seconds": round(time.monotonic() - began, 1),
+    }
+
+
+async def _replica_row(
+    name: str,
+    run_id: str,
+    bootstrap: str,
+    work_dir: Path,
+    work: Workload,
+    phases: dict[str, PhaseResult],
+    options: BenchOptions,
+) -> dict[str, Any]:
+    from loadtest.contenders import CONTENDERS
+
+    contender = CONTENDERS[name](
+        f"{run_id}r", bootstrap, work_dir / "replicas", options.partitions,
+        replicas=options.replicas,
+    )  # fmt: skip
+    try:
+        return await replicas_phase(contender, work, phases[name].figures)
+    finally:
+        await _cleanup(contender, options)
+
+
 def _document(
     options: BenchOptions,
     work: Workload,
     phases: dict[str, PhaseResult],
     profile: dict[str, Any],
     command: str,
+    scale: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     figures = {name: phase.figures for name, phase in phases.items()}
     eps = {name: f.get("eps") for name, f in figures.items()}
@@ -636,7 +1309,15 @@ def _document(
             for name, phase in phases.items()
         },
         "profile": profile,
+        **(scale or {}),
     }
+    sustainable = doc.get("sustainable") or {}
+    replicas = doc.get("replicas") or {}
+    doc["ratios"].update(
+        engine_sustainable_over_peer=sustainable.get("engine_over_peer"),
+        engine_replicas_over_one=(replicas.get("engine") or {}).get("over_one_replica"),
+        peer_replicas_over_one=(replicas.get("peer") or {}).get("over_one_replica"),
+    )
     if engine is not None:
         doc["accuracy"] = accuracy(work.truth, engine.actions)
         doc["engine_metrics"] = engine.metrics
@@ -672,15 +1353,27 @@ def _targets(doc: dict[str, Any]) -> dict[str, Any]:
     engine = doc.get("engine") or {}
     types = (doc.get("accuracy") or {}).get("types", {})
 
-    def at_least(value: float | None, floor: float) -> bool | None:
+    def minimum(value: float | None, floor: float) -> bool | None:
         return None if value is None else value >= floor
 
+    def under(value: float | None, limit: float) -> bool | None:
+        return None if value is None else value < limit
+
+    sustainable = doc.get("sustainable") or {}
+    replicas = doc.get("replicas") or {}
     return {
-        "engine_at_least_peer": at_least(ratios["engine_over_peer"], 1.0),
-        "engine_1_5x_peer": at_least(ratios["engine_over_peer"], 1.5),
-        "engine_35pct_of_ceiling": at_least(ratios["engine_over_ceiling"], 0.35),
-        "engine_p99_under_250ms": (
-            None if engine.get("p99_ms") is None else engine["p99_ms"] < 250.0
+        "engine_at_least_peer": minimum(ratios["engine_over_peer"], 1.0),
+        "engine_1_5x_peer": minimum(ratios["engine_over_peer"], 1.5),
+        "engine_35pct_of_ceiling": minimum(ratios["engine_over_ceiling"], 0.35),
+        "engine_p50_under_50ms": under(engine.get("p50_ms"), P50_LIMIT_MS),
+        "engine_p99_under_250ms": under(engine.get("p99_ms"), P99_LIMIT_MS),
+        "engine_sustainable_at_least_peer": (
+            at_least(sustainable["engine"], sustainable["peer"])
+            if sustainable.get("engine") and sustainable.get("peer")
+            else None
+        ),
+        "engine_replicas_1_6x": minimum(
+            (replicas.get("engine") or {}).get("over_one_replica"), 1.6
         ),
         **{
             f"{kind}_precision_and_recall_0_9": (
@@ -694,63 +1387,167 @@ def _targets(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = BenchOptions()
-    parser.add_argument("--customers", type=int, default=defaults.customers)
-    parser.add_argument("--devices-per-customer", type=int, default=defaults.devices_per_customer)
-    parser.add_argument(
-        "--span", type=parse_duration, default=defaults.span_s, help="simulated time (default 3d)"
+    d = BenchOptions()
+    main = parser.add_argument_group("workload and contenders")
+    main.add_argument(
+        "--customers",
+        type=int,
+        default=d.customers,
+        help=f"simulated customers of the main workload (default {d.customers})",
     )
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument(
-        "--events", type=int, default=defaults.events, help="events in the timed backlog"
+    main.add_argument(
+        "--devices-per-customer",
+        type=int,
+        default=d.devices_per_customer,
+        help=f"devices per customer, in every workload (default {d.devices_per_customer})",
     )
-    parser.add_argument("--warmup", type=int, default=defaults.warmup)
-    parser.add_argument(
+    main.add_argument(
+        "--span",
+        type=parse_duration,
+        default=d.span_s,
+        help="simulated time of the main workload (default 3d)",
+    )
+    main.add_argument(
+        "--seed", type=int, default=d.seed, help=f"simulation seed (default {d.seed})"
+    )
+    main.add_argument(
+        "--events",
+        type=int,
+        default=d.events,
+        help=f"events in the timed backlog (default {d.events})",
+    )
+    main.add_argument(
+        "--warmup",
+        type=int,
+        default=d.warmup,
+        help=f"events each contender processes before anything is timed (default {d.warmup})",
+    )
+    main.add_argument(
         "--latency-seconds",
         type=float,
-        default=defaults.latency_seconds,
+        default=d.latency_seconds,
         help="length of the paced latency phase (default 30)",
     )
-    parser.add_argument(
+    main.add_argument(
         "--load-share",
         type=float,
-        default=defaults.load_share,
+        default=d.load_share,
         help="offered load of the latency phase, as a share of the engine's max (default 0.5)",
     )
-    parser.add_argument(
+    main.add_argument(
         "--rate",
         type=float,
-        default=defaults.rate,
+        default=d.rate,
         help="offered load of the latency phase in events/s, instead of --load-share",
     )
-    parser.add_argument(
+    main.add_argument(
         "--contenders",
-        default=",".join(defaults.contenders),
+        default=",".join(d.contenders),
         help="comma-separated subset of engine,peer,ceiling (the engine sets the offered load)",
     )
-    parser.add_argument("--partitions", type=int, default=defaults.partitions)
-    parser.add_argument(
+    main.add_argument(
+        "--partitions",
+        type=int,
+        default=d.partitions,
+        help=f"partitions of the customer-keyed topics (default {d.partitions})",
+    )
+    scale = parser.add_argument_group("sustainable rate, replicas and growth (on by default)")
+    scale.add_argument(
+        "--no-sustainable",
+        dest="sustainable",
+        action="store_false",
+        help="skip the step search for each contender's sustainable rate",
+    )
+    scale.add_argument(
+        "--search-customers",
+        type=int,
+        default=d.search_customers,
+        help=f"customers of the search's own workload (default {d.search_customers})",
+    )
+    scale.add_argument(
+        "--search-span",
+        type=parse_duration,
+        default=d.search_span_s,
+        help="simulated time of the search's workload: shorter is denser in actions (default 12h)",
+    )
+    scale.add_argument(
+        "--search-steps",
+        type=int,
+        default=d.search_max_steps,
+        help=f"most steps per contender (default {d.search_max_steps})",
+    )
+    scale.add_argument(
+        "--search-min-actions",
+        type=int,
+        default=d.search_min_actions,
+        help="expected actions a step holds at least, so its p99 has samples "
+        f"(default {d.search_min_actions})",
+    )
+    scale.add_argument(
+        "--search-budget",
+        type=parse_duration,
+        default=d.search_budget_s,
+        help="wall time one contender's steps may take (default 180s)",
+    )
+    scale.add_argument(
+        "--replicas",
+        type=int,
+        default=d.replicas,
+        help=f"engine workers and peer processes of the replica row (default {d.replicas})",
+    )
+    scale.add_argument(
+        "--no-replicas",
+        dest="replicas",
+        action="store_const",
+        const=0,
+        help="skip the replica row",
+    )
+    scale.add_argument(
+        "--growth-factor",
+        type=int,
+        default=d.growth_factor,
+        help="customers of the growth row, as a multiple of --customers "
+        f"(default {d.growth_factor})",
+    )
+    scale.add_argument(
+        "--no-growth",
+        dest="growth_factor",
+        action="store_const",
+        const=0,
+        help="skip the growth row",
+    )
+    extra = parser.add_argument_group("profiles, probes and output")
+    extra.add_argument(
         "--profile-events",
         type=int,
-        default=defaults.profile_events,
+        default=d.profile_events,
         help="events of the offline hot-path profile (default 20000)",
     )
-    parser.add_argument(
+    extra.add_argument(
         "--live-profile-seconds",
         type=float,
-        default=defaults.live_profile_seconds,
+        default=d.live_profile_seconds,
         help="paced seconds of the engine run under cProfile (default 15; 0: none)",
     )
-    parser.add_argument(
+    extra.add_argument(
         "--no-fetch-probe",
         dest="fetch_probe",
         action="store_false",
         help="skip timing the ceiling with batched fetches",
     )
-    parser.add_argument("--out", type=Path, default=defaults.out)
-    parser.add_argument("--bootstrap", default=None)
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the run's topics and keyspace afterwards"
+    extra.add_argument(
+        "--out",
+        type=Path,
+        default=d.out,
+        help="folder for latest.json, report.md and the plots (default loadtest/results)",
+    )
+    extra.add_argument(
+        "--bootstrap",
+        default=None,
+        help="Kafka bootstrap servers (default: kafka.bootstrap of iotcrm.toml)",
+    )
+    extra.add_argument(
+        "--keep", action="store_true", help="keep the run's topics and keyspaces afterwards"
     )
 
 
@@ -759,6 +1556,10 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
     unknown = set(contenders) - set(ORDER)
     if unknown or not contenders:
         raise ValueError(f"unknown contenders: {', '.join(sorted(unknown)) or '(none)'}")
+    if args.replicas == 1 or args.replicas < 0:
+        raise ValueError(f"--replicas must be 2 or more (or 0: no row), not {args.replicas}")
+    if args.growth_factor == 1 or args.growth_factor < 0:
+        raise ValueError(f"--growth-factor must be 2 or more (0: no row), not {args.growth_factor}")
     return BenchOptions(
         customers=args.customers,
         devices_per_customer=args.devices_per_customer,
@@ -774,6 +1575,14 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         profile_events=args.profile_events,
         live_profile_seconds=args.live_profile_seconds,
         fetch_probe=args.fetch_probe,
+        sustainable=args.sustainable,
+        search_customers=args.search_customers,
+        search_span_s=args.search_span,
+        search_max_steps=args.search_steps,
+        search_min_actions=args.search_min_actions,
+        search_budget_s=args.search_budget,
+        replicas=args.replicas,
+        growth_factor=args.growth_factor,
         out=args.out,
         bootstrap=args.bootstrap,
         keep=args.keep,
@@ -781,8 +1590,10 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
 
 
 def run_from_args(args: argparse.Namespace, command: str) -> int:
-    # aiokafka warns on every retried send to a topic whose leader is still being elected.
+    # aiokafka warns on every retried send to a topic whose leader is still being elected,
+    # and logs an error for every topic just created that its metadata does not list yet.
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    logging.getLogger("aiokafka.cluster").setLevel(logging.CRITICAL)
     try:
         options = options_from(args)
     except ValueError as exc:

@@ -362,6 +362,26 @@ def step_end(
     return end, max(0, inside)
 
 
+def split_by_trigger(
+    timed: Iterable[tuple[float, Mapping[str, Any]]], event_ts: Iterable[float | None]
+) -> tuple[list[float], list[float]]:
+    """Latencies of the actions an event triggered (their ``at`` is the time
+    of one of ``event_ts``: conditions, sequences, sliding windows) and of
+    those that time passing triggered (a timer's due time: silence, absence,
+    a window closing), whose latency is how long event time took to pass it.
+
+    >>> timed = [(0.1, {"at": 100.0}), (2.0, {"at": 150.0}), (0.2, {"at": 200.0})]
+    >>> split_by_trigger(timed, [100.0, None, 200.0, 300.0])
+    ([0.1, 0.2], [2.0])
+    """
+    times = {ts for ts in event_ts if ts is not None}
+    by_event: list[float] = []
+    by_time: list[float] = []
+    for latency, action in timed:
+        (by_event if float(action["at"]) in times else by_time).append(latency)
+    return by_event, by_time
+
+
 @dataclass(frozen=True)
 class StepVerdict:
     passed: bool

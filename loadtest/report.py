@@ -60,6 +60,35 @@ def summary_lines(results: Mapping[str, Any]) -> list[str]:
             f"engine/ceiling {_show(ratios.get('engine_over_ceiling'), 3)}, "
             f"engine/peer {_show(ratios.get('engine_over_peer'), 3)}"
         )
+    sustainable = results.get("sustainable") or {}
+    if sustainable:
+        lines.append(
+            f"sustainable (p99 < {sustainable.get('p99_limit_ms', 250):g} ms): "
+            f"engine {_rate(sustainable.get('engine'))}, peer {_rate(sustainable.get('peer'))}, "
+            f"engine/peer {_show(sustainable.get('engine_over_peer'), 3)}"
+        )
+    replicas = results.get("replicas") or {}
+    if replicas:
+        lines.append(
+            f"{replicas.get('count', 2)} replicas / 1: "
+            + ", ".join(
+                f"{name} {_show((replicas.get(name) or {}).get('over_one_replica'), 2)}"
+                for name in ("engine", "peer")
+                if name in replicas
+            )
+        )
+    growth = results.get("growth") or {}
+    if growth.get("engine"):
+        row = growth["engine"]
+        lines.append(
+            f"growth {growth.get('factor')}x: engine {_show(row.get('eps'))} events/s "
+            f"({_show((growth.get('over_base') or {}).get('eps'), 2)}x the main row), p99 "
+            f"{_show(row.get('p99_ms'), 1)} ms, peak RSS {_show(row.get('peak_rss_mb'))} MB, "
+            f"{_show((growth.get('state_memory') or {}).get('rss_kib_per_customer'), 1)} "
+            "KiB per customer"
+        )
+    elif growth.get("error"):
+        lines.append(f"growth: failed ({growth['error'][:120]})")
     return lines
 
 
@@ -117,8 +146,15 @@ def _targets(results: Mapping[str, Any]) -> list[str]:
          None),
         ("(per CPU second: engine / ceiling)",
          _show(_pct(ratios.get("engine_over_ceiling_per_cpu_s")), 1, " %"), None),
+        ("engine p50 < 50 ms at half load", _show(engine.get("p50_ms"), 1, " ms"),
+         targets.get("engine_p50_under_50ms")),
         ("engine p99 < 250 ms at half load", _show(engine.get("p99_ms"), 1, " ms"),
          targets.get("engine_p99_under_250ms")),
+        ("engine sustainable rate ≥ peer (p99 < 250 ms)", _sustainable_measured(results),
+         targets.get("engine_sustainable_at_least_peer")),
+        (f"engine with {_replica_count(results)} replicas ≥ 1.6× one",
+         _show(ratios.get("engine_replicas_over_one"), 2, "×"),
+         targets.get("engine_replicas_1_6x")),
         ("maintenance_booking precision and recall ≥ 0.9", "see accuracy",
          targets.get("maintenance_booking_precision_and_recall_0_9")),
         ("coupon precision and recall ≥ 0.9", "see accuracy",
@@ -132,6 +168,244 @@ def _targets(results: Mapping[str, Any]) -> list[str]:
         "ran (see the conditions above); events per CPU second do much less, so both ratios "
         "are given.",
     ]
+    return lines
+
+
+def _replica_count(results: Mapping[str, Any]) -> int:
+    return int((results.get("replicas") or {}).get("count") or 2)
+
+
+def _rate(row: Mapping[str, Any] | None) -> str:
+    """A sustainable rate as measured: the rate, or below the lowest rate tried."""
+    if not row or row.get("error"):
+        return "–"
+    if row.get("rate") is not None:
+        return ("≥ " if row.get("at_ceiling") else "") + f"{row['rate']:,.0f}/s"
+    if row.get("below") is not None:
+        return f"< {row['below']:,.0f}/s"
+    return "–"
+
+
+def _sustainable_measured(results: Mapping[str, Any]) -> str:
+    sustainable = results.get("sustainable") or {}
+    if not sustainable:
+        return "–"
+    text = f"{_rate(sustainable.get('engine'))} vs {_rate(sustainable.get('peer'))}"
+    if sustainable.get("engine_over_peer") is not None:
+        text += f" ({sustainable['engine_over_peer']:.2f}×)"
+    return text
+
+
+def _sustainable(results: Mapping[str, Any]) -> list[str]:
+    """The step search: each contender's sustainable rate and every step it took."""
+    sustainable = results.get("sustainable")
+    if not sustainable:
+        return []
+    work = sustainable.get("workload") or {}
+    limit = sustainable.get("p99_limit_ms", 250.0)
+    lines = [
+        "## Sustainable rate",
+        "",
+        f"The highest steady offered rate at which the event-to-action p99 stayed under "
+        f"{limit:g} ms. Each contender, in a fresh process, took paced steps one after "
+        "another: the first at "
+        f"{_show((results.get('params') or {}).get('search_start_share'), 2)} × its own "
+        "backlog rate, up by ×"
+        f"{_show((results.get('params') or {}).get('search_up'), 1)} while steps held, down "
+        "while they did not, then bisecting between the highest rate that held and the "
+        "lowest that did not; each step was drained before the next. The steps ran on a "
+        f"workload of their own, denser in actions than the main one: "
+        f"{_show(work.get('customers'))} customers × "
+        f"{_show((work.get('devices') or 0) / max(1, work.get('customers') or 1), 0)} devices "
+        f"over {(work.get('span_s') or 0) / 3600:g} h ({_show(work.get('stream_records'))} "
+        f"events, {_show(work.get('expected_actions'))} expected actions; per-device topics, "
+        "as in the main row). A step lasts at least "
+        f"{_show(sustainable.get('min_step_s'), 0)} s and holds at least "
+        f"{_show(sustainable.get('min_actions'))} expected actions (at most "
+        f"{_show(sustainable.get('max_step_s'), 0)} s), and is judged on the actions an "
+        f"event triggered (their `at` is that event's time), at least "
+        f"{_show(sustainable.get('min_step_samples'))} of them; it stops early once "
+        f"the contender is {_show(sustainable.get('abort_lag_s'), 0)} s of load behind. "
+        "Actions that time passing triggered (a device's silence, an absence, a window "
+        "closing) are shown apart and not judged: their latency is how long event time took "
+        "to pass their due time, which the watermark over every device's stream holds back "
+        "longer the slower the events come, so it grows as the offered rate falls (for the "
+        "engine and the peer alike). The "
+        f"search took {_show(sustainable.get('seconds'), 0, ' s')}.",
+        "",
+        "| contender | sustainable rate | share of its backlog rate | lowest rate that failed "
+        "| steps | latency samples (fewest in a step) | the search ended on |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for name in ("engine", "peer"):
+        row = sustainable.get(name)
+        if not isinstance(row, Mapping):
+            continue
+        if row.get("error"):
+            lines.append(f"| {name} | failed: {row['error'][:200]} | | | | | |")
+            continue
+        lines.append(
+            f"| {name} | {_rate(row)} | {_show(_pct(row.get('share_of_backlog')), 0, ' %')} "
+            f"| {_show(row.get('failed_at'), 0, '/s')} | {row.get('steps', 0)} "
+            f"| {_show(row.get('samples'))} ({_show(row.get('min_step_samples'))}) "
+            f"| {row.get('stopped_by', '–')} |"
+        )
+    if sustainable.get("engine_over_peer") is not None:
+        lines += ["", f"Engine / peer: **{sustainable['engine_over_peer']:.2f}×**."]
+    lines += [
+        "",
+        "| contender | step | offered /s | events | s | expected actions | latency samples "
+        "| p50 ms | p99 ms | max ms | timer-driven: samples, p99 ms | most events behind "
+        "| CPU s per M | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name in ("engine", "peer"):
+        row = sustainable.get(name)
+        if not isinstance(row, Mapping):
+            continue
+        for number, step in enumerate(row.get("step_results") or [], start=1):
+            lines.append(
+                f"| {name} | {number} | {_show(step.get('offered_rate'))} "
+                f"| {_show(step.get('events'))} | {_show(step.get('seconds'), 1)} "
+                f"| {_show(step.get('expected_actions'))} | {_show(step.get('latency_samples'))} "
+                f"| {_show(step.get('p50_ms'), 1)} | {_show(step.get('p99_ms'), 1)} "
+                f"| {_show(step.get('max_ms'), 1)} | {_show(step.get('timer_samples'))}, "
+                f"{_show(step.get('timer_p99_ms'), 0)} | {_show(step.get('max_lag_events'))} "
+                f"| {_show(step.get('cpu_s_per_million'))} | {step.get('verdict', '–')} |"
+            )
+    lines += [
+        "",
+        "Actions are sparse (at most one episode per device), so a step's p99 rests on tens "
+        "of samples, not thousands: with fewer than 100 it lies between the step's two "
+        "slowest actions, which makes the test stricter, not looser. *most events behind* "
+        "is the largest gap between events published and events fully processed, sampled "
+        "twice a second.",
+        "",
+        "![sustainable](sustainable.png)",
+    ]
+    return lines
+
+
+def _replicas(results: Mapping[str, Any]) -> list[str]:
+    replicas = results.get("replicas")
+    if not replicas:
+        return []
+    n = replicas.get("count", 2)
+    cpus = (results.get("machine") or {}).get("cpus", "?")
+    lines = [
+        "## Scaling by replicas",
+        "",
+        f"The main workload's backlog again, through {n} engine workers (`iotcrm worker`, the "
+        "same app id and topics, each its own web port and state folder; progress is the sum "
+        f"of their `/metrics`) and {n} peer processes in one consumer group (progress: the "
+        "sum of their status counters); each replica joined and took part of the warm-up "
+        "before the backlog was published, frozen as before.",
+        "",
+        f"| contender | 1 replica events/s | {n} replicas events/s | {n} / 1 "
+        "| CPU s per M events (1 → n) | CPU busy | machine busy | share of the backlog per replica "
+        "| peak RSS MB |",
+        "|---|---:|---:|---:|---|---:|---:|---|---:|",
+    ]
+    for name in ("engine", "peer"):
+        row = replicas.get(name)
+        if not isinstance(row, Mapping):
+            continue
+        if row.get("error"):
+            lines.append(f"| {name} | failed: {row['error'][:200]} | | | | | | | |")
+            continue
+        shares = " / ".join(f"{share * 100:.0f} %" for share in row.get("replica_shares") or [])
+        lines.append(
+            f"| {name} | {_show(row.get('one_replica_eps'))} | {_show(row.get('eps'))} "
+            f"| {_show(row.get('over_one_replica'), 2, '×')} "
+            f"| {_show(row.get('one_replica_cpu_s_per_million'))} → "
+            f"{_show(row.get('cpu_s_per_million'))} "
+            f"| {_show(_pct(row.get('cpu_utilisation')), 0, ' %')} "
+            f"| {_show(row.get('machine_busy_pct'), 0, ' %')} | {shares or '–'} "
+            f"| {_show(row.get('peak_rss_mb'))} |"
+        )
+    lines += [
+        "",
+        f"This machine has {cpus} CPUs, shared by Kafka, Cassandra and every process of the "
+        "replicas (an engine worker runs its ingest and sink as child processes, so one "
+        "replica already uses more than one core): the ratio is what more processes gain on "
+        f"{cpus} cores, not what more machines would. CPU busy is the replicas' CPU time over "
+        "wall time (100 % = one core).",
+    ]
+    return lines
+
+
+def _growth(results: Mapping[str, Any]) -> list[str]:
+    growth = results.get("growth")
+    if not growth:
+        return []
+    if growth.get("error"):
+        return ["## Growth", "", f"The growth row failed: {growth['error'][:500]}"]
+    params = results.get("params") or {}
+    base, engine = growth.get("base") or {}, growth.get("engine") or {}
+    over = growth.get("over_base") or {}
+    memory = growth.get("state_memory") or {}
+    lines = [
+        "## Growth",
+        "",
+        f"The engine on {growth.get('factor')}× the fleet: {_show(growth.get('customers'))} "
+        f"customers × {params.get('devices_per_customer')} devices "
+        f"({_show(growth.get('devices'))} devices), the same span and episode mix, against "
+        "the main row. Its events go to the shared keyed topic `<prefix>.telemetry` "
+        "(key = device id; `kafka.telemetry_topic`, which ingest also subscribes to) "
+        f"instead of {_show(growth.get('devices'))} per-device topics; the main row uses "
+        "per-device topics, so part of any difference is the topic layout (fewer partitions "
+        "per fetch), not only the fleet. The stream starts "
+        f"{(growth.get('skipped_s') or 0) / 3600:g} h into the simulation, where episodes "
+        "begin, so its latency phase has actions to time. Warm-up, backlog and latency "
+        "phase as in the main row, the latency at "
+        f"{_show(params.get('load_share'), 2)} × its own backlog rate.",
+        "",
+        "| row | customers | events on | events/s | steady events/s | CPU s per M events "
+        "| offered /s | p50 ms | p99 ms | latency samples | peak RSS MB | RSS after backlog MB |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, customers, topics, row in (
+        ("main", params.get("customers"), "per-device topics", base),
+        (f"{growth.get('factor')}× fleet", growth.get("customers"), "shared keyed topic", engine),
+    ):
+        lines.append(
+            f"| {label} | {_show(customers)} | {topics} | {_show(row.get('eps'))} "
+            f"| {_show(row.get('steady_eps'))} | {_show(row.get('cpu_s_per_million'))} "
+            f"| {_show(row.get('offered_rate'))} | {_show(row.get('p50_ms'), 1)} "
+            f"| {_show(row.get('p99_ms'), 1)} | {_show(row.get('latency_samples'))} "
+            f"| {_show(row.get('peak_rss_mb'))} | {_show(row.get('rss_after_backlog_mb'))} |"
+        )
+    lines.append(
+        f"| growth / main | {growth.get('factor')}× | | {_show(over.get('eps'), 2, '×')} | | "
+        f"| | {_show(over.get('p50_ms'), 2, '×')} | {_show(over.get('p99_ms'), 2, '×')} | "
+        f"| {_show(over.get('peak_rss_mb'), 2, '×')} "
+        f"| {_show(over.get('rss_after_backlog_mb'), 2, '×')} |"
+    )
+    lines += ["", "State memory per customer:", ""]
+    per_customer = memory.get("rss_kib_per_customer")
+    lines.append(
+        f"- **Resident memory: {_show(per_customer, 1, ' KiB')} per customer**: (RSS after "
+        f"the backlog at {growth.get('factor')}× − RSS after the backlog in the main row) / "
+        f"({_show(growth.get('customers'))} − {_show(params.get('customers'))}) customers, "
+        "both after the same number of events (warm-up and backlog), so each customer of "
+        "the larger fleet has a tenth of the history; the whole worker's process tree "
+        "(actor, ingest, sink), so it also holds the registry and allocator slack."
+    )
+    small, large = memory.get("encoded_base") or {}, memory.get("encoded_growth") or {}
+    if small.get("mean_bytes") is not None:
+        lines.append(
+            f"- **Encoded customer state** (the `tables/state.py` codec, the value of the "
+            "`customers` table; usage windows and timers are rows of their own tables), "
+            "from replaying the events of a sample of customers through the worker's hot "
+            f"path in process: {_show(small.get('customers'))} customers of the main row over "
+            f"its whole stream ({params.get('span_s', 0) / 3600:g} h, "
+            f"{_show(small.get('events_per_customer'))} events each) hold "
+            f"**{_show(small.get('mean_bytes'))} bytes** on average (p95 "
+            f"{_show(small.get('p95_bytes'))}, max {_show(small.get('max_bytes'))}); "
+            f"{_show(large.get('customers'))} customers of the growth row after its warm-up and "
+            f"backlog ({_show(large.get('events_per_customer'))} events each) "
+            f"{_show(large.get('mean_bytes'))} bytes (p95 {_show(large.get('p95_bytes'))})."
+        )
     return lines
 
 
@@ -420,6 +694,35 @@ def remedies(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _measured_scale(results: Mapping[str, Any]) -> list[str]:
+    lines = []
+    if results.get("sustainable"):
+        lines.append(
+            "- **sustainable rate**: a step passes when the p99 of its own events' "
+            "event-to-action latencies (as above, with each step's publish times) is under "
+            "the limit, with enough samples and without falling behind; the rate reported is "
+            "the highest step that passed, the search's resolution the gap to the lowest "
+            "failed step above it."
+        )
+    if results.get("replicas"):
+        lines.append(
+            "- **replicas**: events/s of the same frozen backlog, CPU and peak RSS summed "
+            "over every replica's process tree; *share per replica* is each one's part of "
+            "the backlog's events."
+        )
+    if results.get("growth"):
+        lines.append(
+            "- **growth**: the same phases as the main row on the larger fleet; RSS after "
+            "backlog is the resident set (VmRSS) of the worker's process tree right after "
+            "the backlog was processed."
+        )
+    return lines
+
+
+def _section(lines: list[str]) -> list[str]:
+    return [*lines, ""] if lines else []
+
+
 def build_markdown(results: Mapping[str, Any]) -> str:
     """The report (markdown) for a results document."""
     params = results.get("params", {})
@@ -468,6 +771,9 @@ def build_markdown(results: Mapping[str, Any]) -> str:
         "",
         *_targets(results),
         "",
+        *_section(_sustainable(results)),
+        *_section(_replicas(results)),
+        *_section(_growth(results)),
         "## Accuracy of the engine's actions against the simulation's ground truth",
         "",
         *_accuracy(results),
@@ -507,6 +813,7 @@ def build_markdown(results: Mapping[str, Any]) -> str:
         "rules written by hand (`loadtest/peer_rules.py`, held by a unit test to fire "
         "exactly what the rule engine fires). The ceiling (`loadtest/ceiling.py`) consumes "
         "by pattern and decodes with msgspec, nothing else.",
+        *_measured_scale(results),
     ]
     return "\n".join(lines) + "\n"
 
@@ -558,13 +865,42 @@ def plot_latency_cdf(results: Mapping[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def plot_sustainable(results: Mapping[str, Any], path: Path) -> None:
+    """Each step of the sustainable-rate search: its p99 against its offered rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sustainable = results.get("sustainable") or {}
+    figure, axis = plt.subplots(figsize=(6.4, 3.6))
+    for name in ("engine", "peer"):
+        steps = (sustainable.get(name) or {}).get("step_results") or []
+        points = [(s["offered_rate"], s["p99_ms"] or s.get("max_ms")) for s in steps]
+        points = [(rate, p99) for rate, p99 in points if p99]
+        if points:
+            ordered = sorted(points)
+            axis.plot([p[0] for p in ordered], [p[1] for p in ordered], marker="o", label=name)
+    axis.axhline(sustainable.get("p99_limit_ms", 250.0), color="grey", linestyle=":", linewidth=1)
+    axis.set_yscale("log")
+    axis.set_xlabel("offered events / s")
+    axis.set_ylabel("event-to-action p99, ms (log scale)")
+    axis.set_title("Sustainable-rate search: one point per step")
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def rerender(out: Path) -> None:
     """``report.md`` and the plots again from ``out/latest.json`` (the same run's figures)."""
     write_report(orjson.loads((out / "latest.json").read_bytes()), None, out)
 
 
 def write_report(results: Mapping[str, Any], phases: Any, out: Path) -> None:
-    """``latest.json``, ``report.md``, ``throughput.png`` and ``latency_cdf.png`` in ``out``."""
+    """``latest.json``, ``report.md``, ``throughput.png``, ``latency_cdf.png`` and
+    (with a sustainable-rate search) ``sustainable.png`` in ``out``."""
     del phases
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.json").write_bytes(
@@ -573,6 +909,8 @@ def write_report(results: Mapping[str, Any], phases: Any, out: Path) -> None:
     (out / "report.md").write_text(build_markdown(results), encoding="utf-8")
     plot_throughput(results, out / "throughput.png")
     plot_latency_cdf(results, out / "latency_cdf.png")
+    if results.get("sustainable"):
+        plot_sustainable(results, out / "sustainable.png")
 
 
 if __name__ == "__main__":

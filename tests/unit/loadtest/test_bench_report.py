@@ -172,7 +172,10 @@ def test_targets_are_judged_from_the_figures() -> None:
         "engine_at_least_peer": None,
         "engine_1_5x_peer": None,
         "engine_35pct_of_ceiling": None,
+        "engine_p50_under_50ms": None,
         "engine_p99_under_250ms": None,
+        "engine_sustainable_at_least_peer": None,
+        "engine_replicas_1_6x": None,
         "maintenance_booking_precision_and_recall_0_9": None,
         "coupon_precision_and_recall_0_9": None,
     }
