@@ -26,8 +26,11 @@ import orjson
 from mode import Service
 
 from agents.customer import TICK_KEY, CustomerAgent
-from agents.faust_fixes import SeekFirstTableManager, batch_fetches
-from agents.ingest import IngestService
+from agents.faust_fixes import (
+    SeekFirstTableManager,
+    allow_table_write_bursts,
+    batch_fetches,
+)
 from agents.services import ChildProcess
 from engine.actor import CustomerActor
 from engine.config import Settings
@@ -77,6 +80,8 @@ class Runtime:
         w, k = settings.worker, settings.kafka
         Path(w.state_dir).mkdir(parents=True, exist_ok=True)
         batch_fetches(w.fetch_min_bytes, w.fetch_max_wait_ms)
+        # A checkpoint writes every changed customer (state, usage windows, timer).
+        allow_table_write_bursts(max(10_000, 4 * w.state_cache_size))
         self.app = faust.App(
             w.app_id,
             broker=[f"kafka://{host}" for host in k.bootstrap.split(",")],
@@ -118,9 +123,6 @@ class Runtime:
         self.models_by_partition: dict[int, ModelSet] = {}
         self.summaries = SummaryPublisher(self)
         self.agent_logic = CustomerAgent(self)
-        self.ingest: IngestService | None = (
-            IngestService(settings) if w.ingest == "inline" else None
-        )
         self.sink: Any = None
         #: stages run as supervised child processes (agents.services)
         self.children: dict[str, ChildProcess] = {
@@ -184,8 +186,6 @@ class Runtime:
             self.agent_logic.forget_mirrored()
             self.agent_logic.forget_offsets()
 
-        if self.ingest is not None:
-            app.service(self.ingest)
         if w.sink == "inline":
             app.service(SinkService(self.settings, self))
         for child in self.children.values():
@@ -238,7 +238,7 @@ class Runtime:
         return {
             "actor": self.agent_logic.stats.as_dict(),
             "actions_by_type": dict(self.action_counts),
-            "ingest": self._stage_metrics("ingest", self.ingest),
+            "ingest": self._stage_metrics("ingest", None),
             "sink": self._stage_metrics("sink", self.sink),
             "rules": self.rules_watcher.status(),
         }

@@ -250,7 +250,9 @@ class CustomerAgent:
                 # read offset follows them past the seek: seek again.
                 await seek(self.rt.app.consumer, tp, offset)
         if generation != self._generation:
-            return  # partitions were revoked meanwhile: these records come again
+            # Partitions were revoked meanwhile: these records come again.
+            self._give_back(held)
+            return
 
         emitted_at = time.time()
         self._batch_open = True
@@ -304,6 +306,7 @@ class CustomerAgent:
         await self._send(out)
         self._batch_open = False
         if generation != self._generation:
+            self._give_back(held)
             return
         for customer_id, (anchor, state) in written.items():
             self._dirty[customer_id] = anchor
@@ -347,6 +350,7 @@ class CustomerAgent:
         self._checkpoint_models(dirty_partitions)
         await flush_table_writes(self.rt.app.producer)
         if generation != self._generation:
+            self._give_back(held)
             return
         for record in held:
             record.ack()
@@ -366,12 +370,20 @@ class CustomerAgent:
         self._dirty.clear()
         self._dirty_usage.clear()
         self._dirty_partitions.clear()
-        self._held.clear()
+        self._give_back(self._held)
+        self._held = []
         self._unacknowledged.clear()
         self._uncounted = ActorOutput()
         self._checkpointed_at = time.monotonic()
         self._batch_open = False
         self.stats.cached_states = 0
+
+    def _give_back(self, records: Iterable[faust.EventT]) -> None:
+        """Records whose work is dropped: never acknowledged, so Faust can
+        neither commit past them nor wait for them; they are fetched again."""
+        consumer = self.rt.app.consumer
+        for record in records:
+            unprocessed(consumer, record.message)
 
     def _state(self, customer_id: str, anchor: faust.EventT) -> CustomerState:
         state = self._states.get(customer_id)

@@ -40,7 +40,10 @@ stopped), which failed about one run in ten before them.
 Besides the repairs, ``checkpoint_before_wait_empty`` lets the actor make
 its work durable before Faust's last commit on a rebalance or a clean stop
 (Faust waits for every record to be acked there, and at a stop gives up at
-once), and ``batch_fetches`` sets the fetch size of Faust's
+once), ``allow_table_write_bursts`` keeps a checkpoint's table writes from
+stopping the stream (Faust's conductor stops delivering records while more
+than 100 table writes wait in its producer buffer, which one checkpoint of a
+few hundred customers exceeds), and ``batch_fetches`` sets the fetch size of Faust's
 worker consumer, which its driver leaves at one byte: under a steady trickle
 every fetch then carries a handful of records, and the actor pays a fetch's
 whole cost for each few events.
@@ -240,3 +243,11 @@ def checkpoint_before_wait_empty(consumer: Any, checkpoint: Any) -> None:
         await wait_empty()
 
     consumer.wait_empty = checkpoint_then_wait_empty
+
+
+def allow_table_write_bursts(max_buffered: int) -> None:
+    """Let up to ``max_buffered`` table writes wait in Faust's producer buffer
+    before its conductor holds the streams back (Faust's limit is 100)."""
+    from faust.transport.producer import ProducerBuffer
+
+    ProducerBuffer.max_messages = max_buffered

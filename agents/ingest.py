@@ -1,106 +1,132 @@
 """Ingest: per-device topics (by pattern) -> validated, enriched, customer-keyed events.
 
-Faust's aiokafka driver subscribes only to named topics, so ingest runs its
-own aiokafka consumer with ``subscribe(pattern=...)``: a device topic created
-after the worker started is picked up at the next metadata refresh
-(``kafka.metadata_max_age_ms``). The shared ``iot.telemetry`` topic matches
-the same subscription.
+Ingest runs as a process of its own (``iotcrm ingest``; a worker starts one
+unless ``worker.ingest = "off"``) on librdkafka (confluent-kafka): a pattern
+subscription over thousands of per-device topics costs a Python client a
+decode of every partition of every fetch response, while librdkafka fetches
+and decodes in its own threads, in C. A device topic created after ingest
+started is picked up at the next metadata refresh (``kafka.metadata_max_age_ms``).
+The shared ``iot.telemetry`` topic matches the same subscription.
 
-Each batch is inspected (``engine.quality``); accepted events are produced to
+One loop, no concurrency to reason about. Each poll is inspected
+(``engine.quality``); accepted events are produced to
 ``kafka.customer_events_topic`` keyed by customer_id (the repartition that
 gives every customer one actor), with the Kafka timestamp set to event time;
-rejected ones go to ``iot.deadletter`` with the original bytes and the reason.
-Offsets are committed only after every record of the batch is acknowledged:
-at least once, and duplicates are dropped by the actor's dedup. Every
-forwarded event carries ingest's event-time watermark and instance id as
-headers (``engine.watermark``), so the actor knows how far time has certainly
-progressed for its idle keys even while ingest works through a backlog.
+rejected ones go to ``iot.deadletter`` with the original bytes and the
+reason. Offsets are committed only after every record of the poll is
+acknowledged: at least once, and duplicates are dropped by the actor's dedup.
+A rebalance runs inside ``poll``, between two polls, so no batch is ever
+half-way when partitions move. Every forwarded event carries ingest's
+event-time watermark and instance id as headers (``engine.watermark``), so
+the actor knows how far time has certainly progressed for its idle keys even
+while ingest works through a backlog.
 
-The device registry is a compacted topic read in full by every worker before
-it consumes anything, then followed.
+The device registry is a compacted topic read in full before anything is
+consumed, then followed between polls.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import re
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from mode import Service
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import TopicPartition as KafkaPartition
 
 from engine.config import Settings
 from engine.events import SourcePosition
-from engine.kafka import behind, client_options, partitions_of
 from engine.quality import Accepted, DeviceRegistry, Inspector, deadletter_value
 from engine.watermark import SOURCE_HEADER, WATERMARK_HEADER, SourceWatermarks
 
 #: How often the watermark is recomputed (it walks every assigned partition).
 WATERMARK_INTERVAL_S = 0.5
+#: Longest wait for the broker to acknowledge a poll's records before retrying the flush.
+FLUSH_TIMEOUT_S = 30.0
 
 log = logging.getLogger(__name__)
+
+
+def librdkafka_options(settings: Settings) -> dict[str, Any]:
+    """The connection options of ``engine.kafka.client_options``, in librdkafka's names."""
+    k = settings.kafka
+    options: dict[str, Any] = {"bootstrap.servers": k.bootstrap}
+    if k.sasl_username:
+        options.update(
+            {
+                "security.protocol": "SASL_SSL",
+                "sasl.mechanism": "SCRAM-SHA-512",
+                "sasl.username": k.sasl_username,
+                "sasl.password": Settings.secret("KAFKA_SASL_PASSWORD") or "",
+            }
+        )
+    return options
 
 
 class CompactedTopicView:
     """Reads a compacted topic from the beginning into ``apply(key, value)``, then follows it."""
 
-    def __init__(self, settings: Settings, topic: str, apply: Any) -> None:
-        self.settings = settings
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        apply: Callable[[bytes | None, bytes | None], str | None],
+    ) -> None:
         self.topic = topic
         self.apply = apply
-        self.consumer: AIOKafkaConsumer | None = None
-        self.loaded = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self.consumer = AIOKafkaConsumer(
-            **client_options(self.settings), enable_auto_commit=False, group_id=None
+        self.consumer = Consumer(
+            {
+                **librdkafka_options(settings),
+                "group.id": f"{settings.worker.app_id}-view-{os.getpid()}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+            }
         )
-        await self.consumer.start()
-        partitions = await partitions_of(self.consumer, self.topic, timeout_s=30.0)
-        if not partitions:
+
+    def load(self, timeout_s: float = 30.0) -> None:
+        """Until every record there when it was called has been applied."""
+        deadline = time.monotonic() + timeout_s
+        metadata = self.consumer.list_topics(self.topic, timeout=timeout_s)
+        described = metadata.topics.get(self.topic)
+        if described is None or described.error is not None or not described.partitions:
             raise RuntimeError(f"topic {self.topic} does not exist; run `iotcrm setup` first")
-        tps = [TopicPartition(self.topic, p) for p in partitions]
-        self.consumer.assign(tps)
-        await self.consumer.seek_to_beginning(*tps)
-        end = await self.consumer.end_offsets(tps)
-        await self._read_until(end)
-        self.loaded.set()
-        self._task = asyncio.create_task(self._follow(), name=f"follow {self.topic}")
+        partitions = sorted(described.partitions)
+        self.consumer.assign([KafkaPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+        ends = {
+            p: self.consumer.get_watermark_offsets(
+                KafkaPartition(self.topic, p), timeout=timeout_s
+            )[1]
+            for p in partitions
+        }
+        positions = dict.fromkeys(partitions, 0)
+        while any(positions[p] < ends[p] for p in partitions):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {self.topic} to its end in {timeout_s} s")
+            for message in self.consumer.consume(5000, timeout=0.5):
+                if message.error() is None:
+                    positions[message.partition()] = message.offset() + 1
+                    self._apply(message)
 
-    async def _read_until(self, end: dict[TopicPartition, int]) -> None:
-        assert self.consumer is not None
-        while await behind(self.consumer, end):
-            await self._poll(timeout_ms=500)
+    def follow(self) -> None:
+        """Apply whatever arrived since the last call, without waiting."""
+        for message in self.consumer.consume(5000, timeout=0):
+            if message.error() is None:
+                self._apply(message)
 
-    async def _follow(self) -> None:
-        while True:
-            await self._poll(timeout_ms=1000)
+    def _apply(self, message: Any) -> None:
+        problem = self.apply(message.key(), message.value())
+        if problem:
+            log.warning(
+                "%s: ignored record at offset %s: %s", self.topic, message.offset(), problem
+            )
 
-    async def _poll(self, timeout_ms: int) -> None:
-        assert self.consumer is not None
-        batches = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=5000)
-        for records in batches.values():
-            for record in records:
-                problem = self.apply(record.key, record.value)
-                if problem:
-                    log.warning(
-                        "%s: ignored record at offset %s: %s", self.topic, record.offset, problem
-                    )
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self.consumer:
-            await self.consumer.stop()
+    def close(self) -> None:
+        self.consumer.close()
 
 
 class IngestMetrics:
@@ -111,6 +137,8 @@ class IngestMetrics:
         self.batches = 0
         #: commits refused (the group rebalanced under a batch): re-delivered, deduplicated
         self.commit_failures = 0
+        #: produce attempts the broker refused or timed out, retried
+        self.send_retries = 0
         self.subscribed_topics = 0
         self.last_batch_at: float | None = None
         self.watermark: float | None = None
@@ -119,93 +147,103 @@ class IngestMetrics:
         return dict(vars(self))
 
 
-class IngestService(Service):
-    """The pattern-subscribed ingest consumer, as a service of the worker."""
+class Ingest:
+    """The pattern-subscribed ingest loop (``run`` until ``stop``)."""
 
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.registry = DeviceRegistry(settings.kafka.registry_topic)
-        self.registry_view = CompactedTopicView(
-            settings, settings.kafka.registry_topic, self.registry.apply
-        )
+        k, w = settings.kafka, settings.worker
+        self.registry = DeviceRegistry(k.registry_topic)
+        self.registry_view = CompactedTopicView(settings, k.registry_topic, self.registry.apply)
         self.inspector = Inspector(
-            settings.quality, self.registry, device_topic_prefix=settings.kafka.device_topic_prefix
+            settings.quality, self.registry, device_topic_prefix=k.device_topic_prefix
         )
         self.metrics = IngestMetrics()
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.watermarks = SourceWatermarks()
-        self._next_offset: dict[TopicPartition, int] = {}
+        self._next_offset: dict[tuple[str, int], int] = {}
+        self._assigned: set[tuple[str, int]] = set()
         self._watermark_at = 0.0
-        self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
+        self._stopping = False
+        self._failed_sends: list[KafkaError] = []
+        options = librdkafka_options(settings)
+        self.producer = Producer(
+            {
+                **options,
+                "acks": "all",
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                "batch.size": 256 * 1024,
+            }
+        )
+        self.consumer = Consumer(
+            {
+                **options,
+                "group.id": f"{w.app_id}-ingest",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "topic.metadata.refresh.interval.ms": k.metadata_max_age_ms,
+                # A fetch waits a little for more bytes: under a steady trickle
+                # each response otherwise carries a handful of events.
+                "fetch.min.bytes": w.fetch_min_bytes,
+                "fetch.wait.max.ms": w.fetch_max_wait_ms,
+                "session.timeout.ms": int(w.session_timeout_s * 1000),
+                "heartbeat.interval.ms": int(max(1.0, w.session_timeout_s / 4) * 1000),
+            }
+        )
 
-    async def on_start(self) -> None:
+    # -------------------------------------------------------------- the loop
+
+    def run(self, on_idle: Callable[[], None] | None = None) -> None:
+        """Consume until ``stop()``; ``on_idle`` runs between polls."""
         k = self.settings.kafka
-        await self.registry_view.start()
+        self.registry_view.load()
         log.info("device registry loaded: %d devices", len(self.registry))
-        self.producer = AIOKafkaProducer(
-            **client_options(self.settings),
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-            max_batch_size=256 * 1024,
+        self.consumer.subscribe(
+            [f"^{_regex(k.device_topic_prefix)}.+", f"^{_regex(k.telemetry_topic)}$"],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
         )
-        await self.producer.start()
-        self.consumer = AIOKafkaConsumer(
-            **client_options(self.settings),
-            group_id=f"{self.settings.worker.app_id}-ingest",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            metadata_max_age_ms=k.metadata_max_age_ms,
-            max_poll_records=self.settings.worker.batch_size,
-            # A fetch waits a little for more bytes: under a steady trickle each
-            # response otherwise carries a handful of events across hundreds of topics.
-            fetch_min_bytes=self.settings.worker.fetch_min_bytes,
-            fetch_max_wait_ms=self.settings.worker.fetch_max_wait_ms,
-        )
-        await self.consumer.start()
-        pattern = f"^{re.escape(k.device_topic_prefix)}.+|^{re.escape(k.telemetry_topic)}$"
-        self.consumer.subscribe(pattern=pattern)
-        self.add_future(self._run())
+        batch_size = self.settings.worker.batch_size
+        try:
+            while not self._stopping:
+                messages = self.consumer.consume(batch_size, timeout=0.2)
+                if messages:
+                    self.ingest(messages)
+                self.registry_view.follow()
+                self._update_watermark()
+                if on_idle is not None:
+                    on_idle()
+        finally:
+            self.consumer.close()
+            self.producer.flush(FLUSH_TIMEOUT_S)
+            self.registry_view.close()
 
-    async def on_stop(self) -> None:
-        if self.consumer:
-            await self.consumer.stop()
-        if self.producer:
-            await self.producer.stop()
-        await self.registry_view.stop()
+    def stop(self) -> None:
+        self._stopping = True
 
-    async def _run(self) -> None:
-        assert self.consumer is not None
-        while not self.should_stop:
-            batches = await self.consumer.getmany(
-                timeout_ms=200, max_records=self.settings.worker.batch_size
-            )
-            if batches:
-                await self.ingest(batches)
-                # Only the partitions this poll read: a commit of every assigned
-                # partition lists hundreds of device topics each time.
-                await self._commit(
-                    {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
-                )
-            await self._update_watermark()
-            self.metrics.subscribed_topics = len(self.consumer.subscription())
-
-    async def ingest(self, batches: dict[TopicPartition, list[Any]]) -> None:
-        """Inspect and forward one poll's records; returns once all are acknowledged."""
-        assert self.producer is not None
+    def ingest(self, messages: list[Any]) -> None:
+        """Inspect and forward one poll's records; returns once all are acknowledged
+        and their offsets committed."""
         k = self.settings.kafka
-        records = [
-            (record.value, SourcePosition(tp.topic, tp.partition, record.offset))
-            for tp, partition_records in batches.items()
-            for record in partition_records
-        ]
+        records: list[tuple[bytes, SourcePosition]] = []
+        offsets: dict[tuple[str, int], int] = {}
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("ingest consumer: %s", error)
+                continue
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            records.append((message.value() or b"", SourcePosition(topic, partition, offset)))
+            offsets[topic, partition] = offset + 1
+        if not records:
+            return
         verdicts = self.inspector.inspect_many(records)
         received_at = time.time()
         observe = self.watermarks.observe
-        for tp, partition_records in batches.items():
-            self._next_offset[tp] = partition_records[-1].offset + 1
+        self._next_offset.update(offsets)
         for (_, source), verdict in zip(records, verdicts, strict=True):
             if isinstance(verdict, Accepted):
                 observe((source.topic, source.partition), verdict.event["ts"])
@@ -213,48 +251,93 @@ class IngestService(Service):
             # Until it is known, find it before stamping: an unknown watermark
             # holds the actor's idle-key time back, and a quiet stream would
             # leave it there.
-            await self._update_watermark(force=True)
+            self._update_watermark(force=True)
         headers = self._headers()
-        sends = []
-        send = self.producer.send
+        produce = self.producer.produce
+        on_delivery = self._on_delivery
         for (raw, source), verdict in zip(records, verdicts, strict=True):
             if isinstance(verdict, Accepted):
                 event = verdict.event
-                sends.append(
-                    await send(
-                        k.customer_events_topic,
-                        orjson.dumps(event),
-                        key=event["customer_id"].encode(),
-                        timestamp_ms=int(event["ts"] * 1000),
-                        headers=headers,
-                    )
+                self._produce(
+                    produce,
+                    k.customer_events_topic,
+                    orjson.dumps(event),
+                    event["customer_id"].encode(),
+                    on_delivery,
+                    timestamp=int(event["ts"] * 1000),
+                    headers=headers,
                 )
                 self.metrics.accepted += 1
             else:
-                sends.append(
-                    await send(
-                        k.deadletter_topic,
-                        deadletter_value(raw, verdict, source, received_at),
-                        key=source.topic.encode(),
-                    )
+                self._produce(
+                    produce,
+                    k.deadletter_topic,
+                    deadletter_value(raw, verdict, source, received_at),
+                    source.topic.encode(),
+                    on_delivery,
                 )
                 self.metrics.deadlettered += 1
-        if sends:
-            await asyncio.gather(*sends)
+        self._flush()
+        self._commit(offsets)
         self.metrics.consumed += len(records)
         self.metrics.batches += 1
         self.metrics.last_batch_at = received_at
 
-    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
-        assert self.consumer is not None
+    def _produce(self, produce: Any, topic: str, value: bytes, key: bytes, on_delivery: Any,
+                 **extra: Any) -> None:  # fmt: skip
+        while True:
+            try:
+                produce(topic, value, key, on_delivery=on_delivery, **extra)
+                return
+            except BufferError:
+                # librdkafka's queue is full: let it deliver, then try again.
+                self.producer.poll(0.1)
+
+    def _on_delivery(self, error: KafkaError | None, _message: Any) -> None:
+        if error is not None:
+            self._failed_sends.append(error)
+
+    def _flush(self) -> None:
+        """Until every record of the poll is acknowledged. The idempotent
+        producer retries on its own; a record it gave up on means the poll is
+        not committed, and the worker's supervisor starts ingest again from
+        the committed offsets (at least once)."""
+        while self.producer.flush(FLUSH_TIMEOUT_S):
+            log.warning("ingest: records still unacknowledged after %.0f s", FLUSH_TIMEOUT_S)
+        if self._failed_sends:
+            errors, self._failed_sends = self._failed_sends, []
+            self.metrics.send_retries += len(errors)
+            raise KafkaException(errors[0])
+
+    def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        # Only the partitions this poll read: a commit of every assigned
+        # partition lists hundreds of device topics each time.
         try:
-            await self.consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            self.consumer.commit(
+                offsets=[KafkaPartition(t, p, o) for (t, p), o in offsets.items()],
+                asynchronous=False,
+            )
+        except KafkaException as exc:
             # Every record of the batch is already acknowledged downstream; the
             # group moved on (a rebalance), so whoever owns the partitions now
             # reads them again and the actor's dedup drops the repeats.
             self.metrics.commit_failures += 1
-            log.warning("ingest offset commit failed, the batch will be re-delivered: %r", exc)
+            log.warning("ingest offset commit failed, the batch will be re-delivered: %s", exc)
+
+    # ------------------------------------------------------------ rebalances
+
+    def _on_assign(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
+        self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        self.metrics.subscribed_topics = len({topic for topic, _ in self._assigned})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._assigned -= gone
+        for tp in gone:
+            self._next_offset.pop(tp, None)
+        self.metrics.subscribed_topics = len({topic for topic, _ in self._assigned})
+
+    # ------------------------------------------------------------ watermark
 
     def _headers(self) -> list[tuple[str, bytes]]:
         # Unknown (a lagging source has yielded no valid event yet) holds time
@@ -265,27 +348,37 @@ class IngestService(Service):
             (WATERMARK_HEADER, repr(float("-inf") if mark is None else mark).encode()),
         ]
 
-    async def _update_watermark(self, force: bool = False) -> None:
+    def _update_watermark(self, force: bool = False) -> None:
         """Recompute the watermark from which source partitions still have unread records.
 
-        Events are stamped with the watermark as of the last recompute, which
-        is behind the truth, never ahead of it.
+        librdkafka fetches every assigned partition continuously, so its cached
+        high watermarks are at most a fetch old. Events are stamped with the
+        watermark as of the last recompute, which is behind the truth, never
+        ahead of it.
         """
-        assert self.consumer is not None
         now = time.monotonic()
         if not force and now - self._watermark_at < WATERMARK_INTERVAL_S:
             return
         self._watermark_at = now
-        assignment = list(self.consumer.assignment())
-        # Fresh end offsets (one ListOffsets request): highwater() is only as new
-        # as the last fetch, and would call a source with unfetched records caught up.
-        end_offsets = await self.consumer.end_offsets(assignment) if assignment else {}
+        unread = [tp for tp in self._assigned if tp not in self._next_offset]
+        if unread:
+            # Where reading starts: the committed offset (one request for all).
+            for tp in self.consumer.committed([KafkaPartition(*tp) for tp in unread], timeout=10):
+                if tp.offset >= 0:
+                    self._next_offset[tp.topic, tp.partition] = tp.offset
         lagging = []
-        for tp in assignment:
-            position = self._next_offset.get(tp)
-            if position is None:
-                position = self._next_offset[tp] = await self.consumer.position(tp)
-            if position < end_offsets.get(tp, 0):
-                lagging.append((tp.topic, tp.partition))
+        for topic, partition in self._assigned:
+            low, high = self.consumer.get_watermark_offsets(
+                KafkaPartition(topic, partition), cached=True
+            )
+            position = self._next_offset.get((topic, partition), low)
+            # An unknown end (not fetched yet) counts as lagging: it holds time back.
+            if high < 0 or position < high:
+                lagging.append((topic, partition))
         self.watermarks.advance(lagging)
         self.metrics.watermark = self.watermarks.current
+
+
+def _regex(literal: str) -> str:
+    """``literal`` escaped for a librdkafka topic regex (POSIX extended)."""
+    return "".join(f"\\{c}" if c in r".^$*+?()[]{}|\\" else c for c in literal)

@@ -4,10 +4,10 @@ A worker's customer actors, its ingest consumer and its Cassandra sink each
 keep a Python event loop busy, and one event loop runs on one core. By
 default (``worker.ingest = "process"``, ``worker.sink = "process"``) the
 worker starts ``iotcrm ingest`` and ``iotcrm sink`` as child processes and
-supervises them, so a replica uses a core per stage; ``"inline"`` runs the
-stage inside the worker's own loop, and ``"off"`` leaves it to a process the
-operator runs elsewhere (``iotcrm ingest`` / ``iotcrm sink`` are the same
-commands, so they can be scaled apart from the actors).
+supervises them, so a replica uses a core per stage; ``worker.sink =
+"inline"`` runs the sink inside the worker's own loop, and ``"off"`` leaves a
+stage to a process the operator runs elsewhere (``iotcrm ingest`` / ``iotcrm
+sink`` are the same commands, so they can be scaled apart from the actors).
 
 A supervised child writes its counters to a status file (JSON, replaced
 atomically) a few times a second; the worker serves them in ``/metrics`` and
@@ -146,41 +146,53 @@ class ChildProcess(Service):
 # ------------------------------------------------------------ the child side
 
 
-async def run_stage(settings: Settings, role: Role, status_path: Path | None) -> None:
-    """``iotcrm ingest`` / ``iotcrm sink``: one stage until SIGTERM or SIGINT."""
+def run_ingest(settings: Settings, status_path: Path | None) -> None:
+    """``iotcrm ingest``: the ingest loop until SIGTERM or SIGINT."""
+    from agents.ingest import Ingest
+
+    ingest = Ingest(settings)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: ingest.stop())
+    written_at = 0.0
+
+    def report() -> None:
+        nonlocal written_at
+        now = time.monotonic()
+        if status_path is not None and now - written_at >= STATUS_INTERVAL_S:
+            write_status(status_path, ingest.metrics.as_dict())
+            written_at = now
+
+    log.info("ingest running")
+    try:
+        ingest.run(on_idle=report)
+    finally:
+        if status_path is not None:
+            write_status(status_path, ingest.metrics.as_dict())
+
+
+async def run_sink(settings: Settings, status_path: Path | None) -> None:
+    """``iotcrm sink``: the Cassandra sink until SIGTERM or SIGINT."""
+    from engine.store.cassandra import CassandraStore
+    from engine.store.sink import CassandraSink
+
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    stage: Any
-    metrics: Any
-    if role == "ingest":
-        from agents.ingest import IngestService
-
-        stage = IngestService(settings)
-        await stage.start()
-        metrics = stage.metrics
-    else:
-        from engine.store.cassandra import CassandraStore
-        from engine.store.sink import CassandraSink
-
-        store = CassandraStore(settings)
-        stage = CassandraSink(settings, store, group_id=f"{settings.worker.app_id}-cassandra-sink")
-        await stage.start()
-        metrics = stage.metrics
-    log.info("%s running", role)
+    store = CassandraStore(settings)
+    sink = CassandraSink(settings, store, group_id=f"{settings.worker.app_id}-cassandra-sink")
+    await sink.start()
+    log.info("sink running")
     try:
         while not stopping.is_set():
             if status_path is not None:
-                write_status(status_path, metrics.as_dict())
-            crashed = getattr(stage, "crash_reason", None)
-            if crashed is not None or (role == "sink" and not metrics.running):
-                raise RuntimeError(f"{role} stopped working: {crashed!r}")
+                write_status(status_path, sink.metrics.as_dict())
+            if not sink.metrics.running:
+                raise RuntimeError("the Cassandra sink stopped working")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), STATUS_INTERVAL_S)
     finally:
-        await stage.stop()
-        if role == "sink":
-            await store.close()
+        await sink.stop()
+        await store.close()
         if status_path is not None:
-            write_status(status_path, metrics.as_dict())
+            write_status(status_path, sink.metrics.as_dict())

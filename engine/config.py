@@ -77,9 +77,10 @@ class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     summary_interval_s: float = 5.0
     model_checkpoint_interval_s: float = 5.0
     #: Where ingest and the Cassandra sink run: a child process of the worker
-    #: (a core of their own), the worker's own event loop, or elsewhere
-    #: (``iotcrm ingest`` / ``iotcrm sink`` started by the operator).
-    ingest: StageMode = "process"
+    #: (a core of their own), elsewhere (``"off"``: ``iotcrm ingest`` /
+    #: ``iotcrm sink`` started by the operator), or, for the sink only, the
+    #: worker's own event loop (``"inline"``).
+    ingest: Literal["process", "off"] = "process"
     sink: StageMode = "process"
 
 

@@ -138,9 +138,12 @@ def run_stage_command(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from agents.services import run_stage
+    from agents.services import run_ingest, run_sink
 
-    asyncio.run(run_stage(settings, args.role, args.status))
+    if args.role == "ingest":
+        run_ingest(settings, args.status)
+    else:
+        asyncio.run(run_sink(settings, args.status))
     return 0
 
 
