@@ -68,6 +68,22 @@ def librdkafka_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def producer_options(settings: Settings) -> dict[str, Any]:
+    """Ingest's producer: idempotent, acknowledged by all replicas, batched."""
+    return {
+        **librdkafka_options(settings),
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        "batch.size": 256 * 1024,
+        # The Java client's partitioner (murmur2), which Faust, aiokafka and
+        # the producers of crm.customers and crm.outcomes use: a customer's
+        # events must land in the partition of its profile and outcomes
+        # (librdkafka's default hashes with CRC32).
+        "partitioner": "murmur2_random",
+    }
+
+
 class CompactedTopicView:
     """Reads a compacted topic from the beginning into ``apply(key, value)``, then follows it."""
 
@@ -167,15 +183,7 @@ class Ingest:
         self._stopping = False
         self._failed_sends: list[KafkaError] = []
         options = librdkafka_options(settings)
-        self.producer = Producer(
-            {
-                **options,
-                "acks": "all",
-                "enable.idempotence": True,
-                "linger.ms": 5,
-                "batch.size": 256 * 1024,
-            }
-        )
+        self.producer = Producer(producer_options(settings))
         self.consumer = Consumer(
             {
                 **options,
