@@ -58,7 +58,7 @@ class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     web_port: int = 6066
     state_dir: str = ".state/worker"
     batch_size: int = 500
-    batch_within_s: float = 0.05
+    batch_within_s: float = 0.02
     idle_allowance_s: float = 5.0
     commit_interval_s: float = 1.0
     #: How often the actor checkpoints: waits for its actions' acknowledgements,
