@@ -197,21 +197,22 @@ def customer_view(state: CustomerState) -> dict[str, Any]:
     # usage_baseline and _support_cases_30d, inlined: this runs for every event
     baseline = daily[-BASELINE_DAYS:]
     times = state.get("support_case_times")
-    return {
-        **state["profile"],
-        "customer_id": state["customer_id"],
-        "devices": len(state["devices"]),
-        "usage_today_min": usage["today_min"],
-        "usage_yesterday_min": daily[-1] if daily else None,
-        "usage_baseline_min": (
-            sum(baseline) / len(baseline) if len(baseline) >= BASELINE_MIN_DAYS else None
-        ),
-        "days_since_use": (
-            None if last_use is None or last_event is None else (last_event - last_use) / DAY_S
-        ),
-        "actions": state["counts"]["actions"],
-        "support_cases_30d": _support_cases_30d(state) if times else 0,
-    }
+    # Key by key rather than {**profile, ...}: that form builds the literal part
+    # as a second dict and merges it in. Same keys, order and values.
+    view = {**state["profile"]}
+    view["customer_id"] = state["customer_id"]
+    view["devices"] = len(state["devices"])
+    view["usage_today_min"] = usage["today_min"]
+    view["usage_yesterday_min"] = daily[-1] if daily else None
+    view["usage_baseline_min"] = (
+        sum(baseline) / len(baseline) if len(baseline) >= BASELINE_MIN_DAYS else None
+    )
+    view["days_since_use"] = (
+        None if last_use is None or last_event is None else (last_event - last_use) / DAY_S
+    )
+    view["actions"] = state["counts"]["actions"]
+    view["support_cases_30d"] = _support_cases_30d(state) if times else 0
+    return view
 
 
 def _support_cases_30d(state: CustomerState) -> int:
@@ -223,17 +224,17 @@ def _support_cases_30d(state: CustomerState) -> int:
 def device_view(device_state: dict[str, Any]) -> dict[str, Any]:
     """What rules see as ``device`` and models as ``device.*``."""
     consumable = device_state.get("consumable") or _NOTHING
-    return {
-        **device_state.get("last", _NOTHING),
-        "device_type": device_state.get("device_type"),
-        "last_ts": device_state.get("last_ts"),
-        "events": device_state.get("events", 0),
-        "gap_count": device_state.get("gap_count", 0),
-        # Time of the device's latest action per type, e.g. last_action_at.maintenance_booking
-        "last_action_at": device_state.get("last_action_at", {}),
-        "level_drop_per_cycle": consumable.get("drop_per_cycle"),
-        "cycles_per_day": consumable.get("cycles_per_day"),
-    }
+    # Key by key, as in customer_view: same keys, order and values.
+    view = {**device_state.get("last", _NOTHING)}
+    view["device_type"] = device_state.get("device_type")
+    view["last_ts"] = device_state.get("last_ts")
+    view["events"] = device_state.get("events", 0)
+    view["gap_count"] = device_state.get("gap_count", 0)
+    # Time of the device's latest action per type, e.g. last_action_at.maintenance_booking
+    view["last_action_at"] = device_state.get("last_action_at", {})
+    view["level_drop_per_cycle"] = consumable.get("drop_per_cycle")
+    view["cycles_per_day"] = consumable.get("cycles_per_day")
+    return view
 
 
 def note_action(state: CustomerState, action: dict[str, Any]) -> None:
