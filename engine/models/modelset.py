@@ -70,6 +70,7 @@ class ModelSet:
 
     def __init__(self, specs: Sequence[ModelSpec]) -> None:
         self._models = [OnlineModel(spec) for spec in specs]
+        self._named = [(model, model.spec.name) for model in self._models]
         self._by_name = {model.spec.name: model for model in self._models}
         self._by_outcome: dict[str, list[OnlineModel]] = {}
         for model in self._models:
@@ -103,19 +104,22 @@ class ModelSet:
         Returns ``{model name: score}`` for the rules' ``score`` namespace; a
         model that does not apply, or cannot predict yet, has no entry.
         """
-        ts = event_time(event.get("ts"))
-        self._advance(ts)
-        if ts is None:
+        raw_ts = event.get("ts")
+        # event_time's first case, inlined: a finite float
+        ts = raw_ts if type(raw_ts) is float and raw_ts - raw_ts == 0.0 else event_time(raw_ts)
+        if ts is not None and (self.stream_time is None or ts > self.stream_time):
+            self._advance(ts)
+        elif ts is None:
             ts = self.stream_time
         scores: dict[str, float] = {}
-        for model in self._models:
+        for model, name in self._named:
             try:
                 score = model.process(event, customer, device, ts)
             except Exception:
                 self._failed(model, "event", event.get("id"))
                 continue
             if score is not None:
-                scores[model.spec.name] = score
+                scores[name] = score
         return scores
 
     def observe_outcome(self, outcome: Mapping[str, Any]) -> None:
@@ -139,7 +143,8 @@ class ModelSet:
             return
         self.stream_time = ts
         for model in self._delayed:
-            model.expire(ts)
+            if ts > model._next_expiry:  # expire()'s own first test, without the call
+                model.expire(ts)
 
     def _failed(self, model: OnlineModel, what: str, ident: Any) -> None:
         # One bad input must not stop a partition; count it, and log sparingly.
