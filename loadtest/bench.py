@@ -32,8 +32,9 @@ starts the local servers first). Options: ``--customers``, ``--events``,
    after another (``RateSearch``: from a share of the contender's backlog
    rate, up while steps hold, down while they fail, then bisecting), each
    sized to hold enough expected actions for a p99 and drained before the
-   next; a step holds when the p99 of its event-to-action latencies is under
-   250 ms. Bounded by ``--search-steps`` and ``--search-budget``.
+   next; a step holds when the p99 of the event-to-action latencies of the
+   actions its events triggered is under 250 ms (timer-driven actions are
+   reported apart). Bounded by ``--search-steps`` and ``--search-budget``.
 4. Replicas (``--no-replicas``): the main backlog again through ``--replicas``
    engine workers (one app id, each its own web port and state folder,
    progress summed over their ``/metrics``) and as many peer processes in one
@@ -139,12 +140,12 @@ class BenchOptions:
     live_profile_seconds: float = 15.0
     #: Also time the ceiling with batched fetches over the paced phase.
     fetch_probe: bool = True
-    #: The step search for each contender's sustainable rate (0 steps: none).
+    #: The step search for each contender's sustainable rate.
     sustainable: bool = True
     #: Its own workload: denser in actions than the main one (a shorter span,
     #: so the same episodes per device fall in fewer events), and longer.
     search_customers: int = 200
-    search_span_s: float = 12 * 3600.0
+    search_span_s: float = 8 * 3600.0
     #: The first step's rate as a share of the contender's backlog rate.
     search_start_share: float = 0.3
     search_up: float = 1.5
@@ -155,7 +156,7 @@ class BenchOptions:
     search_min_step_s: float = 6.0
     search_min_actions: int = 40
     #: ...but lasts no longer than this.
-    search_max_step_s: float = 25.0
+    search_max_step_s: float = 30.0
     #: A step stops early once the contender is this many seconds of load behind.
     search_abort_lag_s: float = 2.0
     #: Wall-time budget of one contender's steps.
@@ -625,6 +626,10 @@ async def sustainable_search(
             step = await _search_step(
                 contender, reader, work.rest[position:end], rate, before, options
             )
+            if step["events"] < end - position:  # stopped early: what its events held
+                last = clock[position + max(0, step["events"] - 1)]
+                first = bisect.bisect_left(action_ats, clock[position])
+                expected = max(0, bisect.bisect_right(action_ats, last) - first)
             step["expected_actions"] = expected
             steps.append(step)
             position += step["events"]
@@ -711,13 +716,14 @@ async def _search_step(
 
 
 def min_step_samples(options: BenchOptions) -> int:
-    """The fewest timed actions a step is judged on: half of the expected
-    actions each step is sized for, and never fewer than 10.
+    """The fewest event-triggered actions a step must time to hold: a quarter
+    of the expected actions each step is sized for (some are timer-driven,
+    and a step at a low rate is cut at ``search_max_step_s``), at least 10.
 
-    >>> [min_step_samples(BenchOptions(search_min_actions=n)) for n in (40, 8)]
-    [20, 10]
+    >>> [min_step_samples(BenchOptions(search_min_actions=n)) for n in (80, 40, 8)]
+    [20, 10, 10]
     """
-    return max(10, options.search_min_actions // 2)
+    return max(10, options.search_min_actions // 4)
 
 
 async def _watch_lag(
@@ -768,6 +774,8 @@ async def replicas_phase(
             base = await contender.wait_done(min(len(work.warmup), start + quarter), timeout_s=300)
             await asyncio.sleep(1.0)
         shares_before = _replica_done(contender)
+        if not all(shares_before):
+            _log(f"{contender.name}: not every replica took part in the warm-up: {shares_before}")
         _log(f"{contender.name}: {n} replicas warmed up; a backlog of {len(work.backlog)} frozen")
         _, figures = await _backlog(contender, work, base)
         shares_after = _replica_done(contender)
@@ -779,6 +787,7 @@ async def replicas_phase(
     total = sum(worked) or 1
     figures.update(
         replicas=n,
+        warmup_done_per_replica=shares_before,
         replica_shares=[round(done / total, 3) for done in worked],
         one_replica_eps=one_replica.get("eps"),
         over_one_replica=ratio(figures.get("eps"), one_replica.get("eps")),
@@ -1468,7 +1477,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--search-span",
         type=parse_duration,
         default=d.search_span_s,
-        help="simulated time of the search's workload: shorter is denser in actions (default 12h)",
+        help="simulated time of the search's workload: shorter is denser in actions (default 8h)",
     )
     scale.add_argument(
         "--search-steps",
