@@ -160,7 +160,7 @@ class BenchOptions:
     #: A step stops early once the contender is this many seconds of load behind.
     search_abort_lag_s: float = 2.0
     #: Wall-time budget of one contender's steps.
-    search_budget_s: float = 180.0
+    search_budget_s: float = 120.0
     #: Worker replicas (engine) and processes in one consumer group (peer); < 2: no row.
     replicas: int = 2
     #: The growth row: the engine on ``growth_factor`` times the customers (0: none).
@@ -668,7 +668,12 @@ async def _search_step(
     started = time.time()
     limit = rate * options.search_abort_lag_s
     lags: list[tuple[float, int]] = []
-    watch = asyncio.create_task(_watch_lag(contender, walls, before, limit, stop, lags))
+    # A publisher slowed down by a busy machine must not stretch a step without end.
+    deadline = started + 1.5 * options.search_max_step_s
+    stopped: list[str] = []
+    watch = asyncio.create_task(
+        _watch_lag(contender, walls, before, limit, stop, lags, deadline, stopped)
+    )
     try:
         await _feed(contender, events, rate=rate, linger_ms=1, walls=walls, stop=stop)
         published_s = time.time() - started
@@ -689,12 +694,14 @@ async def _search_step(
         latencies,
         limit_ms=P99_LIMIT_MS,
         min_samples=min_step_samples(options),
-        fell_behind=stop.is_set(),
+        fell_behind="behind" in stopped,
     )
     summary = latency_summary(latencies)
     timers = latency_summary(timer_latencies)
     return {
-        "offered_rate": round(rate, 1),
+        # What was offered: the rate asked for, unless the publisher fell short of it.
+        "offered_rate": round(offered_rate(rate, walls), 1),
+        "asked_rate": round(rate, 1),
         "events": len(walls),
         "planned_events": len(events),
         "seconds": round(published_s, 1),
@@ -712,7 +719,27 @@ async def _search_step(
         "cpu_s_per_million": _rounded(per_million(cpu, len(walls)), 1),
         "passed": verdict.passed,
         "verdict": verdict.reason,
+        #: Publishing ran out of time before the step's events were all out.
+        "cut_short": "deadline" in stopped,
     }
+
+
+def offered_rate(asked: float, walls: list[float], slack: float = 0.95) -> float:
+    """The rate a paced phase offered: ``asked``, or what the publisher
+    achieved (events over their publish span) when that fell below ``slack``
+    of it (a busy machine slows the publisher too).
+
+    >>> offered_rate(100.0, [0.0, 0.5, 1.0, 1.5, 2.0])  # 4 intervals in 2 s: 2/s
+    2.0
+    >>> offered_rate(2.0, [0.0, 0.5, 1.0, 1.5, 2.0]), offered_rate(2.1, [0.0, 0.5, 1.0, 1.5, 2.0])
+    (2.0, 2.1)
+    >>> offered_rate(50.0, [1.0])
+    50.0
+    """
+    if len(walls) < 2 or walls[-1] <= walls[0]:
+        return asked
+    achieved = (len(walls) - 1) / (walls[-1] - walls[0])
+    return asked if achieved >= slack * asked else achieved
 
 
 def min_step_samples(options: BenchOptions) -> int:
@@ -733,22 +760,29 @@ async def _watch_lag(
     limit: float,
     stop: asyncio.Event,
     lags: list[tuple[float, int]],
+    deadline: float,
+    stopped: list[str],
 ) -> None:
     """Twice a second, until cancelled: how many published events are not
     fully processed yet (appended to ``lags`` with the wall time); sets
     ``stop`` once that is more than ``limit`` twice in a row (a queue of
-    seconds of load is many times the p99 limit)."""
+    seconds of load is many times the p99 limit: ``behind`` in ``stopped``),
+    or at ``deadline`` (``deadline``)."""
     over = 0
     with contextlib.suppress(asyncio.CancelledError):
         while True:
             await asyncio.sleep(0.5)
+            if time.time() > deadline and not stop.is_set():
+                stopped.append("deadline")
+                stop.set()
             progress = await contender.progress()
             if progress is None:
                 continue
             lag = max(0, len(walls) - (progress.done - before))
             lags.append((time.time(), lag))
             over = over + 1 if lag > limit else 0
-            if over >= 2:
+            if over >= 2 and not stop.is_set():
+                stopped.append("behind")
                 stop.set()
 
 
@@ -1496,7 +1530,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--search-budget",
         type=parse_duration,
         default=d.search_budget_s,
-        help="wall time one contender's steps may take (default 180s)",
+        help="wall time one contender's steps may take (default 120s)",
     )
     scale.add_argument(
         "--replicas",

@@ -265,7 +265,7 @@ def _sustainable(results: Mapping[str, Any]) -> list[str]:
             continue
         for number, step in enumerate(row.get("step_results") or [], start=1):
             lines.append(
-                f"| {name} | {number} | {_show(step.get('offered_rate'))} "
+                f"| {name} | {number} | {_offered(step)} "
                 f"| {_show(step.get('events'))} | {_show(step.get('seconds'), 1)} "
                 f"| {_show(step.get('expected_actions'))} | {_show(step.get('latency_samples'))} "
                 f"| {_show(step.get('p50_ms'), 1)} | {_show(step.get('p99_ms'), 1)} "
@@ -284,6 +284,14 @@ def _sustainable(results: Mapping[str, Any]) -> list[str]:
         "![sustainable](sustainable.png)",
     ]
     return lines
+
+
+def _offered(step: Mapping[str, Any]) -> str:
+    """A step's offered rate, and the rate asked for when the publisher fell short."""
+    offered, asked = step.get("offered_rate"), step.get("asked_rate")
+    if asked is not None and offered is not None and offered < asked:
+        return f"{_show(offered)} (asked {_show(asked)})"
+    return _show(offered)
 
 
 def _replicas(results: Mapping[str, Any]) -> list[str]:
@@ -381,7 +389,14 @@ def _growth(results: Mapping[str, Any]) -> list[str]:
         f"| {_show(over.get('peak_rss_mb'), 2, '×')} "
         f"| {_show(over.get('rss_after_backlog_mb'), 2, '×')} |"
     )
-    lines += ["", "State memory per customer:", ""]
+    lines += [
+        "",
+        "The main row's peak RSS includes its run over the rest of the stream for the "
+        "accuracy score; *RSS after backlog* is taken at the same point in both rows.",
+        "",
+        "State memory per customer:",
+        "",
+    ]
     per_customer = memory.get("rss_kib_per_customer")
     lines.append(
         f"- **Resident memory: {_show(per_customer, 1, ' KiB')} per customer**: (RSS after "

@@ -18,6 +18,7 @@ from loadtest.bench import (
     _targets,
     add_arguments,
     min_step_samples,
+    offered_rate,
     options_from,
     sample_records,
 )
@@ -133,6 +134,14 @@ def test_actions_are_split_into_event_triggered_and_timer_driven() -> None:
     by_event, by_time = split_by_trigger(timed, event_ts)
     assert by_event == [0.05, 0.07]
     assert by_time == [3.0, 1.5]
+
+
+def test_a_step_offers_what_the_publisher_achieved_when_it_fell_short() -> None:
+    walls = [i * 0.01 for i in range(101)]  # 100 events/s
+    assert offered_rate(100.0, walls) == 100.0
+    assert offered_rate(104.0, walls) == 104.0  # within 5 %
+    assert offered_rate(200.0, walls) == pytest.approx(100.0)
+    assert offered_rate(200.0, []) == 200.0
 
 
 def test_a_state_sample_keeps_every_record_of_every_nth_customer() -> None:
@@ -407,6 +416,9 @@ def test_the_report_shows_the_sustainable_rates_and_every_step() -> None:
         in (markdown)
     )
     assert "fell behind (stopped early) |" in markdown
+    short = _doc()
+    short["sustainable"]["peer"]["step_results"][0].update(offered_rate=1100.0, asked_rate=1500.0)
+    assert "| peer | 1 | 1,100 (asked 1,500) |" in build_markdown(short)
     assert "300 customers × 2 devices over 12 h (97,000 events, 401 expected actions" in markdown
     assert "| engine sustainable rate ≥ peer (p99 < 250 ms) | 1,350/s vs < 1,500/s | no |" in (
         markdown
@@ -466,3 +478,44 @@ def test_summary_lines_and_the_search_plot(tmp_path: Path) -> None:
     assert any(line.startswith("growth 10x: engine 2,700 events/s (0.90x") for line in lines)
     plot_sustainable(_doc(), tmp_path / "sustainable.png")
     assert (tmp_path / "sustainable.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _Scripted:
+    """A contender whose progress follows a script of ``done`` counts."""
+
+    def __init__(self, done: list[int]) -> None:
+        self.done = iter(done)
+
+    async def progress(self) -> Any:
+        from loadtest.contenders import Progress
+
+        value = next(self.done, None)
+        return None if value is None else Progress(value, value)
+
+
+@pytest.mark.parametrize(
+    ("done", "reason"),
+    [
+        ([990, 400, 990, 990], []),  # one spike of lag: carries on
+        ([990, 400, 450, 990], ["behind"]),  # behind twice in a row: stops
+    ],
+)
+def test_a_step_stops_once_the_contender_is_behind_twice_in_a_row(
+    done: list[int], reason: list[str]
+) -> None:
+    from loadtest.bench import _watch_lag
+
+    async def run() -> tuple[list[str], list[tuple[float, int]], bool]:
+        walls = [0.0] * 1000  # everything published
+        stop, lags, stopped = asyncio.Event(), [], []
+        task = asyncio.create_task(
+            _watch_lag(_Scripted(done), walls, 0, 500, stop, lags, float("inf"), stopped)  # type: ignore[arg-type]
+        )
+        await asyncio.sleep(0.5 * len(done) + 0.2)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return stopped, lags, stop.is_set()
+
+    stopped, lags, was_stopped = asyncio.run(run())
+    assert stopped == reason and was_stopped == bool(reason)
+    assert [lag for _, lag in lags] == [1000 - d for d in done]
