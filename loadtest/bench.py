@@ -1161,6 +1161,7 @@ async def run_bench(options: BenchOptions, command: str) -> dict[str, Any]:
     finally:
         if not options.keep:
             deleted = await delete_topics(bootstrap, run_id)
+            deleted += await delete_topics(bootstrap, f"changelog__{run_id}")  # Quix's
             _log(f"deleted {deleted} topics of run {run_id}")
     _log(f"profiling the engine's hot path offline on {options.profile_events} events")
     profile = profile_hot_path(work, settings, options.profile_events)
@@ -1231,6 +1232,8 @@ async def _cleanup(contender: Contender, options: BenchOptions) -> None:
     if isinstance(contender, EngineContender):
         await contender.drop_keyspace()
     await delete_topics(contender.bootstrap, contender.prefix + ".")
+    # Quix Streams names its state's changelog topics after the consumer group.
+    await delete_topics(contender.bootstrap, f"changelog__{contender.prefix}")
 
 
 async def _sustainable_rates(

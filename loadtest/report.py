@@ -337,7 +337,7 @@ def _replicas(results: Mapping[str, Any]) -> list[str]:
         "replicas (an engine worker runs its ingest and sink as child processes, so one "
         "replica already uses more than one core): the ratio is what more processes gain on "
         f"{cpus} cores, not what more machines would. CPU busy is the replicas' CPU time over "
-        "wall time (100 % = one core).",
+        f"wall time (100 % = one core). This part took {_show(replicas.get('seconds'), 0, ' s')}.",
     ]
     return lines
 
@@ -366,7 +366,8 @@ def _growth(results: Mapping[str, Any]) -> list[str]:
         f"{(growth.get('skipped_s') or 0) / 3600:g} h into the simulation, where episodes "
         "begin, so its latency phase has actions to time. Warm-up, backlog and latency "
         "phase as in the main row, the latency at "
-        f"{_show(params.get('load_share'), 2)} × its own backlog rate.",
+        f"{_show(params.get('load_share'), 2)} × its own backlog rate. This part took "
+        f"{_show(growth.get('seconds'), 0, ' s')}.",
         "",
         "| row | customers | events on | events/s | steady events/s | CPU s per M events "
         "| offered /s | p50 ms | p99 ms | latency samples | peak RSS MB | RSS after backlog MB |",
@@ -891,16 +892,22 @@ def plot_sustainable(results: Mapping[str, Any], path: Path) -> None:
     figure, axis = plt.subplots(figsize=(6.4, 3.6))
     for name in ("engine", "peer"):
         steps = (sustainable.get(name) or {}).get("step_results") or []
-        points = [(s["offered_rate"], s["p99_ms"] or s.get("max_ms")) for s in steps]
-        points = [(rate, p99) for rate, p99 in points if p99]
+        points = sorted(
+            (s["offered_rate"], s["p99_ms"], bool(s.get("passed")))
+            for s in steps
+            if s.get("p99_ms")
+        )
         if points:
-            ordered = sorted(points)
-            axis.plot([p[0] for p in ordered], [p[1] for p in ordered], marker="o", label=name)
+            (line,) = axis.plot([p[0] for p in points], [p[1] for p in points], label=name)
+            for marker, held in (("o", True), ("x", False)):
+                chosen = [p for p in points if p[2] is held]
+                axis.scatter([p[0] for p in chosen], [p[1] for p in chosen], marker=marker,
+                             color=line.get_color(), zorder=3)  # fmt: skip
     axis.axhline(sustainable.get("p99_limit_ms", 250.0), color="grey", linestyle=":", linewidth=1)
     axis.set_yscale("log")
     axis.set_xlabel("offered events / s")
     axis.set_ylabel("event-to-action p99, ms (log scale)")
-    axis.set_title("Sustainable-rate search: one point per step")
+    axis.set_title("Sustainable-rate search: one point per step (x: did not hold)")
     if axis.get_legend_handles_labels()[0]:
         axis.legend()
     figure.tight_layout()
