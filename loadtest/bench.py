@@ -623,9 +623,14 @@ async def sustainable_search(
                 stopped = f"the time budget ({options.search_budget_s:.0f} s)"
                 break
             before = len(work.warmup) + position
-            step = await _search_step(
-                contender, reader, work.rest[position:end], rate, before, options
-            )
+            try:
+                step = await _search_step(
+                    contender, reader, work.rest[position:end], rate, before, options
+                )
+            except Exception as exc:  # the steps so far stand
+                stopped = f"an error at {rate:,.0f}/s: {type(exc).__name__}: {exc}"[:500]
+                _log(f"{contender.name}: {stopped}")
+                break
             if step["events"] < end - position:  # stopped early: what its events held
                 last = clock[position + max(0, step["events"] - 1)]
                 first = bisect.bisect_left(action_ats, clock[position])
@@ -938,11 +943,14 @@ def encoded_states(
     ``customers`` customers after the first ``events`` records of ``work``
     (theirs among them) went through the worker's hot path, in process."""
     from loadtest.hotpath import HotPath
+    from tables.state import encode_state
 
     class Capturing(HotPath):
-        states: dict[str, bytes] | None = None
+        """Keeps the hot path's own map of customer states (encoded or not)."""
 
-        def _load(self, states: dict[str, bytes], customer_id: str) -> dict[str, Any]:
+        states: dict[str, Any] | None = None
+
+        def _load(self, states: dict[str, Any], customer_id: str) -> dict[str, Any]:
             self.states = states
             return super()._load(states, customer_id)
 
@@ -950,7 +958,10 @@ def encoded_states(
     records, _ = sample_records(work.records[:events], owner, customers)
     path = Capturing(settings, work.sim.registry_records(), work.sim.profiles())
     path.run(records, path.fresh())
-    sizes = sorted(len(blob) for blob in (path.states or {}).values())
+    sizes = sorted(
+        len(state) if isinstance(state, bytes | bytearray) else len(encode_state(state))
+        for state in (path.states or {}).values()
+    )
     return {
         "events": len(records),
         "customers": len(sizes),

@@ -519,3 +519,27 @@ def test_a_step_stops_once_the_contender_is_behind_twice_in_a_row(
     stopped, lags, was_stopped = asyncio.run(run())
     assert stopped == reason and was_stopped == bool(reason)
     assert [lag for _, lag in lags] == [1000 - d for d in done]
+
+
+def test_encoded_states_are_the_codec_sizes_of_the_sampled_customers() -> None:
+    from engine.config import load_settings
+    from loadtest.bench import BENCH_EPISODES, Workload, encoded_states
+    from loadtest.simulator import SimParams, Simulation
+    from tables.state import new_customer_state
+
+    sim = Simulation(
+        SimParams(customers=6, seed=3, span_s=2 * 3600, end_ts=1_763_700_000.0,
+                  episodes=BENCH_EPISODES)
+    )  # fmt: skip
+    records = list(sim.events())
+    work = Workload(sim, records, sim.truth(), [], [], records)
+    sizes = encoded_states(work, load_settings(), len(records), customers=3)
+    assert sizes["customers"] == 3
+    assert 0 < sizes["events"] < len(records)
+    assert sizes["events_per_customer"] == round(sizes["events"] / 3, 1)
+    # Real encoded states: far more than an empty one, ordered statistics.
+    from tables.state import encode_state
+
+    empty = len(encode_state(new_customer_state("c-0001")))
+    assert sizes["mean_bytes"] > 2 * empty
+    assert sizes["p95_bytes"] <= sizes["max_bytes"]
