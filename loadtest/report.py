@@ -702,7 +702,21 @@ def remedies(results: Mapping[str, Any]) -> list[str]:
             "in the peer): fewer or shallower HalfSpaceTrees, or scoring every reading but "
             "learning on a sample."
         )
-    if engine.get("live_lag", {}).get("last_stage_max_events"):
+    searched = (results.get("sustainable") or {}).get("engine") or {}
+    if searched.get("steps") and not searched.get("error"):
+        share = searched.get("share_of_backlog")
+        held = (
+            f"the engine held p99 < 250 ms at {_rate(searched)}"
+            + (f" ({share * 100:.0f} % of its backlog rate)" if share else "")
+            if searched.get("rate") is not None
+            else "the engine held p99 < 250 ms at no rate tried, down to "
+            f"{_show(searched.get('below'))}/s"
+        )
+        lines.append(
+            f"{len(lines) + 1}. Until then, size workers by the sustainable rate, not by the "
+            f"backlog one: {held} in the search above."
+        )
+    elif engine.get("live_lag", {}).get("last_stage_max_events"):
         lines.append(
             f"{len(lines) + 1}. Until then, the engine's sustainable offered load is well below "
             "half its backlog rate: size workers by the paced figures, not by the backlog ones."

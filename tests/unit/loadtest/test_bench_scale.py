@@ -543,3 +543,14 @@ def test_encoded_states_are_the_codec_sizes_of_the_sampled_customers() -> None:
     empty = len(encode_state(new_customer_state("c-0001")))
     assert sizes["mean_bytes"] > 2 * empty
     assert sizes["p95_bytes"] <= sizes["max_bytes"]
+
+
+def test_the_last_remedy_quotes_the_sustainable_rate() -> None:
+    from loadtest.report import remedies
+
+    doc = _doc()
+    assert remedies(doc)[-1].endswith(
+        "the engine held p99 < 250 ms at 1,350/s (45 % of its backlog rate) in the search above."
+    )
+    doc["sustainable"]["engine"] = {"rate": None, "below": 300.0, "steps": 4}
+    assert "held p99 < 250 ms at no rate tried, down to 300/s in the search" in remedies(doc)[-1]
