@@ -285,23 +285,17 @@ def _log(message: str) -> None:
 
 
 async def _feed(
-    contender: Contender,
-    events: list[Record],
-    rate: float = 0.0,
-    linger_ms: int = 20,
-    *,
-    walls: list[float] | None = None,
-    stop: asyncio.Event | None = None,
+    contender: Contender, events: list[Record], rate: float = 0.0, linger_ms: int = 20
 ) -> list[float]:
-    """Publish ``events`` to the contender (``rate`` per second, 0: at once);
-    returns their publish wall times. With ``walls``, each is appended as it
-    is sent; with ``stop``, publishing ends early once it is set."""
+    """Publish ``events`` to the contender (``rate`` per second, 0: at once),
+    to its per-device topics or its shared keyed topic; returns their publish
+    wall times."""
     from loadtest.feed import Feeder
 
     async with Feeder(contender.bootstrap, contender.device_prefix, linger_ms) as feeder:
-        if contender.shared_topic is None and walls is None and stop is None:
+        if contender.shared_topic is None:
             return await feeder.publish_events(events, rate)
-        return await _send(feeder, contender.shared_topic, events, rate, walls, stop)
+        return await _send(feeder, contender.shared_topic, events, rate)
 
 
 async def _send(
@@ -577,7 +571,7 @@ async def sustainable_search(
     """One contender's step search (``RateSearch``) over the search workload:
     paced steps one after another in one process, each drained before the
     next, each judged by the event-to-action p99 of its own events."""
-    from loadtest.feed import ActionReader
+    from loadtest.feed import ActionReader, Feeder
 
     search = RateSearch(
         start=options.search_start_share * backlog_eps,
@@ -595,8 +589,17 @@ async def sustainable_search(
     await _prepare(contender, work)
     contender.start()
     reader = ActionReader(contender.bootstrap, contender.action_topics)
+    # One producer for every step, its metadata fetched for every topic first: a
+    # fresh one blocks on a lookup at its first send to each topic, and a step
+    # would start by publishing well below its rate.
+    feeder = Feeder(contender.bootstrap, contender.device_prefix, linger_ms=1)
     began = time.monotonic()
     try:
+        await feeder.__aenter__()
+        await feeder.wait_for_leaders(
+            [contender.shared_topic] if contender.shared_topic else
+            [feeder.topic_of(device_id) for device_id in work.device_ids]
+        )  # fmt: skip
         await contender.wait_done(len(work.warmup), timeout_s=300)
         await reader.start()
         began = time.monotonic()  # the budget is the steps'
@@ -625,7 +628,7 @@ async def sustainable_search(
             before = len(work.warmup) + position
             try:
                 step = await _search_step(
-                    contender, reader, work.rest[position:end], rate, before, options
+                    contender, feeder, reader, work.rest[position:end], rate, before, options
                 )
             except Exception as exc:  # the steps so far stand
                 stopped = f"an error at {rate:,.0f}/s: {type(exc).__name__}: {exc}"[:500]
@@ -644,6 +647,7 @@ async def sustainable_search(
             )
     finally:
         await reader.stop()
+        await feeder.__aexit__()
         contender.stop()
     summary = sustainable_summary(steps, ceiling=backlog_eps)
     return {
@@ -658,6 +662,7 @@ async def sustainable_search(
 
 async def _search_step(
     contender: Contender,
+    feeder: Any,
     reader: Any,
     events: list[Record],
     rate: float,
@@ -680,7 +685,7 @@ async def _search_step(
         _watch_lag(contender, walls, before, limit, stop, lags, deadline, stopped)
     )
     try:
-        await _feed(contender, events, rate=rate, linger_ms=1, walls=walls, stop=stop)
+        await _send(feeder, contender.shared_topic, events, rate, walls, stop)
         published_s = time.time() - started
     finally:
         watch.cancel()
