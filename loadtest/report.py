@@ -306,8 +306,10 @@ def _replicas(results: Mapping[str, Any]) -> list[str]:
         f"The main workload's backlog again, through {n} engine workers (`iotcrm worker`, the "
         "same app id and topics, each its own web port and state folder; progress is the sum "
         f"of their `/metrics`) and {n} peer processes in one consumer group (progress: the "
-        "sum of their status counters); each replica joined and took part of the warm-up "
-        "before the backlog was published, frozen as before.",
+        "sum of their status counters). The warm-up went out in quarters, each once the last "
+        "was processed, after every engine worker owned partitions, so the replicas could "
+        "join their groups before the backlog was published, frozen as before; *share per "
+        "replica* shows how the backlog was split.",
         "",
         f"| contender | 1 replica events/s | {n} replicas events/s | {n} / 1 "
         "| CPU s per M events (1 → n) | CPU busy | machine busy | share of the backlog per replica "
