@@ -156,6 +156,8 @@ class CustomerAgent:
         self._held: list[faust.EventT] = []
         #: acknowledgements of actions sent since the last checkpoint
         self._unacknowledged: list[asyncio.Future[Any]] = []
+        #: the latest checkpoint's release (waits for its writes, then for the one before)
+        self._releasing: asyncio.Future[None] | None = None
         self._checkpointed_at = time.monotonic()
         #: events, duplicates and late events processed since the last checkpoint
         self._uncounted = ActorOutput()
@@ -203,6 +205,7 @@ class CustomerAgent:
                 self.drop_uncheckpointed()
             elif self._held:
                 await self.checkpoint()
+            await self.wait_released()
         finally:
             self._lock.release()
 
@@ -329,7 +332,13 @@ class CustomerAgent:
     async def checkpoint(self) -> None:
         """Make everything processed so far durable, in the order that keeps
         at-least-once: actions acknowledged, then state written and
-        acknowledged, then the records released for Faust to commit."""
+        acknowledged, then the records released for Faust to commit.
+
+        The stream goes on while the state writes travel: their
+        acknowledgement and the release run in the background, one
+        checkpoint after the other (``wait_released``). The states are encoded
+        here, so what a checkpoint writes is what its actions came from."""
+        self._raise_release_failure()
         generation = self._generation
         unacknowledged, self._unacknowledged = self._unacknowledged, []
         if unacknowledged:
@@ -348,19 +357,44 @@ class CustomerAgent:
             self._mirror_usage(customer_id, state, dirty_usage.get(customer_id))
             self._write_due(anchor.message.partition, customer_id)
         self._checkpoint_models(dirty_partitions)
+        counted, self._uncounted = self._uncounted, ActorOutput()
+        self._releasing = asyncio.ensure_future(
+            self._release(self._releasing, held, counted, generation)
+        )
+        self._checkpointed_at = time.monotonic()
+        self._trim_states()
+
+    async def _release(
+        self,
+        previous: asyncio.Future[None] | None,
+        held: list[faust.EventT],
+        counted: ActorOutput,
+        generation: int,
+    ) -> None:
+        if previous is not None:
+            await previous
         await flush_table_writes(self.rt.app.producer)
         if generation != self._generation:
             self._give_back(held)
             return
         for record in held:
             record.ack()
-        counted, self._uncounted = self._uncounted, ActorOutput()
         self.stats.events += counted.processed
         self.stats.duplicates += counted.duplicates
         self.stats.late += len(counted.late)
-        self._checkpointed_at = time.monotonic()
         self.stats.checkpoints += 1
-        self._trim_states()
+
+    async def wait_released(self) -> None:
+        """Until every checkpoint taken so far has released its records."""
+        if self._releasing is not None:
+            await self._releasing
+        self._raise_release_failure()
+
+    def _raise_release_failure(self) -> None:
+        """A checkpoint whose writes failed stops the actor, as a failed batch does."""
+        releasing = self._releasing
+        if releasing is not None and releasing.done() and releasing.exception() is not None:
+            raise RuntimeError("a checkpoint's table writes failed") from releasing.exception()
 
     def drop_uncheckpointed(self) -> None:
         """On a rebalance: forget the work since the last checkpoint and every

@@ -214,9 +214,13 @@ class Ingest:
             on_lost=self._on_revoke,
         )
         batch_size = self.settings.worker.batch_size
+        # librdkafka's consume returns once batch_size records are there or the
+        # timeout passed, not at the first record: under a trickle the timeout
+        # is ingest's added latency.
+        wait_s = self.settings.worker.fetch_max_wait_ms / 1000
         try:
             while not self._stopping:
-                messages = self.consumer.consume(batch_size, timeout=0.2)
+                messages = self.consumer.consume(batch_size, timeout=wait_s)
                 if messages:
                     self.ingest(messages)
                 self.registry_view.follow()
