@@ -604,8 +604,8 @@ def diagnosis(results: Mapping[str, Any]) -> list[str]:
             f"ceiling) cost {ceiling['live_cpu_s_per_million']:,.0f} µs of CPU per event in "
             f"the paced phase against {ceiling['cpu_s_per_million']:,.1f} µs from the backlog: "
             "each fetch response lists every subscribed partition and is decoded in Python, "
-            "and under a steady trickle a fetch carries a handful of events. Ingest pays this "
-            "kind of cost inside the worker, before any of the work."
+            "and under a steady trickle a fetch carries a handful of events. This is why "
+            "ingest consumes with librdkafka, in a process of its own."
         )
     probe = results.get("fetch_probe") or {}
     if probe.get("live_cpu_s_per_million") and ceiling.get("live_cpu_s_per_million"):
@@ -639,9 +639,9 @@ def diagnosis(results: Mapping[str, Any]) -> list[str]:
     codec = components.get("actor: state codec")
     if codec:
         lines.append(
-            f"- The customer-state codec takes {codec:.0f} % (the whole state, dedup ids "
-            "included, is decoded and encoded once per customer and batch): a smaller "
-            "dedup memory, or keeping hot states decoded between batches, would cut it."
+            f"- The customer-state codec takes {codec:.0f} % (states stay decoded between "
+            "batches; each changed one, dedup ids included, is encoded once per checkpoint): "
+            "a smaller dedup memory would cut it, and the changelog bytes with it."
         )
     return lines
 
@@ -667,8 +667,9 @@ def remedies(results: Mapping[str, Any]) -> list[str]:
             f"`fetch_max_wait_ms={probe['fetch_max_wait_ms']}` the probe above paid "
             f"{probe['live_cpu_s_per_million']:,.0f} instead of "
             f"{ceiling['live_cpu_s_per_million']:,.0f} µs per event to consume, for at most "
-            f"{probe['fetch_max_wait_ms']} ms more latency. Faust's aiokafka driver hard-codes "
-            "`fetch_min_bytes=1` for the actor's consumer."
+            f"{probe['fetch_max_wait_ms']} ms more latency. The worker's consumers (ingest's "
+            "and the actor's, whose Faust driver would fetch from one byte) use "
+            "`worker.fetch_min_bytes` and `worker.fetch_max_wait_ms`."
         )
     kafka = sum(pct for name, pct in live.items() if name.startswith("Kafka clients"))
     sink = live.get("Cassandra sink", 0.0)
