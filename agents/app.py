@@ -25,7 +25,7 @@ import faust
 import orjson
 from mode import Service
 
-from agents.customer import TICK_KEY, CustomerAgent
+from agents.customer import TICK_KEY, CustomerAgent, records_per_batch
 from agents.faust_fixes import (
     SeekFirstTableManager,
     allow_table_write_bursts,
@@ -103,7 +103,8 @@ class Runtime:
             key_serializer="raw",
             value_serializer="raw",
             producer_linger_ms=5,
-            stream_buffer_maxsize=max(4096, w.batch_size * 4),
+            # Records, not events: ingest packs up to EVENTS_PER_RECORD in each.
+            stream_buffer_maxsize=max(256, records_per_batch(w.batch_size) * 64),
             consumer_auto_offset_reset="earliest",
             table_cleanup_interval=60.0,
             loghandlers=[],

@@ -5,9 +5,10 @@ stream together with ``crm.customers`` (profiles) and ``crm.outcomes``
 (delayed labels), all co-partitioned by customer_id, so one worker sees every
 record of a customer in order. The logic itself is ``engine.actor``.
 
-Per batch (``stream.take_events``):
+Per batch (``stream.take_events``, about ``worker.batch_size`` events):
 
-1. group records by customer (one customer's records share a partition);
+1. group records by customer (one customer's records share a partition; a
+   record of the event stream carries several events, packed by ingest);
 2. per customer: take its decoded state from memory (read from the table
    only the first time), apply profiles, outcomes and events, fire its due
    timers, collect actions;
@@ -76,6 +77,7 @@ from agents.faust_fixes import (
     unprocessed,
 )
 from engine.actor import ActorOutput
+from engine.events import EVENTS_PER_RECORD, unpack_events
 from engine.watermark import PartitionClock, time_headers
 from tables.definitions import DAY_S
 from tables.state import (
@@ -118,6 +120,16 @@ class ActorStats:
         return dict(vars(self))
 
 
+def records_per_batch(events_per_batch: int) -> int:
+    """Records the actor takes per batch so a batch holds about
+    ``events_per_batch`` events when ingest's records come full.
+
+    >>> records_per_batch(500)
+    7
+    """
+    return max(1, events_per_batch // EVENTS_PER_RECORD)
+
+
 def set_current(event: faust.EventT) -> None:
     """Make ``event`` Faust's current event: table writes go to its partition."""
     _current_event.set(weakref.ref(event))
@@ -136,7 +148,7 @@ class CustomerAgent:
         #: customer -> next timer as last written to the timers table
         self._written_due: dict[str, float | None] = {}
         self._last_checkpoint: dict[int, float] = {}
-        self._positions: dict[tuple[str, str], dict[str, Any]] = {}
+        self._positions: dict[tuple[str, str], tuple[Any, int]] = {}
         #: customers whose windowed usage this worker has rewritten from their state
         self._mirrored: set[str] = set()
         #: (topic, partition) -> offset expected next from the customer-event topic
@@ -175,7 +187,9 @@ class CustomerAgent:
         consumer = self.rt.app.consumer
         never_fill_gaps(consumer, {self.rt.settings.kafka.customer_events_topic})
         checkpoint_before_wait_empty(consumer, self.checkpoint_before_commit)
-        async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+        async for batch in stream.take_events(
+            records_per_batch(settings.batch_size), within=settings.batch_within_s
+        ):
             try:
                 async with self._lock:
                     await self.handle_batch(batch)
@@ -220,29 +234,35 @@ class CustomerAgent:
         generation = self._generation
         if self.due_index_stale:
             self._rebuild_due_index()
-        groups: dict[str, list[faust.EventT]] = {}
+        #: customer -> its records in order, each with the event it carries
+        #: (a packed record carries several, maybe of several customers) or None
+        groups: dict[str, list[tuple[faust.EventT, dict[str, Any] | None]]] = {}
         ticked: dict[int, faust.EventT] = {}
         #: partition -> (offset to fetch again from, whether the hole is new)
         rewinds: dict[int, tuple[int, bool]] = {}
         held: list[faust.EventT] = []
+        #: packed records of events, to be placed on their partition's clock
+        packed: list[tuple[faust.EventT, list[dict[str, Any]]]] = []
         for record in batch:
-            if record.message.topic == k.customer_events_topic and not self._in_sequence(
-                record.message, rewinds
-            ):
+            message = record.message
+            from_stream = message.topic == k.customer_events_topic
+            if from_stream and not self._in_sequence(message, rewinds):
                 continue
             held.append(record)
             key = record.key
             if key == TICK_KEY:
-                ticked[record.message.partition] = record
-                continue
-            if key is None:
+                ticked[message.partition] = record
+            elif from_stream:
+                events = unpack_events(record.value)
+                packed.append((record, events))
+                for event in events:
+                    groups.setdefault(event["customer_id"], []).append((record, event))
+            elif key is None:
                 log.warning(
-                    "%s: record without key at offset %s ignored",
-                    record.message.topic,
-                    record.message.offset,
+                    "%s: record without key at offset %s ignored", message.topic, message.offset
                 )
-                continue
-            groups.setdefault(key.decode(), []).append(record)
+            else:
+                groups.setdefault(key.decode(), []).append((record, None))
 
         for partition, (offset, new_hole) in rewinds.items():
             tp = TP(k.customer_events_topic, partition)
@@ -259,27 +279,27 @@ class CustomerAgent:
 
         emitted_at = time.time()
         self._batch_open = True
-        #: where each event of this batch was read, for the late-event envelope
-        self._positions: dict[tuple[str, str], dict[str, Any]] = {}
+        #: where each event of this batch was read (record, index in it), for
+        #: the late-event envelope
+        self._positions: dict[tuple[str, str], tuple[Any, int]] = {}
+        for record, events in packed:
+            message = record.message
+            source, watermark = time_headers(message.headers)
+            if events:
+                latest = max(event["ts"] for event in events)
+                self.clocks[message.partition].on_event(latest, source, watermark)
+            for index, event in enumerate(events):
+                self._positions[event["device_id"], event["id"]] = (message, index)
         written: dict[str, tuple[faust.EventT, CustomerState]] = {}
         out = ActorOutput()
-        for customer_id, records in groups.items():
-            anchor = records[-1]
+        for customer_id, items in groups.items():
+            anchor = items[-1][0]
             state = self._state(customer_id, anchor)
-            events: list[dict[str, Any]] = []
-            for record in records:
+            events = []
+            for record, event in items:
                 topic = record.message.topic
-                if topic == k.customer_events_topic:
-                    event = orjson.loads(record.value)
+                if event is not None:
                     events.append(event)
-                    message = record.message
-                    self._positions[event["device_id"], event["id"]] = {
-                        "topic": message.topic,
-                        "partition": message.partition,
-                        "offset": message.offset,
-                    }
-                    source, watermark = time_headers(record.message.headers)
-                    self.clocks[record.message.partition].on_event(event["ts"], source, watermark)
                 elif topic == k.customers_topic:
                     apply_profile(state, orjson.loads(record.value) if record.value else None)
                     self.stats.profiles += 1
@@ -479,7 +499,16 @@ class CustomerAgent:
             )
         for event, reason in out.late:
             encoded = orjson.dumps(event)
-            source = self._positions.get((event["device_id"], event["id"]))
+            read_at = self._positions.get((event["device_id"], event["id"]))
+            source = None
+            if read_at is not None:
+                message, index = read_at
+                source = {
+                    "topic": message.topic,
+                    "partition": message.partition,
+                    "offset": message.offset,
+                    "index": index,
+                }
             envelope = {
                 "reason": reason,
                 "reason_code": "late",

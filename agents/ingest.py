@@ -10,16 +10,20 @@ The shared ``iot.telemetry`` topic matches the same subscription.
 
 One loop, no concurrency to reason about. Each poll is inspected
 (``engine.quality``); accepted events are produced to
-``kafka.customer_events_topic`` keyed by customer_id (the repartition that
-gives every customer one actor), with the Kafka timestamp set to event time;
-rejected ones go to ``iot.deadletter`` with the original bytes and the
-reason. Offsets are committed only after every record of the poll is
-acknowledged: at least once, and duplicates are dropped by the actor's dedup.
-A rebalance runs inside ``poll``, between two polls, so no batch is ever
-half-way when partitions move. Every forwarded event carries ingest's
-event-time watermark and instance id as headers (``engine.watermark``), so
-the actor knows how far time has certainly progressed for its idle keys even
-while ingest works through a backlog.
+``kafka.customer_events_topic``, each to the partition its customer_id hashes
+to (the repartition that gives every customer one actor), packed: one record
+per partition and poll carries up to ``engine.events.EVENTS_PER_RECORD`` of
+its events in order (``engine.events.pack_events``), since each record costs
+the actor's consumer and Faust's stream the same whatever it carries. The
+Kafka timestamp is the event time of the record's last event. Rejected events
+go to ``iot.deadletter`` with the original bytes and the reason. Offsets
+are committed only after every record of the poll is acknowledged: at least
+once, and duplicates are dropped by the actor's dedup. A rebalance runs
+inside ``poll``, between two polls, so no batch is ever half-way when
+partitions move. Every forwarded record carries ingest's event-time
+watermark and instance id as headers (``engine.watermark``), so the actor
+knows how far time has certainly progressed for its idle keys even while
+ingest works through a backlog.
 
 The device registry is a compacted topic read in full before anything is
 consumed, then followed between polls.
@@ -35,12 +39,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaPartition
 
 from engine.config import Settings
-from engine.events import SourcePosition
+from engine.events import EVENTS_PER_RECORD, SourcePosition, pack_events
+from engine.kafka import partition_for
 from engine.quality import Accepted, DeviceRegistry, Inspector, deadletter_value
 from engine.watermark import SOURCE_HEADER, WATERMARK_HEADER, SourceWatermarks
 
@@ -150,6 +154,8 @@ class IngestMetrics:
         self.consumed = 0
         self.accepted = 0
         self.deadlettered = 0
+        #: records of the customer stream, each carrying up to EVENTS_PER_RECORD events
+        self.records_sent = 0
         self.batches = 0
         #: commits refused (the group rebalanced under a batch): re-delivered, deduplicated
         self.commit_failures = 0
@@ -182,6 +188,8 @@ class Ingest:
         self._watermark_at = 0.0
         self._stopping = False
         self._failed_sends: list[KafkaError] = []
+        #: partitions of the customer stream (read at start; they never change under a running app)
+        self._stream_partitions = 0
         options = librdkafka_options(settings)
         self.producer = Producer(producer_options(settings))
         self.consumer = Consumer(
@@ -207,6 +215,7 @@ class Ingest:
         k = self.settings.kafka
         self.registry_view.load()
         log.info("device registry loaded: %d devices", len(self.registry))
+        self._stream_partitions = self._partition_count(k.customer_events_topic)
         self.consumer.subscribe(
             [f"^{_regex(k.device_topic_prefix)}.+", f"^{_regex(k.telemetry_topic)}$"],
             on_assign=self._on_assign,
@@ -264,21 +273,15 @@ class Ingest:
             # holds the actor's idle-key time back, and a quiet stream would
             # leave it there.
             self._update_watermark(force=True)
-        headers = self._headers()
         produce = self.producer.produce
         on_delivery = self._on_delivery
+        partitions = self._stream_partitions
+        by_partition: dict[int, list[dict[str, Any]]] = {}
         for (raw, source), verdict in zip(records, verdicts, strict=True):
             if isinstance(verdict, Accepted):
                 event = verdict.event
-                self._produce(
-                    produce,
-                    k.customer_events_topic,
-                    orjson.dumps(event),
-                    event["customer_id"].encode(),
-                    on_delivery,
-                    timestamp=int(event["ts"] * 1000),
-                    headers=headers,
-                )
+                partition = partition_for(event["customer_id"].encode(), partitions)
+                by_partition.setdefault(partition, []).append(event)
                 self.metrics.accepted += 1
             else:
                 self._produce(
@@ -289,13 +292,35 @@ class Ingest:
                     on_delivery,
                 )
                 self.metrics.deadlettered += 1
+        headers = self._headers()
+        for partition, events in by_partition.items():
+            for start in range(0, len(events), EVENTS_PER_RECORD):
+                packed = events[start : start + EVENTS_PER_RECORD]
+                self._produce(
+                    produce,
+                    k.customer_events_topic,
+                    pack_events(packed),
+                    None,
+                    on_delivery,
+                    partition=partition,
+                    timestamp=int(packed[-1]["ts"] * 1000),
+                    headers=headers,
+                )
+                self.metrics.records_sent += 1
         self._flush()
         self._commit(offsets)
         self.metrics.consumed += len(records)
         self.metrics.batches += 1
         self.metrics.last_batch_at = received_at
 
-    def _produce(self, produce: Any, topic: str, value: bytes, key: bytes, on_delivery: Any,
+    def _partition_count(self, topic: str, timeout_s: float = 30.0) -> int:
+        metadata = self.producer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            reason = metadata.error if metadata is not None else "unknown topic"
+            raise RuntimeError(f"ingest: topic {topic} is unusable ({reason}); run `iotcrm setup`")
+        return len(metadata.partitions)
+
+    def _produce(self, produce: Any, topic: str, value: bytes, key: bytes | None, on_delivery: Any,
                  **extra: Any) -> None:  # fmt: skip
         while True:
             try:

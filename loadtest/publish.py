@@ -18,9 +18,9 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
 
+from engine.kafka import partition_for
 from loadtest.simulator import GHOST_DEVICE_IDS, Simulation
 
 DEVICE_TOPIC_PREFIX = "iot.device."
@@ -89,11 +89,6 @@ class Pacer:
 
 def device_topic(device_id: str) -> str:
     return DEVICE_TOPIC_PREFIX + device_id
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2), as the Java client computes it."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def event_topics(sim: Simulation, options: PublishOptions) -> list[str]:

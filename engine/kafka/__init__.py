@@ -3,7 +3,15 @@
 Everything that talks to a broker outside Faust goes through here.
 """
 
-from engine.kafka.clients import behind, client_options, partitions_of
+from engine.kafka.clients import behind, client_options, partition_for, partitions_of
 from engine.kafka.topics import TopicSpec, ensure_topics, topic_specs
 
-__all__ = ["TopicSpec", "behind", "client_options", "ensure_topics", "partitions_of", "topic_specs"]
+__all__ = [
+    "TopicSpec",
+    "behind",
+    "client_options",
+    "ensure_topics",
+    "partition_for",
+    "partitions_of",
+    "topic_specs",
+]

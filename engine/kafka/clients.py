@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import murmur2
 
 from engine.config import Settings
 
@@ -25,6 +26,17 @@ def client_options(settings: Settings) -> dict[str, Any]:
             sasl_plain_password=Settings.secret("KAFKA_SASL_PASSWORD") or "",
         )
     return options
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives ``key`` (murmur2, as the
+    Java client, aiokafka and Faust compute it): where a customer's profile and
+    outcomes land, so where its events must go too.
+
+    >>> partition_for(b"c-0001", 4)
+    2
+    """
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 async def behind(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:

@@ -31,6 +31,7 @@ import json
 import random
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from agents.customer import TICK_KEY
+from engine.events import unpack_events
 from loadtest.harness import WorkerProcess, wait_for
 from tests.integration.kit import Namespace, read_all, register
 from tests.integration.live_helpers import (
@@ -321,6 +323,14 @@ async def test_state_command_prints_the_live_state(
     assert "nobody" in json.loads(unknown.stdout)["error"]
 
 
+@dataclass
+class StreamRecord:
+    value: bytes
+    key: bytes
+    partition: int
+    headers: list[tuple[str, bytes]]
+
+
 async def test_a_hole_in_the_customer_stream_is_found_and_the_actor_resumes_after_it(
     namespace: Namespace, reference: Namespace, rules_dir: Path
 ) -> None:
@@ -349,12 +359,17 @@ async def test_a_hole_in_the_customer_stream_is_found_and_the_actor_resumes_afte
         worker.stop()
 
         # The rest of the stream goes straight into the customer stream, as
-        # the reference's ingest wrote it, while the worker is down ...
+        # the reference's ingest wrote it (one event per record, so that
+        # retention can delete a known number of events), while the worker is down ...
         forwarded = await read_all(bootstrap, reference.settings.kafka.customer_events_topic)
         rest = [
-            r
+            StreamRecord(
+                orjson.dumps(event), event["customer_id"].encode(), r.partition, list(r.headers)
+            )
             for r in forwarded
-            if r.key != TICK_KEY and int(orjson.loads(r.value)["id"].rsplit("-", 1)[1]) >= first
+            if r.key != TICK_KEY
+            for event in unpack_events(r.value)
+            if int(event["id"].rsplit("-", 1)[1]) >= first
         ]
         so_far = await read_all(bootstrap, stream_topic)
         ends = {
@@ -362,7 +377,7 @@ async def test_a_hole_in_the_customer_stream_is_found_and_the_actor_resumes_afte
         }
         sends = [
             await producer.send(
-                stream_topic, r.value, key=r.key, partition=r.partition, headers=list(r.headers)
+                stream_topic, r.value, key=r.key, partition=r.partition, headers=r.headers
             )
             for r in rest
         ]
