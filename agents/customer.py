@@ -114,6 +114,9 @@ class ActorStats:
     timer_firings: int = 0
     #: records of the customer-event topic skipped before they reached the actor
     offset_gaps: int = 0
+    #: events, duplicates and late events processed (their actions sent) that no
+    #: checkpoint has made durable yet; a rebalance drops them and they come again
+    in_flight: int = 0
     last_batch_at: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -345,6 +348,7 @@ class CustomerAgent:
         self._uncounted.processed += out.processed
         self._uncounted.duplicates += out.duplicates
         self._uncounted.late += out.late
+        self.stats.in_flight += out.processed + out.duplicates + len(out.late)
         for reason, count in out.suppressed.items():
             self.stats.suppressed[reason] = self.stats.suppressed.get(reason, 0) + count
         self.rt.summaries.mark(written)
@@ -399,6 +403,7 @@ class CustomerAgent:
             return
         for record in held:
             record.ack()
+        self.stats.in_flight -= counted.processed + counted.duplicates + len(counted.late)
         self.stats.events += counted.processed
         self.stats.duplicates += counted.duplicates
         self.stats.late += len(counted.late)
@@ -431,6 +436,7 @@ class CustomerAgent:
         self._checkpointed_at = time.monotonic()
         self._batch_open = False
         self.stats.cached_states = 0
+        self.stats.in_flight = 0
 
     def _give_back(self, records: Iterable[faust.EventT]) -> None:
         """Records whose work is dropped: never acknowledged, so Faust can

@@ -143,9 +143,11 @@ class BenchOptions:
     #: The step search for each contender's sustainable rate.
     sustainable: bool = True
     #: Its own workload: denser in actions than the main one (a shorter span,
-    #: so the same episodes per device fall in fewer events), and longer.
+    #: so the same episodes per device fall in fewer events), and longer (enough
+    #: events for steps of several seconds at thousands of events a second; more
+    #: devices would mostly load the broker, with a partition each).
     search_customers: int = 200
-    search_span_s: float = 8 * 3600.0
+    search_span_s: float = 24 * 3600.0
     #: The first step's rate as a share of the contender's backlog rate.
     search_start_share: float = 0.3
     search_up: float = 1.5
@@ -153,7 +155,7 @@ class BenchOptions:
     search_resolution: float = 0.15
     search_max_steps: int = 5
     #: A step lasts at least this long and holds at least this many expected actions...
-    search_min_step_s: float = 6.0
+    search_min_step_s: float = 4.0
     search_min_actions: int = 40
     #: ...but lasts no longer than this.
     search_max_step_s: float = 30.0
@@ -293,53 +295,7 @@ async def _feed(
     from loadtest.feed import Feeder
 
     async with Feeder(contender.bootstrap, contender.device_prefix, linger_ms) as feeder:
-        if contender.shared_topic is None:
-            return await feeder.publish_events(events, rate)
-        return await _send(feeder, contender.shared_topic, events, rate)
-
-
-async def _send(
-    feeder: Any,
-    shared_topic: str | None,
-    events: list[Record],
-    rate: float,
-    walls: list[float] | None = None,
-    stop: asyncio.Event | None = None,
-) -> list[float]:
-    """``Feeder.publish_events``, to one keyed topic (partitioned by the key,
-    the device id) when ``shared_topic`` is set, and stoppable."""
-    from loadtest.publish import Pacer
-
-    pacer = Pacer(rate)
-    chunk = max(1, int(rate / 50)) if rate > 0 else 2000
-    send = feeder.producer.send
-    topic_of = feeder.topic_of
-    partition = None if shared_topic else 0
-    walls = [] if walls is None else walls
-    previous: list[asyncio.Future[Any]] = []
-    in_flight: list[asyncio.Future[Any]] = []
-    for sent, (device_id, value) in enumerate(events, start=1):
-        wall = time.time()
-        walls.append(wall)
-        in_flight.append(
-            await send(
-                shared_topic or topic_of(device_id),
-                value,
-                key=device_id.encode(),
-                partition=partition,
-                timestamp_ms=int(wall * 1000),
-            )
-        )
-        if len(in_flight) >= chunk:
-            await asyncio.gather(*previous)
-            previous, in_flight = in_flight, []
-            if stop is not None and stop.is_set():
-                break
-            wait = pacer.delay(sent)
-            if wait > 0:
-                await asyncio.sleep(wait)
-    await asyncio.gather(*previous, *in_flight)
-    return walls
+        return await feeder.publish_events(events, rate, shared_topic=contender.shared_topic)
 
 
 async def _prepare(contender: Contender, work: Workload, warmup: bool = True) -> None:
@@ -354,10 +310,7 @@ async def _prepare(contender: Contender, work: Workload, warmup: bool = True) ->
         await feeder.publish_json(contender.customers_topic, work.sim.profiles())
         if not warmup:
             return
-        if contender.shared_topic is None:
-            await feeder.publish_events(work.warmup)
-        else:
-            await _send(feeder, contender.shared_topic, work.warmup, 0.0)
+        await feeder.publish_events(work.warmup, shared_topic=contender.shared_topic)
 
 
 async def _backlog(
@@ -685,7 +638,9 @@ async def _search_step(
         _watch_lag(contender, walls, before, limit, stop, lags, deadline, stopped)
     )
     try:
-        await _send(feeder, contender.shared_topic, events, rate, walls, stop)
+        await feeder.publish_events(
+            events, rate, shared_topic=contender.shared_topic, walls=walls, stop=stop
+        )
         published_s = time.time() - started
     finally:
         watch.cancel()

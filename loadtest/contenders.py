@@ -5,7 +5,8 @@ Each one lives in its own namespace of topics (``<run>-<name>.…``), runs as
 its own process tree (so its CPU and memory are its own), and reports
 progress as (taken in by its first stage, fully processed): every record is
 fully processed once it was dead-lettered, or went through the last stage
-(the customer actor for the engine and the peer; decoding for the ceiling).
+(the customer actor for the engine and the peer, its actions sent, whether
+or not a checkpoint has made it durable yet; decoding for the ceiling).
 """
 
 from __future__ import annotations
@@ -302,7 +303,10 @@ class EngineContender(Contender):
             assert metrics is not None
             ingest, actor = metrics["ingest"], metrics["actor"]
             started += ingest["consumed"]
+            # Processed as the peer counts it: once its actions are sent
+            # (``in_flight``: not yet made durable by a checkpoint).
             done += ingest["deadlettered"] + actor["events"] + actor["duplicates"] + actor["late"]
+            done += actor["in_flight"]
         return Progress(started, done)
 
     def alive(self) -> bool:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import confluent_kafka
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -23,6 +24,8 @@ from aiokafka.errors import TopicAlreadyExistsError
 from loadtest.publish import Pacer
 
 Record = tuple[str, bytes]
+#: A paced publisher's steps per second.
+STEPS_PER_S = 50
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,22 @@ class Feeder:
             max_batch_size=256 * 1024,
             request_timeout_ms=60000,
         )
+        # The events go out through librdkafka: aiokafka waits for one produce
+        # request per broker at a time, so over hundreds of device topics a
+        # paced publisher offered no more than a few thousand events a second
+        # on this machine, well below what the contenders take.
+        self.events_producer = confluent_kafka.Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "acks": "all",
+                "enable.idempotence": True,
+                "linger.ms": linger_ms,
+                "batch.size": 256 * 1024,
+                "queue.buffering.max.messages": 1_000_000,
+                # The Java client's partitioner, as aiokafka's default.
+                "partitioner": "murmur2_random",
+            }
+        )
 
     def topic_of(self, device_id: str) -> str:
         return self.device_prefix + device_id
@@ -95,6 +114,7 @@ class Feeder:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.producer.stop()
+        await asyncio.to_thread(self.events_producer.flush, 30.0)
 
     async def wait_for_leaders(self, topics: Sequence[str], timeout_s: float = 120.0) -> None:
         """Metadata for every topic at once, until each partition has a leader
@@ -127,37 +147,61 @@ class Feeder:
         ]
         await asyncio.gather(*futures)
 
-    async def publish_events(self, events: Sequence[Record], rate: float = 0.0) -> list[float]:
-        """Publish events to their device topics (``rate`` per second, 0: as
-        fast as possible); returns each event's publish wall time, once every
-        record is acknowledged."""
+    async def publish_events(
+        self,
+        events: Sequence[Record],
+        rate: float = 0.0,
+        *,
+        shared_topic: str | None = None,
+        walls: list[float] | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> list[float]:
+        """Publish events to their device topics, or to ``shared_topic`` keyed
+        (partitioned) by device id (``rate`` per second, 0: as fast as
+        possible), until ``stop`` is set; returns each event's publish wall
+        time (appended to ``walls`` as they go), once every record is
+        acknowledged.
+
+        Paced, the records go out in steps of ~20 ms, so bursts stay small next
+        to the latencies measured.
+        """
         pacer = Pacer(rate)
-        # Paced: steps of ~20 ms, so bursts stay small next to the latencies measured.
-        chunk = max(1, int(rate / 50)) if rate > 0 else 2000
-        send = self.producer.send
+        chunk = max(1, int(rate / STEPS_PER_S)) if rate > 0 else 2000
+        producer = self.events_producer
         topic_of = self.topic_of
-        walls: list[float] = []
-        previous: list[asyncio.Future[Any]] = []
-        in_flight: list[asyncio.Future[Any]] = []
+        partition = -1 if shared_topic else 0  # -1: the partitioner picks, by key
+        walls = [] if walls is None else walls
+        failures: list[Any] = []
+
+        def on_delivery(error: Any, _message: Any) -> None:
+            if error is not None:
+                failures.append(error)
+
         for sent, (device_id, value) in enumerate(events, start=1):
             wall = time.time()
             walls.append(wall)
-            in_flight.append(
-                await send(
-                    topic_of(device_id),
-                    value,
-                    key=device_id.encode(),
-                    partition=0,
-                    timestamp_ms=int(wall * 1000),
-                )
-            )
-            if len(in_flight) >= chunk:
-                await asyncio.gather(*previous)
-                previous, in_flight = in_flight, []
-                wait = pacer.delay(sent)
-                if wait > 0:
-                    await asyncio.sleep(wait)
-        await asyncio.gather(*previous, *in_flight)
+            while True:
+                try:
+                    producer.produce(
+                        shared_topic or topic_of(device_id),
+                        value,
+                        device_id.encode(),
+                        partition=partition,
+                        timestamp=int(wall * 1000),
+                        on_delivery=on_delivery,
+                    )
+                    break
+                except BufferError:  # librdkafka's queue is full: let it deliver
+                    await asyncio.to_thread(producer.poll, 0.05)
+            if sent % chunk == 0:
+                producer.poll(0)
+                if stop is not None and stop.is_set():
+                    break
+                await asyncio.sleep(pacer.delay(sent))
+        while await asyncio.to_thread(producer.flush, 30.0):
+            pass  # until every record is acknowledged
+        if failures:
+            raise RuntimeError(f"{len(failures)} events not published, e.g. {failures[0]}")
         return walls
 
 

@@ -309,7 +309,7 @@ def _kafka_command(service: Service) -> list[str]:
     return [
         "java",
         "-Xms256m",
-        "-Xmx512m",
+        "-Xmx1g",
         "-XX:+UseG1GC",
         "-Djava.awt.headless=true",
         f"-Dlog4j.configuration=file:{service.home / 'log4j.properties'}",

@@ -83,13 +83,13 @@ async def checkpointed_metrics(
 ) -> dict[str, Any]:
     """The worker's metrics once its actor has checkpointed at least ``records``
     records (events, duplicates and late ones count at the checkpoint that
-    makes them durable)."""
+    makes them durable) and holds none in flight (processed, not yet checkpointed)."""
 
     def counted() -> dict[str, Any] | None:
         metrics = worker.metrics()
         actor = (metrics or {}).get("actor") or {}
         done = actor.get("events", 0) + actor.get("duplicates", 0) + actor.get("late", 0)
-        return metrics if done >= records else None
+        return metrics if done >= records and actor.get("in_flight") == 0 else None
 
     return await wait_for(counted, timeout=timeout, what=f"{records} records checkpointed")
 

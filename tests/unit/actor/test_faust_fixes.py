@@ -7,6 +7,7 @@ an upgrade fixes it upstream, that test fails and the repair can go.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from types import SimpleNamespace
 from typing import Any
 
@@ -146,7 +147,7 @@ async def test_flush_table_writes_returns_once_every_write_is_handed_over() -> N
     async def client_flush() -> None:
         client_flushes.append(list(channel.published))
 
-    producer = SimpleNamespace(buffer=buffer, flush=client_flush)
+    producer = SimpleNamespace(buffer=buffer, _producer=SimpleNamespace(flush=client_flush))
     try:
         for number in range(3):
             buffer.put(buffered_record(channel, number))
@@ -155,6 +156,48 @@ async def test_flush_table_writes_returns_once_every_write_is_handed_over() -> N
         # ... and only then the Kafka client is flushed, so it holds them all.
         assert client_flushes == [[0, 1, 2]]
     finally:
+        await buffer.stop()
+
+
+class BusyChannel(SlowChannel):
+    """Publishes a record in 20 ms: under a steady load the buffer never empties."""
+
+    async def publish_message(self, fut: Any, wait: bool = False) -> None:
+        await asyncio.sleep(0.02)
+        self.published.append(fut.number)
+
+
+async def test_flush_table_writes_does_not_wait_for_the_writes_made_after_it() -> None:
+    channel = BusyChannel(expected=0)
+    buffer = await started_buffer()
+    client_flushes: list[list[int]] = []
+
+    async def client_flush() -> None:
+        client_flushes.append(list(channel.published))
+
+    async def faust_flush() -> None:  # waits until the buffer is empty
+        await buffer.flush()
+        await client_flush()
+
+    async def keep_writing() -> None:
+        for number in itertools.count(3):
+            buffer.put(buffered_record(channel, number))
+            await asyncio.sleep(0.01)
+
+    producer = SimpleNamespace(
+        buffer=buffer, flush=faust_flush, _producer=SimpleNamespace(flush=client_flush)
+    )
+    for number in range(3):
+        buffer.put(buffered_record(channel, number))
+    writer = asyncio.create_task(keep_writing())
+    try:
+        await asyncio.wait_for(flush_table_writes(producer), timeout=5)
+        assert client_flushes and client_flushes[0][:3] == [0, 1, 2]
+        assert buffer.size > 0, "writes kept coming: the buffer never emptied"
+    finally:
+        writer.cancel()
+        while not buffer.pending.empty():  # a buffer stops only once empty
+            buffer.pending.get_nowait()
         await buffer.stop()
 
 

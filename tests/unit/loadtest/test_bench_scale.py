@@ -272,19 +272,20 @@ def test_engine_replicas_share_the_app_and_topics_but_not_ports_or_state(tmp_pat
 def test_engine_progress_is_the_sum_of_every_replica(tmp_path: Path) -> None:
     engine = EngineContender("r2", "127.0.0.1:1", tmp_path, 4, replicas=2)
 
-    def metrics(consumed: int, dead: int, events: int) -> dict[str, Any]:
+    def metrics(consumed: int, dead: int, events: int, in_flight: int) -> dict[str, Any]:
         return {
             "ingest": {"consumed": consumed, "deadlettered": dead},
-            "actor": {"events": events, "duplicates": 1, "late": 2},
+            "actor": {"events": events, "duplicates": 1, "late": 2, "in_flight": in_flight},
         }
 
-    answers = [metrics(100, 3, 90), metrics(50, 1, 40)]
+    answers = [metrics(100, 3, 80, 10), metrics(50, 1, 40, 0)]
     for worker, answer in zip(engine.workers, answers, strict=True):
         worker.metrics = lambda answer=answer: answer  # type: ignore[method-assign]
     progress = asyncio.run(engine.progress())
     assert progress is not None
     assert progress.started == 150
-    assert progress.done == (3 + 90 + 3) + (1 + 40 + 3)
+    # Processed once its actions are sent, checkpointed (events) or not yet (in flight).
+    assert progress.done == (3 + 80 + 3 + 10) + (1 + 40 + 3)
     engine.workers[1].metrics = lambda: None  # type: ignore[method-assign]
     assert asyncio.run(engine.progress()) is None  # not every replica answers yet
 
