@@ -70,6 +70,7 @@ from faust.streams import _current_event
 from faust.types import TP
 
 from agents.faust_fixes import (
+    bounded_flush,
     checkpoint_before_wait_empty,
     flush_table_writes,
     never_fill_gaps,
@@ -189,6 +190,7 @@ class CustomerAgent:
         settings = self.rt.settings.worker
         consumer = self.rt.app.consumer
         never_fill_gaps(consumer, {self.rt.settings.kafka.customer_events_topic})
+        bounded_flush(self.rt.app.producer)
         checkpoint_before_wait_empty(consumer, self.checkpoint_before_commit)
         async for batch in stream.take_events(
             records_per_batch(settings.batch_size), within=settings.batch_within_s

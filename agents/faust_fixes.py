@@ -183,6 +183,24 @@ async def flush_table_writes(producer: Any, *, warn_after_s: float = 10.0) -> No
         log.warning("the Kafka client took %.0f s to deliver the table writes", took)
 
 
+def bounded_flush(producer: Any) -> None:
+    """Faust flushes its producer before every offset commit, and that flush
+    returns only once its buffer is empty: under a steady load, commits then
+    wait for a pause in the table writes ("Timer commit is overlapping"). The
+    records a commit covers were released only after their writes were
+    acknowledged, so it is enough to wait for the writes made so far
+    (``flush_table_writes``), which is also a full flush once writes stop, as
+    at shutdown. Idempotent."""
+    if getattr(producer, "_iotcrm_bounded_flush", False):
+        return
+
+    async def flush() -> None:
+        await flush_table_writes(producer)
+
+    producer.flush = flush
+    producer._iotcrm_bounded_flush = True
+
+
 def never_fill_gaps(consumer: Any, topics: set[str]) -> None:
     """Never let Faust commit across a hole in the offsets of ``topics``.
 

@@ -20,6 +20,7 @@ from agents.faust_fixes import (
     FAUST_VERSION,
     SeekFirstRecovery,
     SeekFirstTableManager,
+    bounded_flush,
     flush_table_writes,
     never_fill_gaps,
 )
@@ -167,7 +168,8 @@ class BusyChannel(SlowChannel):
         self.published.append(fut.number)
 
 
-async def test_flush_table_writes_does_not_wait_for_the_writes_made_after_it() -> None:
+@pytest.mark.parametrize("flush", ["flush_table_writes", "the producer's flush, bounded"])
+async def test_flush_table_writes_does_not_wait_for_the_writes_made_after_it(flush: str) -> None:
     channel = BusyChannel(expected=0)
     buffer = await started_buffer()
     client_flushes: list[list[int]] = []
@@ -191,7 +193,12 @@ async def test_flush_table_writes_does_not_wait_for_the_writes_made_after_it() -
         buffer.put(buffered_record(channel, number))
     writer = asyncio.create_task(keep_writing())
     try:
-        await asyncio.wait_for(flush_table_writes(producer), timeout=5)
+        if flush == "flush_table_writes":
+            await asyncio.wait_for(flush_table_writes(producer), timeout=5)
+        else:
+            bounded_flush(producer)
+            bounded_flush(producer)  # idempotent
+            await asyncio.wait_for(producer.flush(), timeout=5)
         assert client_flushes and client_flushes[0][:3] == [0, 1, 2]
         assert buffer.size > 0, "writes kept coming: the buffer never emptied"
     finally:
