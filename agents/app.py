@@ -7,7 +7,8 @@
   and ``crm.outcomes`` (co-partitioned), with its tables;
 - a tick timer (time for idle keys) and the rule hot reload;
 - the Cassandra sink (action log, registry mirror, customer 360);
-- web views: ``/health``, ``/metrics``, ``/customers/{id}``, ``/models/status``.
+- web views: ``/health``, ``/metrics`` (with the event loop's lag),
+  ``/customers/{id}``, ``/models/status``.
 
 Start it with ``iotcrm worker``; replicas share the work through Kafka's
 consumer groups (Faust's for the actor, ingest's own for the device topics).
@@ -34,6 +35,7 @@ from agents.faust_fixes import (
 from agents.services import ChildProcess
 from engine.actor import CustomerActor
 from engine.config import Settings
+from engine.loop_lag import LoopLag, watch_loop
 from engine.models import ModelSet, load_models
 from engine.quality import StreamHygiene
 from engine.rules import RuleEngine
@@ -78,6 +80,8 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         w, k = settings.worker, settings.kafka
+        #: how late the worker's event loop runs (``/metrics`` ``event_loop``)
+        self.loop_lag = LoopLag()
         Path(w.state_dir).mkdir(parents=True, exist_ok=True)
         batch_fetches(w.fetch_min_bytes, w.fetch_max_wait_ms)
         # A checkpoint writes every changed customer (state, usage windows, timer).
@@ -98,7 +102,7 @@ class Runtime:
             broker_session_timeout=w.session_timeout_s,
             broker_heartbeat_interval=max(1.0, w.session_timeout_s / 4),
             web_port=w.web_port,
-            web_host="127.0.0.1",
+            web_host=w.web_host,
             web_in_thread=False,
             key_serializer="raw",
             value_serializer="raw",
@@ -163,6 +167,10 @@ class Runtime:
                 if tp.topic == k.customer_events_topic:
                     await self.events_topic.send(key=TICK_KEY, value=wall, partition=tp.partition)
 
+        @app.task
+        async def watch_event_loop() -> None:
+            await watch_loop(self.loop_lag)
+
         @app.timer(interval=w.summary_interval_s)
         async def publish_summaries() -> None:
             await self.summaries.flush()
@@ -199,6 +207,11 @@ class Runtime:
         @app.page("/health")
         async def health(web: Any, request: Any) -> Any:
             return web.json(self.health())
+
+        @app.page("/ready")
+        async def ready(web: Any, request: Any) -> Any:
+            readiness = self.readiness()
+            return web.json(readiness, status=200 if readiness["ready"] else 503)
 
         @app.page("/metrics")
         async def metrics(web: Any, request: Any) -> Any:
@@ -242,6 +255,7 @@ class Runtime:
             "ingest": self._stage_metrics("ingest", None),
             "sink": self._stage_metrics("sink", self.sink),
             "rules": self.rules_watcher.status(),
+            "event_loop": self.loop_lag.as_dict(),
         }
 
     def _stage_metrics(self, role: str, inline: Any) -> dict[str, Any] | None:
@@ -249,6 +263,23 @@ class Runtime:
             return inline.metrics.as_dict()
         child = self.children.get(role)
         return child.status() if child is not None else None
+
+    def readiness(self) -> dict[str, Any]:
+        """Ready: the worker owns partitions, has recovered its tables, its
+        stage processes run and the Cassandra sink keeps up; otherwise the
+        reasons (a degraded worker is alive, so /health still answers 200)."""
+        reasons = []
+        if not self.app.assignor.assigned_actives():
+            reasons.append("no partitions assigned yet")
+        if self.app.rebalancing or not self.app.tables.recovery.completed.is_set():
+            reasons.append("recovering its tables after a rebalance")
+        for role, child in self.children.items():
+            status = child.status()
+            if not (status and status.get("alive")):
+                reasons.append(f"{role} process not running (restarted by the worker)")
+        if self.health()["status"] != "ok":
+            reasons.append("Cassandra sink behind (writes retried, nothing dropped)")
+        return {"ready": not reasons, "reasons": reasons}
 
     def health(self) -> dict[str, Any]:
         if "sink" in self.children:

@@ -56,6 +56,8 @@ StageMode = Literal["process", "inline", "off"]
 class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     app_id: str = "iotcrm"
     web_port: int = 6066
+    #: The web server's address: 0.0.0.0 where probes and scrapes come from outside.
+    web_host: str = "127.0.0.1"
     state_dir: str = ".state/worker"
     batch_size: int = 500
     batch_within_s: float = 0.02

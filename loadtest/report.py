@@ -427,6 +427,22 @@ def _growth(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _event_loop(results: dict[str, Any]) -> list[str]:
+    """The main row's worker: how late its event loop ran over the whole row."""
+    lag = (results.get("engine_metrics") or {}).get("event_loop")
+    if not lag:
+        return []
+    return [
+        "## The worker's event loop",
+        "",
+        f"Over the main row (warm-up, backlog, latency phase), the engine worker's event loop "
+        f"woke up at most {lag['max_s'] * 1000:,.0f} ms late (sampled every 100 ms; "
+        f"{lag['recent_max_s'] * 1000:,.0f} ms at most in its last {lag['recent_window_s']:g} s), "
+        f"with {lag['stalls']} stalls of more than {lag['stall_threshold_s'] * 1000:,.0f} ms. "
+        "A late loop delays heartbeats, fetches and timers alike (`/metrics` `event_loop`).",
+    ]
+
+
 def _accuracy(results: Mapping[str, Any]) -> list[str]:
     accuracy = results.get("accuracy")
     if not accuracy:
@@ -811,6 +827,7 @@ def build_markdown(results: Mapping[str, Any]) -> str:
         "",
         *_accuracy(results),
         "",
+        *_section(_event_loop(results)),
         "## Where the engine's time goes",
         "",
         *diagnosis(results),

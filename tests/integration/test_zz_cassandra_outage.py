@@ -147,6 +147,10 @@ async def test_actions_flow_while_cassandra_is_down_and_land_once_after(
         sink = sink_state(worker)
         assert sink["healthy"] is False and sink["failing_since"] is not None
         assert sink["written"] == BEFORE
+        # Alive (liveness answers 200) but not ready: a probe takes it out of service.
+        not_ready = worker.get("/ready")
+        assert not_ready is not None and not_ready.get("status") == 503, not_ready
+        assert any("Cassandra" in reason for reason in not_ready["body"]["reasons"])
     finally:
         await cassandra("start")
         down_for = time.monotonic() - down_since
@@ -181,3 +185,4 @@ async def test_actions_flow_while_cassandra_is_down_and_land_once_after(
     assert sink["written"] == BEFORE + DURING, "a retried batch is written (and counted) once"
     assert sink["retries"] >= 1
     assert status(worker) == "ok"
+    assert worker.get("/ready") == {"ready": True, "reasons": []}

@@ -1,0 +1,35 @@
+"""The event-loop lag monitor: a blocked loop shows as a stall, a free one does not."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from engine.loop_lag import STALL_S, LoopLag, watch_loop
+
+
+async def test_a_blocked_loop_is_a_stall_and_a_free_one_is_not() -> None:
+    lag = LoopLag(window_s=60.0)
+    watcher = asyncio.create_task(watch_loop(lag, interval_s=0.01))
+    try:
+        while lag.samples < 5:
+            await asyncio.sleep(0.01)
+        assert lag.stalls == 0
+        time.sleep(STALL_S + 0.2)  # a synchronous call holding the loop
+        seen = lag.samples
+        while lag.samples == seen:
+            await asyncio.sleep(0.01)
+    finally:
+        watcher.cancel()
+    report = lag.as_dict()
+    assert report["stalls"] == 1
+    assert STALL_S < report["max_s"] < STALL_S + 1.0
+    assert report["recent_max_s"] == report["max_s"]
+
+
+def test_recent_forgets_what_left_the_window() -> None:
+    lag = LoopLag(window_s=5.0)
+    lag.record(at=0.0, lag_s=2.0)
+    lag.record(at=10.0, lag_s=0.1)
+    assert lag.as_dict()["recent_max_s"] == 0.1
+    assert lag.as_dict()["max_s"] == 2.0
