@@ -35,6 +35,7 @@ from agents.faust_fixes import (
 from agents.services import ChildProcess
 from engine.actor import CustomerActor
 from engine.config import Settings
+from engine.kafka.clients import ssl_context
 from engine.loop_lag import LoopLag, watch_loop
 from engine.models import ModelSet, load_models
 from engine.quality import StreamHygiene
@@ -76,6 +77,20 @@ class SummaryPublisher:
             )
 
 
+def broker_credentials(settings: Settings) -> faust.SASLCredentials | None:
+    """SASL (SCRAM-SHA-512) over TLS when ``kafka.sasl_username`` is set, as
+    every other client of the project connects (``engine.kafka.client_options``)."""
+    k = settings.kafka
+    if not k.sasl_username:
+        return None
+    return faust.SASLCredentials(
+        username=k.sasl_username,
+        password=Settings.secret("KAFKA_SASL_PASSWORD") or "",
+        mechanism="SCRAM-SHA-512",
+        ssl_context=ssl_context(settings),
+    )
+
+
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -98,6 +113,7 @@ class Runtime:
             # "Delivery"): actions are sent by the actor itself and acknowledged
             # before the state that produced them is written.
             processing_guarantee="at_least_once",
+            broker_credentials=broker_credentials(settings),
             broker_commit_interval=w.commit_interval_s,
             broker_session_timeout=w.session_timeout_s,
             broker_heartbeat_interval=max(1.0, w.session_timeout_s / 4),

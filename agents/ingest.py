@@ -69,6 +69,8 @@ def librdkafka_options(settings: Settings) -> dict[str, Any]:
                 "sasl.password": Settings.secret("KAFKA_SASL_PASSWORD") or "",
             }
         )
+        if k.ssl_cafile:
+            options["ssl.ca.location"] = k.ssl_cafile
     return options
 
 

@@ -37,6 +37,8 @@ class KafkaSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     replication_factor: int = 1
     metadata_max_age_ms: int = 5000
     sasl_username: str = ""
+    #: CA bundle (PEM) that signed the brokers' certificates; "": the system's.
+    ssl_cafile: str = ""
 
 
 class CassandraSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -117,9 +119,29 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     quality: QualitySettings = msgspec.field(default_factory=QualitySettings)
 
     @staticmethod
-    def secret(name: str) -> str | None:
-        """A secret such as ``KAFKA_SASL_PASSWORD``, from ``IOTCRM_<name>`` only."""
-        return os.environ.get(f"IOTCRM_{name.upper()}") or None
+    def secret(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+        """A secret (one of ``SECRETS``) from the environment only: the value of
+        ``IOTCRM_<name>``, or the content of the file ``IOTCRM_<name>_FILE``
+        names (a mounted Kubernetes secret), without its final newline.
+
+        >>> Settings.secret("KAFKA_SASL_PASSWORD", {"IOTCRM_KAFKA_SASL_PASSWORD": "s3cret"})
+        's3cret'
+        >>> Settings.secret("CASSANDRA_PASSWORD", {}) is None
+        True
+        """
+        if name.upper() not in SECRETS:
+            raise ValueError(f"{name} is not a secret iotcrm reads (one of {sorted(SECRETS)})")
+        environ = os.environ if environ is None else environ
+        value = environ.get(f"IOTCRM_{name.upper()}")
+        if value:
+            return value
+        path = environ.get(f"IOTCRM_{name.upper()}_FILE")
+        if not path:
+            return None
+        try:
+            return Path(path).read_text().removesuffix("\n") or None
+        except OSError as exc:
+            raise ConfigError(f"IOTCRM_{name.upper()}_FILE: cannot read {path}: {exc}") from exc
 
     def action_topic(self, action_type: str) -> str:
         return self.kafka.action_topic_prefix + ACTION_TOPIC_SUFFIX.get(action_type, action_type)
@@ -132,6 +154,13 @@ ACTION_TOPIC_SUFFIX: dict[str, str] = {
     "retention_offer": "retention",
     "support_case": "support",
 }
+
+
+#: Read by ``Settings.secret`` only, never settings: no file or override holds them.
+SECRETS = frozenset({"KAFKA_SASL_PASSWORD", "CASSANDRA_PASSWORD"})
+_SECRET_VARIABLES = frozenset(
+    f"IOTCRM_{name}{suffix}" for name in SECRETS for suffix in ("", "_FILE")
+)
 
 
 class ConfigError(Exception):
@@ -162,7 +191,7 @@ def load_settings(
     for section in Settings.__struct_fields__:
         prefix = f"IOTCRM_{section.upper()}_"
         for key, value in environ.items():
-            if key.startswith(prefix):
+            if key.startswith(prefix) and key not in _SECRET_VARIABLES:
                 raw.setdefault(section, {})[key[len(prefix) :].lower()] = value
     try:
         return msgspec.convert(raw, Settings, strict=False)

@@ -1,12 +1,15 @@
-"""Connection options shared by every aiokafka client of the project."""
+"""Connection options shared by every aiokafka client of the project (and
+Faust's, through ``ssl_context``)."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
 
 from engine.config import Settings
@@ -24,8 +27,14 @@ def client_options(settings: Settings) -> dict[str, Any]:
             sasl_mechanism="SCRAM-SHA-512",
             sasl_plain_username=settings.kafka.sasl_username,
             sasl_plain_password=Settings.secret("KAFKA_SASL_PASSWORD") or "",
+            ssl_context=ssl_context(settings),
         )
     return options
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext:
+    """TLS to the brokers, verified against ``kafka.ssl_cafile`` (or the system's CAs)."""
+    return create_ssl_context(cafile=settings.kafka.ssl_cafile or None)
 
 
 def partition_for(key: bytes, partitions: int) -> int:

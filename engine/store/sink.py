@@ -42,6 +42,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from engine.config import ACTION_TOPIC_SUFFIX, Settings
+from engine.kafka import client_options
 from engine.store.backoff import Backoff
 from engine.store.rows import InvalidRecord, action_row, customer_360_row, device_row
 
@@ -300,7 +301,7 @@ class CassandraSink:
             raise RuntimeError("sink already started")
         if self._consumer is None:
             self._consumer = AIOKafkaConsumer(
-                bootstrap_servers=self._settings.kafka.bootstrap,
+                **client_options(self._settings),
                 group_id=self._group_id,
                 client_id=self._group_id,
                 enable_auto_commit=False,
