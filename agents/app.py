@@ -7,8 +7,9 @@
   and ``crm.outcomes`` (co-partitioned), with its tables;
 - a tick timer (time for idle keys) and the rule hot reload;
 - the Cassandra sink (action log, registry mirror, customer 360);
-- web views: ``/health``, ``/metrics`` (with the event loop's lag),
-  ``/customers/{id}``, ``/models/status``.
+- web views: ``/health`` (liveness), ``/ready`` (readiness), ``/metrics``
+  (Prometheus text format), ``/metrics.json`` (the same figures and more, with
+  the event loop's lag), ``/customers/{id}``, ``/models/status``.
 
 Start it with ``iotcrm worker``; replicas share the work through Kafka's
 consumer groups (Faust's for the actor, ingest's own for the device topics).
@@ -32,6 +33,8 @@ from agents.faust_fixes import (
     allow_table_write_bursts,
     batch_fetches,
 )
+from agents.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
+from agents.prometheus import exposition
 from agents.services import ChildProcess
 from engine.actor import CustomerActor
 from engine.config import Settings
@@ -230,6 +233,12 @@ class Runtime:
             return web.json(readiness, status=200 if readiness["ready"] else 503)
 
         @app.page("/metrics")
+        async def prometheus_metrics(web: Any, request: Any) -> Any:
+            # As a header: aiohttp refuses a content_type argument with a charset.
+            headers = {"Content-Type": PROMETHEUS_CONTENT_TYPE}
+            return web.bytes(exposition(self.metrics), headers=headers)
+
+        @app.page("/metrics.json")
         async def metrics(web: Any, request: Any) -> Any:
             return web.json(self.metrics())
 

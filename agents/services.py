@@ -10,7 +10,7 @@ stage to a process the operator runs elsewhere (``iotcrm ingest`` / ``iotcrm
 sink`` are the same commands, so they can be scaled apart from the actors).
 
 A supervised child writes its counters to a status file (JSON, replaced
-atomically) a few times a second; the worker serves them in ``/metrics`` and
+atomically) a few times a second; the worker serves them in ``/metrics.json`` and
 uses the sink's health in ``/health``. A child that exits is started again
 after a backoff, and counted in ``restarts``. Children die with the worker:
 they are in its process group, and ask the kernel for SIGTERM when their

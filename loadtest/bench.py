@@ -37,7 +37,7 @@ starts the local servers first). Options: ``--customers``, ``--events``,
    reported apart). Bounded by ``--search-steps`` and ``--search-budget``.
 4. Replicas (``--no-replicas``): the main backlog again through ``--replicas``
    engine workers (one app id, each its own web port and state folder,
-   progress summed over their ``/metrics``) and as many peer processes in one
+   progress summed over their ``/metrics.json``) and as many peer processes in one
    consumer group; events/s against one replica's.
 5. Growth (``--no-growth``): the engine on ``--growth-factor`` times the
    customers, its events on the shared keyed telemetry topic instead of

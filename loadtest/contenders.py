@@ -232,7 +232,7 @@ class EngineContender(Contender):
         self.workers = [self.worker_process(i) for i in range(replicas)]
         self.worker = self.workers[0]
         self.metrics: dict[str, Any] = {}
-        #: The latest /metrics of every replica.
+        #: The latest /metrics.json of every replica.
         self.replica_metrics: list[dict[str, Any]] = []
 
     def worker_process(self, index: int) -> WorkerProcess:

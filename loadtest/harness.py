@@ -96,6 +96,14 @@ class WorkerProcess:
         except OSError:
             return "(no log)"
 
+    def text(self, path: str) -> str | None:
+        """GET a text view of the worker (e.g. ``/metrics``); None while it does not answer."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=2.0) as response:
+                return response.read().decode()
+        except (urllib.error.URLError, OSError):
+            return None
+
     def get(self, path: str) -> Any:
         """GET a JSON view of the worker; None while it does not answer."""
         try:
@@ -121,7 +129,7 @@ class WorkerProcess:
             raise ConditionTimeout(f"{exc}; log tail:\n{self.log_tail()}") from None
 
     def metrics(self) -> dict[str, Any] | None:
-        return self.get("/metrics")
+        return self.get("/metrics.json")
 
     def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM and wait (a clean shutdown); SIGKILL if it hangs."""

@@ -305,7 +305,7 @@ def _replicas(results: Mapping[str, Any]) -> list[str]:
         "",
         f"The main workload's backlog again, through {n} engine workers (`iotcrm worker`, the "
         "same app id and topics, each its own web port and state folder; progress is the sum "
-        f"of their `/metrics`) and {n} peer processes in one consumer group (progress: the "
+        f"of their `/metrics.json`) and {n} peer processes in one consumer group (progress: the "
         "sum of their status counters). The warm-up went out in quarters, each once the last "
         "was processed, after every engine worker owned partitions, so the replicas could "
         "join their groups before the backlog was published, frozen as before; *share per "
@@ -439,7 +439,7 @@ def _event_loop(results: dict[str, Any]) -> list[str]:
         f"woke up at most {lag['max_s'] * 1000:,.0f} ms late (sampled every 100 ms; "
         f"{lag['recent_max_s'] * 1000:,.0f} ms at most in its last {lag['recent_window_s']:g} s), "
         f"with {lag['stalls']} stalls of more than {lag['stall_threshold_s'] * 1000:,.0f} ms. "
-        "A late loop delays heartbeats, fetches and timers alike (`/metrics` `event_loop`).",
+        "A late loop delays heartbeats, fetches and timers alike (`/metrics.json` `event_loop`).",
     ]
 
 

@@ -160,3 +160,9 @@ async def test_bad_inputs_are_dead_lettered_and_the_worker_keeps_going(
     assert metrics["actor"]["late"] == 1
     assert metrics["actor"]["events"] == len(goods)
     assert worker.alive()
+
+    # The same counters for Prometheus, in its text format.
+    scraped = worker.text("/metrics") or ""
+    assert f"iotcrm_ingest_deadlettered_total {float(len(cases))}" in scraped, scraped
+    assert f"iotcrm_actor_events_total {float(len(goods))}" in scraped
+    assert "# TYPE iotcrm_event_loop_lag_seconds gauge" in scraped

@@ -1,0 +1,112 @@
+"""The worker's counters in the Prometheus text format (``GET /metrics``).
+
+One source of truth: the collector reads the same figures as ``/metrics.json``
+(``Runtime.metrics()``) at each scrape, so nothing is counted twice. Names
+follow Prometheus conventions: ``iotcrm_<stage>_<what>_total`` for counters,
+base units (seconds) for gauges.
+
+>>> figures = {"actor": {"events": 7, "in_flight": 2}, "actions_by_type": {"coupon": 1},
+...            "event_loop": {"recent_max_s": 0.01, "stalls": 0}}
+>>> text = exposition(lambda: figures).decode()
+>>> "iotcrm_actor_events_total 7.0" in text, 'iotcrm_actions_total{type="coupon"} 1.0' in text
+(True, True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+#: The text format's content type, for the web view.
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+#: section of ``Runtime.metrics()`` -> key -> help; the counter is
+#: ``iotcrm_<section>_<key>_total``.
+COUNTERS: dict[str, dict[str, str]] = {
+    "ingest": {
+        "consumed": "Device records ingest read.",
+        "accepted": "Events ingest forwarded to the actors.",
+        "deadlettered": "Records sent to the dead-letter topic.",
+        "records_sent": "Packed records of the customer stream.",
+        "commit_failures": "Ingest commits refused (the records come again).",
+        "send_retries": "Ingest produce attempts retried.",
+        "restarts": "Times the worker restarted its ingest process.",
+    },
+    "actor": {
+        "events": "Events processed and checkpointed.",
+        "duplicates": "Duplicate events dropped (checkpointed).",
+        "late": "Late events set aside (checkpointed).",
+        "actions": "Actions the actor sent.",
+        "batches": "Batches the actor processed.",
+        "checkpoints": "Checkpoints completed.",
+        "timer_firings": "Actions that timers fired.",
+        "offset_gaps": "Customer-stream records repaired after a hole.",
+    },
+    "sink": {
+        "written": "Actions written to Cassandra.",
+        "retries": "Cassandra writes retried.",
+        "rejected": "Records the sink could never store.",
+        "commit_failures": "Sink commits refused (the records come again).",
+        "restarts": "Times the worker restarted its sink process.",
+    },
+    "event_loop": {"stalls": "Event-loop wake-ups more than 0.5 s late."},
+}
+
+#: (section, key) -> (gauge name, help)
+GAUGES: dict[tuple[str, str], tuple[str, str]] = {
+    ("actor", "in_flight"): ("iotcrm_actor_in_flight", "Processed, not yet checkpointed."),
+    ("actor", "cached_states"): ("iotcrm_actor_cached_states", "Decoded states in memory."),
+    ("sink", "lag"): ("iotcrm_sink_lag", "Records the sink has yet to write."),
+    ("ingest", "watermark"): ("iotcrm_ingest_watermark_seconds", "Ingest's event-time watermark."),
+    ("event_loop", "recent_max_s"): (
+        "iotcrm_event_loop_lag_seconds",
+        "Largest event-loop lag over the last 10 s.",
+    ),
+    ("event_loop", "max_s"): ("iotcrm_event_loop_lag_max_seconds", "Largest event-loop lag."),
+}
+
+
+class WorkerCollector(Collector):
+    """Prometheus families from a ``Runtime.metrics()``-shaped dict, read per scrape."""
+
+    def __init__(self, figures: Callable[[], dict[str, Any]]) -> None:
+        self.figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        figures = self.figures()
+        for section, counters in COUNTERS.items():
+            for key, help_text in counters.items():
+                value = _number((figures.get(section) or {}).get(key))
+                if value is not None:
+                    yield CounterMetricFamily(f"iotcrm_{section}_{key}", help_text, value=value)
+        for (section, key), (name, help_text) in GAUGES.items():
+            value = _number((figures.get(section) or {}).get(key))
+            if value is not None:
+                yield GaugeMetricFamily(name, help_text, value=value)
+        actions = CounterMetricFamily("iotcrm_actions", "Actions sent, by type.", labels=["type"])
+        for action_type, count in sorted((figures.get("actions_by_type") or {}).items()):
+            actions.add_metric([action_type], count)
+        yield actions
+        suppressed = CounterMetricFamily(
+            "iotcrm_actor_suppressed", "Firings suppressed, by reason.", labels=["reason"]
+        )
+        for reason, count in sorted(((figures.get("actor") or {}).get("suppressed") or {}).items()):
+            suppressed.add_metric([reason], count)
+        yield suppressed
+
+
+def exposition(figures: Callable[[], dict[str, Any]]) -> bytes:
+    """The text format of one scrape."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(WorkerCollector(figures))
+    return generate_latest(registry)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    return float(value) if isinstance(value, int | float) else None
