@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -147,3 +148,78 @@ def iotcrm(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
         text=True,
         timeout=60,
     )
+
+
+# ------------------------------------------------ the outage tests' workload
+
+#: One action per hot reading: each event of ``hot_events`` gives one.
+HOT_RULE = """\
+- id: hot-device
+  version: 1
+  key: device
+  when:
+    condition: "event.kind == 'telemetry' and event.temperature > 80"
+  action:
+    type: support_case
+    payload:
+      reason: "temperature {{ round(event.temperature, 1) }} C"
+"""
+
+
+def hot_rules_in(tmp_path: Path) -> Path:
+    """A rule folder holding ``HOT_RULE`` only."""
+    path = tmp_path / "rules"
+    path.mkdir()
+    (path / "hot.yaml").write_text(HOT_RULE)
+    return path
+
+
+def hot_events(ns: Namespace, first: int, count: int, start: float) -> list[tuple[str, Any]]:
+    return [
+        (
+            ns.device_topic("d1"),
+            {
+                "id": f"h{i}",
+                "ts": start + i,
+                "device_id": "d1",
+                "kind": "telemetry",
+                "temperature": 85.0 + i,
+            },
+        )
+        for i in range(first, first + count)
+    ]
+
+
+async def local_service(command: str, name: str) -> None:
+    """``services.py stop|start <name>`` (start returns once it answers), off
+    the event loop: the test's Kafka clients keep being served meanwhile."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, str(REPO / "deploy" / "local" / "services.py"), command, name],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, f"services.py {command} {name}:\n{done.stderr}"
+
+
+async def row_counts(ns: Namespace) -> dict[str, int] | None:
+    """Rows of the action tables, or None while Cassandra does not answer."""
+    from engine.store.cassandra import CassandraStore
+
+    store = CassandraStore(ns.settings)
+    try:
+        await store.connect()
+        return {t: await store.count_rows(t) for t in ("action_log", "actions_by_id")}
+    except Exception as exc:  # the driver's errors while the server starts
+        print(f"cassandra not answering yet: {exc!r}")
+        return None
+    finally:
+        await store.close()
+
+
+async def rows_reach(ns: Namespace, n: int) -> dict[str, int] | None:
+    """The row counts once both tables hold at least ``n`` rows."""
+    counts = await row_counts(ns)
+    return counts if counts and min(counts.values()) >= n else None

@@ -13,8 +13,6 @@ worker against the real server going away.
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,82 +24,27 @@ import pytest
 from engine.store.cassandra import CassandraStore
 from loadtest.harness import WorkerProcess, wait_for
 from tests.integration.kit import REPO, Namespace, TopicReader, register
-from tests.integration.live_helpers import publish
+from tests.integration.live_helpers import (
+    hot_events,
+    hot_rules_in,
+    local_service,
+    publish,
+    rows_reach,
+)
 
 sys.path.insert(0, str(REPO / "deploy" / "local"))
 import services
 
-HOT_RULE = """\
-- id: hot-device
-  version: 1
-  key: device
-  when:
-    condition: "event.kind == 'telemetry' and event.temperature > 80"
-  action:
-    type: support_case
-    payload:
-      reason: "temperature {{ round(event.temperature, 1) }} C"
-"""
 BEFORE, DURING = 3, 10
+
+
+async def cassandra(command: str) -> None:
+    await local_service(command, "cassandra")
 
 
 @pytest.fixture
 def hot_rules(tmp_path: Path) -> Path:
-    path = tmp_path / "rules"
-    path.mkdir()
-    (path / "hot.yaml").write_text(HOT_RULE)
-    return path
-
-
-async def cassandra(command: str) -> None:
-    """``services.py stop|start cassandra`` (start returns once CQL answers).
-
-    Run off the event loop: Kafka clients of the test keep being served.
-    """
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, str(REPO / "deploy" / "local" / "services.py"), command, "cassandra"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, f"services.py {command} cassandra:\n{done.stderr}"
-
-
-def hot_events(ns: Namespace, first: int, count: int, start: float) -> list[tuple[str, Any]]:
-    return [
-        (
-            ns.device_topic("d1"),
-            {
-                "id": f"h{i}",
-                "ts": start + i,
-                "device_id": "d1",
-                "kind": "telemetry",
-                "temperature": 85.0 + i,
-            },
-        )
-        for i in range(first, first + count)
-    ]
-
-
-async def row_counts(ns: Namespace) -> dict[str, int] | None:
-    """Rows of the action tables, or None while Cassandra does not answer."""
-    store = CassandraStore(ns.settings)
-    try:
-        await store.connect()
-        return {t: await store.count_rows(t) for t in ("action_log", "actions_by_id")}
-    except Exception as exc:  # the driver's errors while the server starts
-        print(f"cassandra not answering yet: {exc!r}")
-        return None
-    finally:
-        await store.close()
-
-
-async def rows_reach(ns: Namespace, n: int) -> dict[str, int] | None:
-    """The row counts once both tables hold at least ``n`` rows."""
-    counts = await row_counts(ns)
-    return counts if counts and min(counts.values()) >= n else None
+    return hot_rules_in(tmp_path)
 
 
 def status(worker: WorkerProcess) -> str | None:
