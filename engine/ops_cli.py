@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from engine import cli_args
 from engine.config import ConfigError, Settings, load_settings
 
 
@@ -24,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     worker = subparsers.add_parser(
         "worker", help="run a worker replica (ingest, customer actors, Cassandra sink, web)"
     )
-    worker.add_argument("--loglevel", default="info")
+    worker.add_argument(
+        "--loglevel", default="info", help="debug, info, warning or error (default info)"
+    )
     worker.add_argument(
         "--no-setup", action="store_true", help="do not create topics or migrate the schema first"
     )
@@ -59,11 +62,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="start a worker, simulate a device fleet for about a minute, report what happened",
     )
-    demo.add_argument("--customers", type=int, default=40)
-    demo.add_argument("--devices-per-customer", type=int, default=3)
+    demo.add_argument("--customers", type=cli_args.count, default=40, help="customers (default 40)")
+    demo.add_argument(
+        "--devices-per-customer", type=cli_args.count, default=3, help="devices each (default 3)"
+    )
     demo.add_argument("--span", default="3d", help="simulated time span (default 3d)")
-    demo.add_argument("--seconds", type=float, default=50.0, help="publishing time (default 50)")
-    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument(
+        "--seconds", type=cli_args.rate, default=50.0, help="publishing time (default 50)"
+    )
+    demo.add_argument("--seed", type=int, default=7, help="simulation seed (default 7)")
     demo.set_defaults(func=run_demo)
 
 

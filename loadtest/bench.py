@@ -71,6 +71,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.cli_args import count, non_negative, rate
 from engine.config import load_settings
 from loadtest.accuracy import score
 from loadtest.cli import parse_duration
@@ -1408,13 +1409,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     main = parser.add_argument_group("workload and contenders")
     main.add_argument(
         "--customers",
-        type=int,
+        type=count,
         default=d.customers,
         help=f"simulated customers of the main workload (default {d.customers})",
     )
     main.add_argument(
         "--devices-per-customer",
-        type=int,
+        type=count,
         default=d.devices_per_customer,
         help=f"devices per customer, in every workload (default {d.devices_per_customer})",
     )
@@ -1429,31 +1430,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     main.add_argument(
         "--events",
-        type=int,
+        type=count,
         default=d.events,
         help=f"events in the timed backlog (default {d.events})",
     )
     main.add_argument(
         "--warmup",
-        type=int,
+        type=non_negative,
         default=d.warmup,
         help=f"events each contender processes before anything is timed (default {d.warmup})",
     )
     main.add_argument(
         "--latency-seconds",
-        type=float,
+        type=rate,
         default=d.latency_seconds,
         help="length of the paced latency phase (default 30)",
     )
     main.add_argument(
         "--load-share",
-        type=float,
+        type=rate,
         default=d.load_share,
         help="offered load of the latency phase, as a share of the engine's max (default 0.5)",
     )
     main.add_argument(
         "--rate",
-        type=float,
+        type=rate,
         default=d.rate,
         help="offered load of the latency phase in events/s, instead of --load-share",
     )
@@ -1464,7 +1465,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     main.add_argument(
         "--partitions",
-        type=int,
+        type=count,
         default=d.partitions,
         help=f"partitions of the customer-keyed topics (default {d.partitions})",
     )
@@ -1477,7 +1478,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     scale.add_argument(
         "--search-customers",
-        type=int,
+        type=count,
         default=d.search_customers,
         help=f"customers of the search's own workload (default {d.search_customers})",
     )
@@ -1489,13 +1490,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     scale.add_argument(
         "--search-steps",
-        type=int,
+        type=count,
         default=d.search_max_steps,
         help=f"most steps per contender (default {d.search_max_steps})",
     )
     scale.add_argument(
         "--search-min-actions",
-        type=int,
+        type=count,
         default=d.search_min_actions,
         help="expected actions a step holds at least, so its p99 has samples "
         f"(default {d.search_min_actions})",
@@ -1508,7 +1509,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     scale.add_argument(
         "--replicas",
-        type=int,
+        type=non_negative,
         default=d.replicas,
         help=f"engine workers and peer processes of the replica row (default {d.replicas})",
     )
@@ -1521,7 +1522,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     scale.add_argument(
         "--growth-factor",
-        type=int,
+        type=non_negative,
         default=d.growth_factor,
         help="customers of the growth row, as a multiple of --customers "
         f"(default {d.growth_factor})",
@@ -1536,13 +1537,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     extra = parser.add_argument_group("profiles, probes and output")
     extra.add_argument(
         "--profile-events",
-        type=int,
+        type=count,
         default=d.profile_events,
         help="events of the offline hot-path profile (default 20000)",
     )
     extra.add_argument(
         "--live-profile-seconds",
-        type=float,
+        type=rate,
         default=d.live_profile_seconds,
         help="paced seconds of the engine run under cProfile (default 15; 0: none)",
     )

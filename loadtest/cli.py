@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from engine import cli_args
 from engine.config import ConfigError, load_settings
 from loadtest.accuracy import format_score, read_actions, score
 from loadtest.episodes import EpisodeShares
@@ -68,9 +69,19 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     defaults = SimParams()
-    parser.add_argument("--customers", type=int, default=defaults.customers)
-    parser.add_argument("--devices-per-customer", type=int, default=defaults.devices_per_customer)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--customers",
+        type=cli_args.count,
+        default=defaults.customers,
+        help="customers in the fleet",
+    )
+    parser.add_argument(
+        "--devices-per-customer",
+        type=cli_args.count,
+        default=defaults.devices_per_customer,
+        help="devices each customer owns",
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="the simulation's seed")
     parser.add_argument(
         "--span",
         type=parse_duration,
@@ -87,13 +98,29 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
         "--device-types", default=",".join(DEVICE_TYPES), help="comma-separated device types"
     )
     parser.add_argument(
-        "--marketing-consent-share", type=_share, default=defaults.marketing_consent_share
+        "--marketing-consent-share",
+        type=_share,
+        default=defaults.marketing_consent_share,
+        help="share of customers consenting to marketing (coupons, offers)",
     )
     parser.add_argument(
-        "--service-consent-share", type=_share, default=defaults.service_consent_share
+        "--service-consent-share",
+        type=_share,
+        default=defaults.service_consent_share,
+        help="share of customers consenting to service contact (bookings, cases)",
     )
-    parser.add_argument("--malformed-share", type=_share, default=defaults.malformed_share)
-    parser.add_argument("--duplicate-share", type=_share, default=defaults.duplicate_share)
+    parser.add_argument(
+        "--malformed-share",
+        type=_share,
+        default=defaults.malformed_share,
+        help="share of events sent malformed (for the dead-letter path)",
+    )
+    parser.add_argument(
+        "--duplicate-share",
+        type=_share,
+        default=defaults.duplicate_share,
+        help="share of events sent twice (for dedup)",
+    )
     parser.add_argument(
         "--episode-share",
         type=_episode_share,
@@ -128,7 +155,7 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
         "--bootstrap", default=None, help="Kafka bootstrap servers (default from configuration)"
     )
     parser.add_argument(
-        "--rate", type=float, default=0.0, help="events per second; 0: as fast as possible"
+        "--rate", type=cli_args.rate, default=0.0, help="events per second; 0: as fast as possible"
     )
     parser.add_argument(
         "--topic-mode",

@@ -1,0 +1,47 @@
+"""Argument types for the command line: numbers checked where they are read,
+so a negative count is refused with a clear message instead of running.
+
+>>> count("3"), non_negative("0"), rate("12.5")
+(3, 0, 12.5)
+>>> count("0")
+Traceback (most recent call last):
+...
+argparse.ArgumentTypeError: must be a whole number of at least 1, not 0
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def count(text: str) -> int:
+    """A whole number of at least 1 (customers, events, steps, ...)."""
+    return _int(text, minimum=1)
+
+
+def non_negative(text: str) -> int:
+    """A whole number of at least 0 (where 0 means "none" or "off")."""
+    return _int(text, minimum=0)
+
+
+def rate(text: str) -> float:
+    """A number of at least 0 (a rate, seconds, a share of something; 0 as documented)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
+    if not value >= 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, not {text}")
+    return value
+
+
+def _int(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of at least {minimum}, not {value}"
+        )
+    return value
