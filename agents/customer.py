@@ -75,6 +75,7 @@ from agents.faust_fixes import (
     flush_table_writes,
     never_fill_gaps,
     seek,
+    unacknowledged,
     unprocessed,
 )
 from engine.actor import ActorOutput
@@ -225,6 +226,13 @@ class CustomerAgent:
             elif self._held:
                 await self.checkpoint()
             await self.wait_released()
+            if self.rt.app.should_stop:
+                # Records still in the stream's batch buffer never reach the
+                # actor once the worker stops, and Faust would wait for them
+                # until killed: they were not processed, so they come again.
+                consumer = self.rt.app.consumer
+                for message in unacknowledged(consumer):
+                    unprocessed(consumer, message)
         finally:
             self._lock.release()
 

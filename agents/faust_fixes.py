@@ -220,6 +220,11 @@ def never_fill_gaps(consumer: Any, topics: set[str]) -> None:
     consumer._add_gap = add_gap
 
 
+def unacknowledged(consumer: Any) -> list[Any]:
+    """The messages Faust waits for before it commits (and stops)."""
+    return list(consumer._unacked_messages)
+
+
 def unprocessed(consumer: Any, message: Any) -> None:
     """Take ``message`` out of Faust's acknowledgements: it will come again."""
     message.acked = True  # so the stream's own ack of it does nothing

@@ -305,3 +305,20 @@ async def test_seeking_back_starts_at_the_logs_start_when_retention_deleted_the_
     assert sought == [(tp, 300), (tp, 320)]
     assert consumer._read_offset == {tp: 320}
     assert agent._in_sequence(stream_message(320), {})
+
+
+@pytest.mark.parametrize("stopping", [True, False])
+async def test_on_a_clean_stop_records_the_actor_never_got_are_given_back(stopping: bool) -> None:
+    """Records left in the stream's batch buffer when the worker stops never
+    reach the actor; Faust would wait for their acknowledgement until killed."""
+    agent = agent_with_committed({})
+    agent.rt.app.should_stop = stopping
+    consumer = agent.rt.app.consumer
+    buffered = [stream_message(offset) for offset in (7, 8)]
+    consumer._unacked_messages.update(buffered)
+    await agent.checkpoint_before_commit()
+    if stopping:
+        assert consumer._unacked_messages == set()
+        assert all(message.acked for message in buffered), "their own ack changes nothing"
+    else:  # a rebalance: the stream goes on and delivers them
+        assert consumer._unacked_messages == set(buffered)
