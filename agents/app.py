@@ -275,13 +275,29 @@ class Runtime:
 
     def metrics(self) -> dict[str, Any]:
         return {
-            "actor": self.agent_logic.stats.as_dict(),
+            "actor": {**self.agent_logic.stats.as_dict(), "lag": self.actor_lag()},
             "actions_by_type": dict(self.action_counts),
             "ingest": self._stage_metrics("ingest", None),
             "sink": self._stage_metrics("sink", self.sink),
             "rules": self.rules_watcher.status(),
             "event_loop": self.loop_lag.as_dict(),
         }
+
+    def actor_lag(self) -> int:
+        """Records of the customer stream not yet processed, over the partitions
+        this worker owns (end offsets as last fetched; each record carries up to
+        64 events)."""
+        consumer = self.app.consumer
+        k = self.settings.kafka
+        lag = 0
+        for tp in self.app.assignor.assigned_actives():
+            if tp.topic != k.customer_events_topic:
+                continue
+            end = consumer.highwater(tp)
+            position = self.agent_logic.next_offset(tp)
+            if end is not None and position is not None:
+                lag += max(0, end - position)
+        return lag
 
     def _stage_metrics(self, role: str, inline: Any) -> dict[str, Any] | None:
         if inline is not None:

@@ -72,6 +72,7 @@ from faust.types import TP
 from agents.faust_fixes import (
     bounded_flush,
     checkpoint_before_wait_empty,
+    committed_offset,
     flush_table_writes,
     never_fill_gaps,
     seek,
@@ -558,7 +559,7 @@ class CustomerAgent:
         tp = (message.topic, message.partition)
         expected = self._next_offset.get(tp)
         if expected is None:
-            expected = self.rt.app.consumer._committed_offset.get(message.tp)
+            expected = committed_offset(self.rt.app.consumer, message.tp)
         if expected is None or message.offset <= expected:
             self._rewinding.discard(tp)
             self._next_offset[tp] = message.offset + 1
@@ -596,6 +597,11 @@ class CustomerAgent:
             offset = earliest
         self._next_offset[tp.topic, tp.partition] = offset
         await seek(consumer, tp, offset)
+
+    def next_offset(self, tp: TP) -> int | None:
+        """The offset of ``tp`` the actor processes next (None: not known yet)."""
+        expected = self._next_offset.get((tp.topic, tp.partition))
+        return expected if expected is not None else committed_offset(self.rt.app.consumer, tp)
 
     def forget_offsets(self) -> None:
         """After a rebalance the stream restarts at the committed offsets."""

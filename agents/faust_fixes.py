@@ -220,6 +220,12 @@ def never_fill_gaps(consumer: Any, topics: set[str]) -> None:
     consumer._add_gap = add_gap
 
 
+def committed_offset(consumer: Any, tp: Any) -> int | None:
+    """The offset Faust last committed for ``tp`` (where its stream resumes)."""
+    offset: int | None = consumer._committed_offset.get(tp)
+    return offset
+
+
 def unacknowledged(consumer: Any) -> list[Any]:
     """The messages Faust waits for before it commits (and stops)."""
     return list(consumer._unacked_messages)

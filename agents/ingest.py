@@ -164,6 +164,8 @@ class IngestMetrics:
         #: produce attempts the broker refused or timed out, retried
         self.send_retries = 0
         self.subscribed_topics = 0
+        #: device records not yet read (end offsets as last fetched), every half second
+        self.lag = 0
         self.last_batch_at: float | None = None
         self.watermark: float | None = None
 
@@ -406,6 +408,7 @@ class Ingest:
                 if tp.offset >= 0:
                     self._next_offset[tp.topic, tp.partition] = tp.offset
         lagging = []
+        lag = 0
         for topic, partition in self._assigned:
             low, high = self.consumer.get_watermark_offsets(
                 KafkaPartition(topic, partition), cached=True
@@ -414,8 +417,11 @@ class Ingest:
             # An unknown end (not fetched yet) counts as lagging: it holds time back.
             if high < 0 or position < high:
                 lagging.append((topic, partition))
+            if high >= 0:
+                lag += max(0, high - max(position, low, 0))
         self.watermarks.advance(lagging)
         self.metrics.watermark = self.watermarks.current
+        self.metrics.lag = lag
 
 
 def _regex(literal: str) -> str:

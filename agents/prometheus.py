@@ -87,6 +87,17 @@ class WorkerCollector(Collector):
             value = _number((figures.get(section) or {}).get(key))
             if value is not None:
                 yield GaugeMetricFamily(name, help_text, value=value)
+        lag = GaugeMetricFamily(
+            "iotcrm_consumer_lag_records",
+            "Records not yet processed, by stage (ingest: device records; actor: "
+            "customer-stream records of up to 64 events).",
+            labels=["stage"],
+        )
+        for stage in ("ingest", "actor"):
+            value = _number((figures.get(stage) or {}).get("lag"))
+            if value is not None:
+                lag.add_metric([stage], value)
+        yield lag
         actions = CounterMetricFamily("iotcrm_actions", "Actions sent, by type.", labels=["type"])
         for action_type, count in sorted((figures.get("actions_by_type") or {}).items()):
             actions.add_metric([action_type], count)

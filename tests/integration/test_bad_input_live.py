@@ -161,8 +161,18 @@ async def test_bad_inputs_are_dead_lettered_and_the_worker_keeps_going(
     assert metrics["actor"]["events"] == len(goods)
     assert worker.alive()
 
+    # Nothing left to read, for ingest and for the actor.
+    def caught_up() -> bool:
+        figures = worker.metrics() or {}
+        return (
+            (figures.get("ingest") or {}).get("lag") == 0 == (figures.get("actor") or {}).get("lag")
+        )
+
+    await wait_for(caught_up, timeout=30, what="no consumer lag")
+
     # The same counters for Prometheus, in its text format.
     scraped = worker.text("/metrics") or ""
     assert f"iotcrm_ingest_deadlettered_total {float(len(cases))}" in scraped, scraped
     assert f"iotcrm_actor_events_total {float(len(goods))}" in scraped
     assert "# TYPE iotcrm_event_loop_lag_seconds gauge" in scraped
+    assert 'iotcrm_consumer_lag_records{stage="ingest"}' in scraped
