@@ -112,3 +112,25 @@ def test_the_dockerfile_passes_hadolint() -> None:
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_grafana_dashboard_plots_only_metrics_the_worker_exposes() -> None:
+    import json
+
+    from agents.prometheus import COUNTERS, GAUGES
+
+    exposed = {
+        f"iotcrm_{section}_{key}_total" for section, keys in COUNTERS.items() for key in keys
+    }
+    exposed |= {name for name, _ in GAUGES.values()}
+    exposed |= {"iotcrm_actions_total", "iotcrm_actor_suppressed_total"}
+    exposed |= {"iotcrm_consumer_lag_records"}
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "iotcrm-workers.json").read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\biotcrm_[a-z0-9_]+", target["expr"])
+    }
+    assert used, "the dashboard plots something"
+    assert used <= exposed, f"not exposed by the worker: {sorted(used - exposed)}"
