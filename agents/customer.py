@@ -126,6 +126,23 @@ class ActorStats:
         return dict(vars(self))
 
 
+def _positions(
+    packed: list[tuple[faust.EventT, list[dict[str, Any]]]],
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Where each event of a batch was read (the record, and its place in it),
+    by (device_id, id): the ``source`` of a late-event envelope."""
+    return {
+        (event["device_id"], event["id"]): {
+            "topic": record.message.topic,
+            "partition": record.message.partition,
+            "offset": record.message.offset,
+            "index": index,
+        }
+        for record, events in packed
+        for index, event in enumerate(events)
+    }
+
+
 def records_per_batch(events_per_batch: int) -> int:
     """Records the actor takes per batch so a batch holds about
     ``events_per_batch`` events when ingest's records come full.
@@ -154,7 +171,6 @@ class CustomerAgent:
         #: customer -> next timer as last written to the timers table
         self._written_due: dict[str, float | None] = {}
         self._last_checkpoint: dict[int, float] = {}
-        self._positions: dict[tuple[str, str], tuple[Any, int]] = {}
         #: customers whose windowed usage this worker has rewritten from their state
         self._mirrored: set[str] = set()
         #: (topic, partition) -> offset expected next from the customer-event topic
@@ -293,17 +309,14 @@ class CustomerAgent:
 
         emitted_at = time.time()
         self._batch_open = True
-        #: where each event of this batch was read (record, index in it), for
-        #: the late-event envelope
-        self._positions: dict[tuple[str, str], tuple[Any, int]] = {}
         for record, events in packed:
-            message = record.message
-            source, watermark = time_headers(message.headers)
             if events:
-                latest = max(event["ts"] for event in events)
-                self.clocks[message.partition].on_event(latest, source, watermark)
-            for index, event in enumerate(events):
-                self._positions[event["device_id"], event["id"]] = (message, index)
+                message = record.message
+                source, watermark = time_headers(message.headers)
+                # Without a watermark (records not written by ingest) the
+                # record's latest event time stands in for one.
+                mark = watermark if watermark is not None else max(e["ts"] for e in events)
+                self.clocks[message.partition].on_event(mark, source, watermark)
         written: dict[str, tuple[faust.EventT, CustomerState]] = {}
         out = ActorOutput()
         for customer_id, items in groups.items():
@@ -340,7 +353,7 @@ class CustomerAgent:
             if now is not None:
                 out.extend(self._advance_partition(partition, anchor, now, written, emitted_at))
 
-        await self._send(out)
+        await self._send(out, packed)
         self._batch_open = False
         if generation != self._generation:
             self._give_back(held)
@@ -497,9 +510,11 @@ class CustomerAgent:
             due.pop(customer_id, None)
         return out
 
-    async def _send(self, out: ActorOutput) -> None:
-        """Hand the actions and late events to the producer; their
-        acknowledgements are awaited at the next checkpoint."""
+    async def _send(
+        self, out: ActorOutput, packed: list[tuple[faust.EventT, list[dict[str, Any]]]]
+    ) -> None:
+        """Hand the actions and late events (with where ``packed`` read them) to
+        the producer; their acknowledgements are awaited at the next checkpoint."""
         producer = self.rt.app.producer
         k = self.rt.settings.kafka
         pending = self._unacknowledged
@@ -514,22 +529,13 @@ class CustomerAgent:
                     headers=None,
                 )
             )
+        positions = _positions(packed) if out.late else {}
         for event, reason in out.late:
             encoded = orjson.dumps(event)
-            read_at = self._positions.get((event["device_id"], event["id"]))
-            source = None
-            if read_at is not None:
-                message, index = read_at
-                source = {
-                    "topic": message.topic,
-                    "partition": message.partition,
-                    "offset": message.offset,
-                    "index": index,
-                }
             envelope = {
                 "reason": reason,
                 "reason_code": "late",
-                "source": source,
+                "source": positions.get((event["device_id"], event["id"])),
                 "received_at": time.time(),
                 "original_b64": base64.b64encode(encoded).decode("ascii"),
                 "event": event,

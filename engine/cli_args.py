@@ -1,7 +1,7 @@
 """Argument types for the command line: numbers checked where they are read,
 so a negative count is refused with a clear message instead of running.
 
->>> count("3"), non_negative("0"), rate("12.5")
+>>> count("3"), non_negative("0"), non_negative_number("12.5")
 (3, 0, 12.5)
 >>> count("0")
 Traceback (most recent call last):
@@ -24,7 +24,7 @@ def non_negative(text: str) -> int:
     return _int(text, minimum=0)
 
 
-def rate(text: str) -> float:
+def non_negative_number(text: str) -> float:
     """A number of at least 0 (a rate, seconds, a share of something; 0 as documented)."""
     try:
         value = float(text)

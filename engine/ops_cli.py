@@ -68,7 +68,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--span", default="3d", help="simulated time span (default 3d)")
     demo.add_argument(
-        "--seconds", type=cli_args.rate, default=50.0, help="publishing time (default 50)"
+        "--seconds",
+        type=cli_args.non_negative_number,
+        default=50.0,
+        help="publishing time (default 50)",
     )
     demo.add_argument("--seed", type=int, default=7, help="simulation seed (default 7)")
     demo.set_defaults(func=run_demo)

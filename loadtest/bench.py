@@ -71,7 +71,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.cli_args import count, non_negative, rate
+from engine import cli_args
 from engine.config import load_settings
 from loadtest.accuracy import score
 from loadtest.cli import parse_duration
@@ -543,9 +543,8 @@ async def sustainable_search(
     await _prepare(contender, work)
     contender.start()
     reader = ActionReader(contender.bootstrap, contender.action_topics)
-    # One producer for every step, its metadata fetched for every topic first: a
-    # fresh one blocks on a lookup at its first send to each topic, and a step
-    # would start by publishing well below its rate.
+    # One producer for every step, once every topic has a leader: a step must
+    # not start with records waiting for topics to become writable.
     feeder = Feeder(contender.bootstrap, contender.device_prefix, linger_ms=1)
     began = time.monotonic()
     try:
@@ -1409,13 +1408,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     main = parser.add_argument_group("workload and contenders")
     main.add_argument(
         "--customers",
-        type=count,
+        type=cli_args.count,
         default=d.customers,
         help=f"simulated customers of the main workload (default {d.customers})",
     )
     main.add_argument(
         "--devices-per-customer",
-        type=count,
+        type=cli_args.count,
         default=d.devices_per_customer,
         help=f"devices per customer, in every workload (default {d.devices_per_customer})",
     )
@@ -1430,31 +1429,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     main.add_argument(
         "--events",
-        type=count,
+        type=cli_args.count,
         default=d.events,
         help=f"events in the timed backlog (default {d.events})",
     )
     main.add_argument(
         "--warmup",
-        type=non_negative,
+        type=cli_args.non_negative,
         default=d.warmup,
         help=f"events each contender processes before anything is timed (default {d.warmup})",
     )
     main.add_argument(
         "--latency-seconds",
-        type=rate,
+        type=cli_args.non_negative_number,
         default=d.latency_seconds,
         help="length of the paced latency phase (default 30)",
     )
     main.add_argument(
         "--load-share",
-        type=rate,
+        type=cli_args.non_negative_number,
         default=d.load_share,
         help="offered load of the latency phase, as a share of the engine's max (default 0.5)",
     )
     main.add_argument(
         "--rate",
-        type=rate,
+        type=cli_args.non_negative_number,
         default=d.rate,
         help="offered load of the latency phase in events/s, instead of --load-share",
     )
@@ -1465,7 +1464,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     main.add_argument(
         "--partitions",
-        type=count,
+        type=cli_args.count,
         default=d.partitions,
         help=f"partitions of the customer-keyed topics (default {d.partitions})",
     )
@@ -1478,7 +1477,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     scale.add_argument(
         "--search-customers",
-        type=count,
+        type=cli_args.count,
         default=d.search_customers,
         help=f"customers of the search's own workload (default {d.search_customers})",
     )
@@ -1490,13 +1489,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     scale.add_argument(
         "--search-steps",
-        type=count,
+        type=cli_args.count,
         default=d.search_max_steps,
         help=f"most steps per contender (default {d.search_max_steps})",
     )
     scale.add_argument(
         "--search-min-actions",
-        type=count,
+        type=cli_args.count,
         default=d.search_min_actions,
         help="expected actions a step holds at least, so its p99 has samples "
         f"(default {d.search_min_actions})",
@@ -1509,7 +1508,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     scale.add_argument(
         "--replicas",
-        type=non_negative,
+        type=cli_args.non_negative,
         default=d.replicas,
         help=f"engine workers and peer processes of the replica row (default {d.replicas})",
     )
@@ -1522,7 +1521,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     scale.add_argument(
         "--growth-factor",
-        type=non_negative,
+        type=cli_args.non_negative,
         default=d.growth_factor,
         help="customers of the growth row, as a multiple of --customers "
         f"(default {d.growth_factor})",
@@ -1537,13 +1536,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     extra = parser.add_argument_group("profiles, probes and output")
     extra.add_argument(
         "--profile-events",
-        type=count,
+        type=cli_args.count,
         default=d.profile_events,
         help="events of the offline hot-path profile (default 20000)",
     )
     extra.add_argument(
         "--live-profile-seconds",
-        type=rate,
+        type=cli_args.non_negative_number,
         default=d.live_profile_seconds,
         help="paced seconds of the engine run under cProfile (default 15; 0: none)",
     )

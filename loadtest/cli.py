@@ -155,7 +155,10 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
         "--bootstrap", default=None, help="Kafka bootstrap servers (default from configuration)"
     )
     parser.add_argument(
-        "--rate", type=cli_args.rate, default=0.0, help="events per second; 0: as fast as possible"
+        "--rate",
+        type=cli_args.non_negative_number,
+        default=0.0,
+        help="events per second; 0: as fast as possible",
     )
     parser.add_argument(
         "--topic-mode",

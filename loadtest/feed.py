@@ -17,7 +17,7 @@ from typing import Any
 
 import confluent_kafka
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -76,23 +76,18 @@ async def delete_topics(bootstrap: str, prefix: str) -> int:
 
 class Feeder:
     """One producer for a contender's namespace; ``topic_of(device_id)`` names
-    the per-device topic of an event."""
+    the per-device topic of an event.
+
+    It is librdkafka's: aiokafka waits for one produce request per broker at a
+    time, so over hundreds of device topics a paced publisher offered no more
+    than a few thousand events a second on this machine, well below what the
+    contenders take.
+    """
 
     def __init__(self, bootstrap: str, device_prefix: str, linger_ms: int = 5) -> None:
         self.bootstrap = bootstrap
         self.device_prefix = device_prefix
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            acks="all",
-            linger_ms=linger_ms,
-            max_batch_size=256 * 1024,
-            request_timeout_ms=60000,
-        )
-        # The events go out through librdkafka: aiokafka waits for one produce
-        # request per broker at a time, so over hundreds of device topics a
-        # paced publisher offered no more than a few thousand events a second
-        # on this machine, well below what the contenders take.
-        self.events_producer = confluent_kafka.Producer(
+        self.producer = confluent_kafka.Producer(
             {
                 "bootstrap.servers": bootstrap,
                 "acks": "all",
@@ -100,39 +95,32 @@ class Feeder:
                 "linger.ms": linger_ms,
                 "batch.size": 256 * 1024,
                 "queue.buffering.max.messages": 1_000_000,
-                # The Java client's partitioner, as aiokafka's default.
+                # The Java client's partitioner, as aiokafka's and Faust's.
                 "partitioner": "murmur2_random",
             }
         )
+        self._failures: list[Any] = []
 
     def topic_of(self, device_id: str) -> str:
         return self.device_prefix + device_id
 
     async def __aenter__(self) -> Feeder:
-        await self.producer.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.producer.stop()
-        await asyncio.to_thread(self.events_producer.flush, 30.0)
+        await asyncio.to_thread(self.producer.flush, 30.0)
 
     async def wait_for_leaders(self, topics: Sequence[str], timeout_s: float = 120.0) -> None:
-        """Metadata for every topic at once, until each partition has a leader
-        (otherwise each new topic costs a blocking lookup on its first send)."""
-        client = self.producer.client
-        client.set_topics(sorted(set(topics)))
+        """Until every partition of ``topics`` has a leader (new topics take a moment)."""
         deadline = time.monotonic() + timeout_s
         while True:
-            await client.force_metadata_update()
-            cluster = client.cluster
+            known = (await asyncio.to_thread(self.producer.list_topics, None, 30.0)).topics
             missing = [
                 topic
                 for topic in topics
-                if not cluster.partitions_for_topic(topic)
-                or any(
-                    cluster.leader_for_partition(TopicPartition(topic, p)) in (None, -1)
-                    for p in cluster.partitions_for_topic(topic) or ()
-                )
+                if topic not in known
+                or not known[topic].partitions
+                or any(p.leader < 0 for p in known[topic].partitions.values())
             ]
             if not missing:
                 return
@@ -141,11 +129,9 @@ class Feeder:
             await asyncio.sleep(0.2)
 
     async def publish_json(self, topic: str, records: Sequence[tuple[str, dict[str, Any]]]) -> None:
-        send = self.producer.send
-        futures = [
-            await send(topic, orjson.dumps(value), key=key.encode()) for key, value in records
-        ]
-        await asyncio.gather(*futures)
+        for key, value in records:
+            await self._produce(topic, orjson.dumps(value), key.encode())
+        await self._flush()
 
     async def publish_events(
         self,
@@ -167,42 +153,46 @@ class Feeder:
         """
         pacer = Pacer(rate)
         chunk = max(1, int(rate / STEPS_PER_S)) if rate > 0 else 2000
-        producer = self.events_producer
         topic_of = self.topic_of
         partition = -1 if shared_topic else 0  # -1: the partitioner picks, by key
         walls = [] if walls is None else walls
-        failures: list[Any] = []
-
-        def on_delivery(error: Any, _message: Any) -> None:
-            if error is not None:
-                failures.append(error)
-
         for sent, (device_id, value) in enumerate(events, start=1):
             wall = time.time()
             walls.append(wall)
-            while True:
-                try:
-                    producer.produce(
-                        shared_topic or topic_of(device_id),
-                        value,
-                        device_id.encode(),
-                        partition=partition,
-                        timestamp=int(wall * 1000),
-                        on_delivery=on_delivery,
-                    )
-                    break
-                except BufferError:  # librdkafka's queue is full: let it deliver
-                    await asyncio.to_thread(producer.poll, 0.05)
+            await self._produce(
+                shared_topic or topic_of(device_id),
+                value,
+                device_id.encode(),
+                partition=partition,
+                timestamp=int(wall * 1000),
+            )
             if sent % chunk == 0:
-                producer.poll(0)
+                self.producer.poll(0)
                 if stop is not None and stop.is_set():
                     break
                 await asyncio.sleep(pacer.delay(sent))
-        while await asyncio.to_thread(producer.flush, 30.0):
-            pass  # until every record is acknowledged
-        if failures:
-            raise RuntimeError(f"{len(failures)} events not published, e.g. {failures[0]}")
+        await self._flush()
         return walls
+
+    async def _produce(self, topic: str, value: bytes, key: bytes, **options: Any) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value, key, on_delivery=self._delivered, **options)
+                return
+            except BufferError:  # librdkafka's queue is full: let it deliver
+                await asyncio.to_thread(self.producer.poll, 0.05)
+
+    def _delivered(self, error: Any, _message: Any) -> None:
+        if error is not None:
+            self._failures.append(error)
+
+    async def _flush(self) -> None:
+        """Until every record is acknowledged; a record refused raises."""
+        while await asyncio.to_thread(self.producer.flush, 30.0):
+            pass
+        failures, self._failures = self._failures, []
+        if failures:
+            raise RuntimeError(f"{len(failures)} records not published, e.g. {failures[0]}")
 
 
 class ActionReader:
