@@ -282,7 +282,7 @@ def _write_kafka_config(service: Service) -> Path:
     )
     if not (data / "meta.properties").exists():
         data.mkdir(parents=True, exist_ok=True)
-        cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        cluster_id = _kafka_cluster_id()
         result = subprocess.run(
             [
                 "java",
@@ -302,6 +302,15 @@ def _write_kafka_config(service: Service) -> Path:
         if result.returncode != 0:
             raise ServiceError(f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}")
     return config
+
+
+def _kafka_cluster_id() -> str:
+    # An id that starts with "-" reads as an option to the storage tool (one in
+    # 64); Kafka's own Uuid.randomUuid() draws again for the same reason.
+    while True:
+        cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _kafka_command(service: Service) -> list[str]:
