@@ -83,6 +83,7 @@ from loadtest.measure import (
     action_latencies,
     at_least,
     cdf_points,
+    cpu_budget,
     high_water,
     latency_breakdown,
     latency_summary,
@@ -384,7 +385,7 @@ async def measure(
 ) -> PhaseResult:
     """One contender through warm-up, backlog, latency (and, for the engine
     with ``tail``, the rest, whose actions are scored)."""
-    from loadtest.contenders import CeilingContender, EngineContender
+    from loadtest.contenders import CeilingContender, EngineContender, MachineBudget
     from loadtest.feed import ActionReader
 
     result = PhaseResult(contender.name)
@@ -420,6 +421,8 @@ async def measure(
             live_started = time.time()
             assert contender.tree is not None
             live_cpu = contender.tree.cpu_s()
+            budget = MachineBudget(contender.name, contender.tree)
+            machine_before = budget.reading()
             before = len(work.warmup) + len(work.backlog)
             lag = asyncio.create_task(_sample_lag(contender, before, rate, live_started, len(live)))
             try:
@@ -429,10 +432,12 @@ async def measure(
                 lag.cancel()
                 lags = (await asyncio.gather(lag, return_exceptions=True))[0]
             live_cpu = contender.tree.cpu_s() - live_cpu
+            live_s = time.time() - live_started
             result.figures.update(
+                live_machine=cpu_budget(machine_before, budget.reading(), live_s, budget.cores),
                 offered_rate=round(rate, 1),
                 live_events=len(live),
-                live_seconds=round(time.time() - live_started, 1),
+                live_seconds=round(live_s, 1),
                 live_cpu_s_per_million=_rounded(per_million(live_cpu, len(live)), 1),
                 live_lag=_lag_summary(lags if isinstance(lags, list) else []),
             )
@@ -624,10 +629,14 @@ async def _search_step(
 ) -> dict[str, Any]:
     """One paced step: publish at ``rate`` (stopping early once the contender
     falls behind), wait until it processed all of them, time the actions."""
+    from loadtest.contenders import MachineBudget
+
     assert contender.tree is not None
     walls: list[float] = []
     stop = asyncio.Event()
     cpu = contender.tree.cpu_s()
+    budget = MachineBudget(contender.name, contender.tree)
+    machine_before = budget.reading()
     started = time.time()
     limit = rate * options.search_abort_lag_s
     lags: list[tuple[float, int]] = []
@@ -642,6 +651,7 @@ async def _search_step(
             events, rate, shared_topic=contender.shared_topic, walls=walls, stop=stop
         )
         published_s = time.time() - started
+        machine = cpu_budget(machine_before, budget.reading(), published_s, budget.cores)
     finally:
         watch.cancel()
         await asyncio.gather(watch, return_exceptions=True)
@@ -682,6 +692,8 @@ async def _search_step(
         #: (seconds into the step, events published but not yet fully processed)
         "lag_series": [[round(at - started, 1), lag] for at, lag in lags],
         "cpu_s_per_million": _rounded(per_million(cpu, len(walls)), 1),
+        #: Where the machine's CPU went while the step's events were published.
+        "machine": machine,
         "passed": verdict.passed,
         "verdict": verdict.reason,
         #: Publishing ran out of time before the step's events were all out.

@@ -94,6 +94,45 @@ class ProcessTree:
             process.resume()
 
 
+#: A word of the local servers' command lines (deploy/local), to find their processes.
+SERVER_MARKERS = {"kafka": "kafka.Kafka", "cassandra": "CassandraDaemon"}
+
+
+class MachineBudget:
+    """Readings of where the whole machine's CPU goes (``measure.cpu_budget``
+    turns two into shares): the Kafka broker and the Cassandra node when they
+    run here, this bench process (its publisher and action reader), the
+    contender's process tree, and the machine's busy time in all."""
+
+    def __init__(self, contender: str, tree: ProcessTree) -> None:
+        self.contender = contender
+        self.tree = tree
+        self.cores = psutil.cpu_count() or 1
+        self.servers: dict[str, psutil.Process] = {}
+        for process in psutil.process_iter(["cmdline"]):
+            command = " ".join(process.info["cmdline"] or [])
+            for name, marker in SERVER_MARKERS.items():
+                if marker in command:
+                    self.servers[name] = process
+        self.bench = psutil.Process(os.getpid())
+
+    def reading(self) -> dict[str, float]:
+        times = psutil.cpu_times()
+        busy = times.user + times.system + getattr(times, "nice", 0.0)
+        busy += getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0)
+        reading = {"machine": busy}
+        for name, process in self.servers.items():
+            try:
+                cpu = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            reading[name] = cpu.user + cpu.system
+        cpu = self.bench.cpu_times()
+        reading["bench"] = cpu.user + cpu.system
+        reading[self.contender] = self.tree.cpu_s()
+        return reading
+
+
 class Contender:
     """A process (or ``replicas`` processes sharing the work) that consumes one
     namespace's device topics."""

@@ -94,6 +94,31 @@ def per_million(amount: float, events: int) -> float | None:
     return amount * 1_000_000 / events if events > 0 else None
 
 
+def cpu_budget(
+    before: Mapping[str, float], after: Mapping[str, float], seconds: float, cores: int
+) -> dict[str, float]:
+    """Where a machine's CPU went over a span, from two readings of CPU
+    seconds (the whole machine's busy time under ``"machine"``, each watched
+    part under its own name): each part's share, the rest of the busy time as
+    ``other`` and the unused time as ``idle``, in % of one core, so that they
+    add up to ``cores`` × 100.
+
+    >>> cpu_budget({"machine": 0.0, "kafka": 0.0}, {"machine": 3.0, "kafka": 1.0}, 2.0, 2)
+    {'kafka': 50.0, 'other': 100.0, 'idle': 50.0}
+    """
+    if seconds <= 0:
+        raise ValueError(f"a span of {seconds} s has no CPU budget")
+    busy = after["machine"] - before["machine"]
+    shares = {
+        part: round(100 * (after[part] - before.get(part, 0.0)) / seconds, 1)
+        for part in after
+        if part != "machine"
+    }
+    shares["other"] = round(max(0.0, 100 * busy / seconds - sum(shares.values())), 1)
+    shares["idle"] = round(max(0.0, 100 * cores - 100 * busy / seconds), 1)
+    return shares
+
+
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
     """``numerator / denominator`` rounded to 3 places; None when undefined.
 

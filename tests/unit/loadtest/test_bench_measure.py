@@ -155,3 +155,19 @@ def test_docstring_examples(name: str) -> None:
     result = doctest.testmod(importlib.import_module(name))
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_a_cpu_budget_adds_up_to_the_machine_and_never_goes_negative() -> None:
+    from loadtest.measure import cpu_budget
+
+    before = {"machine": 10.0, "kafka": 4.0, "engine": 1.0}
+    after = {"machine": 13.6, "kafka": 5.8, "engine": 2.2, "bench": 0.4}  # bench: new part
+    budget = cpu_budget(before, after, 2.0, 2)
+    assert budget == {"kafka": 90.0, "engine": 60.0, "bench": 20.0, "other": 10.0, "idle": 20.0}
+    assert sum(budget.values()) == 200.0
+    # Readings a moment apart can make the parts exceed the machine's busy time.
+    assert cpu_budget({"machine": 0.0}, {"machine": 1.0, "kafka": 1.1}, 1.0, 1) == {
+        "kafka": 110.0, "other": 0.0, "idle": 0.0,
+    }  # fmt: skip
+    with pytest.raises(ValueError):
+        cpu_budget(before, after, 0.0, 2)

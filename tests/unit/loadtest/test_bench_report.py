@@ -118,20 +118,37 @@ def test_a_span_too_short_for_a_usage_baseline_is_named_as_the_reason_for_no_off
 
 def test_remedies_are_backed_by_the_run_and_numbered_in_order() -> None:
     results = _results()
-    results["fetch_probe"] = {
-        "fetch_min_bytes": 65536,
-        "fetch_max_wait_ms": 100,
-        "live_cpu_s_per_million": 40.0,
-        "p50_ms": 60.0,
-        "p99_ms": 120.0,
-    }
+    results["machine"] = {"cpus": 2}
+    results["engine"]["live_machine"] = {
+        "engine": 60.0, "kafka": 95.0, "cassandra": 10.0, "bench": 30.0, "other": 0.0, "idle": 5.0,
+    }  # fmt: skip
     items = remedies(results)
     assert [item.split(".")[0] for item in items] == [str(i) for i in range(1, len(items) + 1)]
-    assert "paid 40 instead of 110 µs per event" in items[0]
-    assert "Kafka clients took 30 %" in items[1]
+    assert (
+        "the Kafka broker took 95 % of a core and the bench's publisher and reader 30 %"
+        in (items[0])
+    )
+    assert "with 5 % of the 2 × 100 % left idle" in items[0]
     assert any("all 14+ per-device topics" in item for item in items)
-    del results["fetch_probe"]
-    assert remedies(results)[0].startswith("1. **Move ingest")
+    results["engine"]["live_machine"]["idle"] = 60.0  # cores to spare: not the reason
+    assert not remedies(results)[0].startswith("1. **Give the broker")
+
+
+def test_the_machine_budget_shows_every_paced_span_of_the_run() -> None:
+    results = _results()
+    results["machine"] = {"cpus": 2}
+    results["engine"]["live_machine"] = {"engine": 60.0, "kafka": 95.0, "idle": 45.0}
+    results["sustainable"] = {
+        "engine": {"step_results": [{"offered_rate": 900.0, "machine": {"engine": 20.0}}]},
+        "peer": {"step_results": [{"offered_rate": 800.0}]},  # an older run: no budget
+    }
+    markdown = build_markdown(results)
+    assert "## The machine's CPU while events were offered" in markdown
+    assert "| engine | latency phase | 1,000 | 60 % | 95 % | – | – | – | 45 % |" in markdown
+    assert "| engine | search step 1 | 900 | 20 % |" in markdown
+    assert "| peer | search step" not in markdown
+    del results["engine"]["live_machine"], results["sustainable"]
+    assert "The machine's CPU" not in build_markdown(results)
 
 
 def test_summary_lines_list_every_contender_that_ran() -> None:
