@@ -34,7 +34,7 @@ from agents.faust_fixes import (
     batch_fetches,
 )
 from agents.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
-from agents.prometheus import exposition
+from agents.prometheus import Latencies, exposition
 from agents.services import ChildProcess
 from engine.actor import CustomerActor
 from engine.config import Settings
@@ -100,6 +100,8 @@ class Runtime:
         w, k = settings.worker, settings.kafka
         #: how late the worker's event loop runs (``/metrics`` ``event_loop``)
         self.loop_lag = LoopLag()
+        #: event-to-action latency histograms, observed by the customer actor
+        self.latencies = Latencies()
         Path(w.state_dir).mkdir(parents=True, exist_ok=True)
         batch_fetches(w.fetch_min_bytes, w.fetch_max_wait_ms)
         # A checkpoint writes every changed customer (state, usage windows, timer).
@@ -236,7 +238,7 @@ class Runtime:
         async def prometheus_metrics(web: Any, request: Any) -> Any:
             # As a header: aiohttp refuses a content_type argument with a charset.
             headers = {"Content-Type": PROMETHEUS_CONTENT_TYPE}
-            return web.bytes(exposition(self.metrics), headers=headers)
+            return web.bytes(exposition(self.metrics, self.latencies), headers=headers)
 
         @app.page("/metrics.json")
         async def metrics(web: Any, request: Any) -> Any:
@@ -281,6 +283,7 @@ class Runtime:
             "sink": self._stage_metrics("sink", self.sink),
             "rules": self.rules_watcher.status(),
             "event_loop": self.loop_lag.as_dict(),
+            "latency": self.latencies.as_dict(),
         }
 
     def actor_lag(self) -> int:

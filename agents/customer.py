@@ -80,7 +80,7 @@ from agents.faust_fixes import (
     unprocessed,
 )
 from engine.actor import ActorOutput
-from engine.events import EVENTS_PER_RECORD, unpack_events
+from engine.events import EVENTS_PER_RECORD, published_at, unpack_events
 from engine.watermark import PartitionClock, time_headers
 from tables.definitions import DAY_S
 from tables.state import (
@@ -319,6 +319,8 @@ class CustomerAgent:
                 self.clocks[message.partition].on_event(mark, source, watermark)
         written: dict[str, tuple[faust.EventT, CustomerState]] = {}
         out = ActorOutput()
+        #: publication times of the records that carried the events actions answer
+        triggered: list[float] = []
         for customer_id, items in groups.items():
             anchor = items[-1][0]
             state = self._state(customer_id, anchor)
@@ -339,6 +341,8 @@ class CustomerAgent:
                 handled = self.rt.actor.handle_events(state, events, models, emitted_at)
                 if handled.usage_hours:
                     self._dirty_usage.setdefault(customer_id, set()).update(handled.usage_hours)
+                if handled.actions:
+                    triggered += trigger_publications(items, handled.actions)
                 out.extend(handled)
             written[customer_id] = (anchor, state)
 
@@ -358,6 +362,7 @@ class CustomerAgent:
         if generation != self._generation:
             self._give_back(held)
             return
+        self._observe_latencies(packed, triggered)
         for customer_id, (anchor, state) in written.items():
             self._dirty[customer_id] = anchor
             self._index_due(anchor.message.partition, customer_id, state)
@@ -376,6 +381,18 @@ class CustomerAgent:
         for reason, count in out.suppressed.items():
             self.stats.suppressed[reason] = self.stats.suppressed.get(reason, 0) + count
         self.rt.summaries.mark(written)
+
+    def _observe_latencies(
+        self, packed: list[tuple[faust.EventT, list[dict[str, Any]]]], triggered: list[float]
+    ) -> None:
+        sent_at = time.time()
+        latencies = self.rt.latencies
+        for record, _events in packed:
+            published = published_at(record.message.headers)
+            if published is not None:
+                latencies.event.observe(max(0.0, sent_at - published))
+        for published in triggered:
+            latencies.action.observe(max(0.0, sent_at - published))
 
     async def checkpoint(self) -> None:
         """Make everything processed so far durable, in the order that keeps
@@ -697,3 +714,20 @@ class CustomerAgent:
             set_current(anchor)
             self.rt.model_checkpoints[f"p{partition}"] = models.snapshot()
             self._last_checkpoint[partition] = now
+
+
+def trigger_publications(
+    items: list[tuple[faust.EventT, dict[str, Any] | None]],
+    actions: list[tuple[str, dict[str, Any]]],
+) -> list[float]:
+    """For each action an event of ``items`` triggered (the last event of its
+    evidence), when the record that carried that event was published."""
+    records = {event["id"]: record for record, event in items if event is not None}
+    published = []
+    for _topic, action in actions:
+        event_ids = (action.get("evidence") or {}).get("event_ids") or ()
+        record = records.get(event_ids[-1]) if event_ids else None
+        at = published_at(record.message.headers) if record is not None else None
+        if at is not None:
+            published.append(at)
+    return published

@@ -23,7 +23,9 @@ inside ``poll``, between two polls, so no batch is ever half-way when
 partitions move. Every forwarded record carries ingest's event-time
 watermark and instance id as headers (``engine.watermark``), so the actor
 knows how far time has certainly progressed for its idle keys even while
-ingest works through a backlog.
+ingest works through a backlog, and when the oldest device record among its
+events was published (``engine.events.PUBLISHED_HEADER``), where the worker's
+event-to-action latency starts.
 
 The device registry is a compacted topic read in full before anything is
 consumed, then followed between polls.
@@ -43,7 +45,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka import TopicPartition as KafkaPartition
 
 from engine.config import Settings
-from engine.events import EVENTS_PER_RECORD, SourcePosition, pack_events
+from engine.events import EVENTS_PER_RECORD, PUBLISHED_HEADER, SourcePosition, pack_events
 from engine.kafka import partition_for
 from engine.quality import Accepted, DeviceRegistry, Inspector, deadletter_value
 from engine.watermark import SOURCE_HEADER, WATERMARK_HEADER, SourceWatermarks
@@ -253,6 +255,8 @@ class Ingest:
         and their offsets committed."""
         k = self.settings.kafka
         records: list[tuple[bytes, SourcePosition]] = []
+        #: each record's Kafka timestamp (epoch ms; -1 when it has none)
+        published: list[int] = []
         offsets: dict[tuple[str, int], int] = {}
         for message in messages:
             error = message.error()
@@ -262,6 +266,7 @@ class Ingest:
                 continue
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             records.append((message.value() or b"", SourcePosition(topic, partition, offset)))
+            published.append(message.timestamp()[1])
             offsets[topic, partition] = offset + 1
         if not records:
             return
@@ -281,11 +286,13 @@ class Ingest:
         on_delivery = self._on_delivery
         partitions = self._stream_partitions
         by_partition: dict[int, list[dict[str, Any]]] = {}
-        for (raw, source), verdict in zip(records, verdicts, strict=True):
+        published_by_partition: dict[int, list[int]] = {}
+        for (raw, source), verdict, at_ms in zip(records, verdicts, published, strict=True):
             if isinstance(verdict, Accepted):
                 event = verdict.event
                 partition = partition_for(event["customer_id"].encode(), partitions)
                 by_partition.setdefault(partition, []).append(event)
+                published_by_partition.setdefault(partition, []).append(at_ms)
                 self.metrics.accepted += 1
             else:
                 self._produce(
@@ -298,8 +305,10 @@ class Ingest:
                 self.metrics.deadlettered += 1
         headers = self._headers()
         for partition, events in by_partition.items():
+            stamps = published_by_partition[partition]
             for start in range(0, len(events), EVENTS_PER_RECORD):
                 packed = events[start : start + EVENTS_PER_RECORD]
+                oldest = min(stamps[start : start + EVENTS_PER_RECORD])
                 self._produce(
                     produce,
                     k.customer_events_topic,
@@ -308,7 +317,9 @@ class Ingest:
                     on_delivery,
                     partition=partition,
                     timestamp=int(packed[-1]["ts"] * 1000),
-                    headers=headers,
+                    headers=headers
+                    if oldest < 0
+                    else [*headers, (PUBLISHED_HEADER, str(oldest).encode())],
                 )
                 self.metrics.records_sent += 1
         self._flush()

@@ -3,7 +3,7 @@
 One source of truth: the collector reads the same figures as ``/metrics.json``
 (``Runtime.metrics()``) at each scrape, so nothing is counted twice. Names
 follow Prometheus conventions: ``iotcrm_<stage>_<what>_total`` for counters,
-base units (seconds) for gauges.
+base units (seconds) for gauges, histograms for latencies (``Latencies``).
 
 >>> figures = {"actor": {"events": 7, "in_flight": 2}, "actions_by_type": {"coupon": 1},
 ...            "event_loop": {"recent_max_s": 0.01, "stalls": 0}}
@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -70,6 +70,61 @@ GAUGES: dict[tuple[str, str], tuple[str, str]] = {
 }
 
 
+#: Bucket bounds (seconds) of the latency histograms, around the 250 ms target.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Latencies:
+    """The worker's latency histograms, observed by the customer actor.
+
+    Both start when the device record was published (its Kafka timestamp, as
+    ingest passes it on): ``event`` ends when the actor batch that processed
+    the event sent its actions, per customer-stream record (by its oldest
+    event); ``action`` ends when an action an event triggered was sent (by the
+    record that carried the last event of its evidence). Actions that time
+    passing fired (silences, absences) have no such start and are not counted.
+
+    >>> latencies = Latencies()
+    >>> latencies.event.observe(0.03); latencies.event.observe(0.4)
+    >>> latencies.as_dict()["event"]
+    {'count': 2, 'sum_s': 0.43, 'le': {'0.05': 1, '0.5': 2}}
+    """
+
+    def __init__(self) -> None:
+        self.event = Histogram(
+            "iotcrm_event_latency_seconds",
+            "From a device record's publication to the end of the actor batch that processed it.",
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
+        self.action = Histogram(
+            "iotcrm_action_latency_seconds",
+            "From the publication of the device record that triggered an action to the "
+            "action being sent.",
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """Count, sum and the cumulative counts of the buckets that changed, per histogram."""
+        return {"event": _histogram_dict(self.event), "action": _histogram_dict(self.action)}
+
+
+def _histogram_dict(histogram: Histogram) -> dict[str, Any]:
+    count, total, buckets, previous = 0, 0.0, {}, 0
+    for metric in histogram.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_count"):
+                count = int(sample.value)
+            elif sample.name.endswith("_sum"):
+                total = sample.value
+            elif sample.name.endswith("_bucket") and sample.labels["le"] != "+Inf":
+                if sample.value != previous:
+                    buckets[sample.labels["le"]] = int(sample.value)
+                previous = sample.value
+    return {"count": count, "sum_s": round(total, 6), "le": buckets}
+
+
 class WorkerCollector(Collector):
     """Prometheus families from a ``Runtime.metrics()``-shaped dict, read per scrape."""
 
@@ -110,10 +165,13 @@ class WorkerCollector(Collector):
         yield suppressed
 
 
-def exposition(figures: Callable[[], dict[str, Any]]) -> bytes:
+def exposition(figures: Callable[[], dict[str, Any]], latencies: Latencies | None = None) -> bytes:
     """The text format of one scrape."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(WorkerCollector(figures))
+    if latencies is not None:
+        registry.register(latencies.event)
+        registry.register(latencies.action)
     return generate_latest(registry)
 
 

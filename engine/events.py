@@ -71,6 +71,26 @@ def unpack_events(value: bytes) -> list[dict[str, Any]]:
     return decoded if isinstance(decoded, list) else [decoded]
 
 
+#: Header of a customer-stream record: when the oldest device record among its
+#: events was published (the device records' Kafka timestamps, epoch ms), the
+#: start of the event-to-action latency the worker measures.
+PUBLISHED_HEADER = "iotcrm-pub"
+
+
+def published_at(headers: Any) -> float | None:
+    """The publication time (epoch seconds) a customer-stream record carries.
+
+    >>> published_at([("iotcrm-src", b"ingest-1"), ("iotcrm-pub", b"1700000000250")])
+    1700000000.25
+    >>> published_at([]) is None, published_at(None) is None
+    (True, True)
+    """
+    for name, value in headers or ():
+        if name == PUBLISHED_HEADER:
+            return int(value) / 1000
+    return None
+
+
 DeviceId = Annotated[str, msgspec.Meta(pattern=f"^{DEVICE_ID_PATTERN}$")]
 NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
 

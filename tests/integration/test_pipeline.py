@@ -56,6 +56,7 @@ async def test_events_become_actions_on_kafka_and_in_cassandra(
     await worker.wait_ready()
 
     now = time.time() - 60
+    first_sent_at = time.time()
     good = [
         telemetry("e1", "d1", now, temperature=25.0),
         # 190 F is 87.8 C: fires only because ingest normalised the unit.
@@ -119,6 +120,17 @@ async def test_events_become_actions_on_kafka_and_in_cassandra(
     metrics = await checkpointed_metrics(worker, 3)
     assert metrics["ingest"]["deadlettered"] == 4
     assert metrics["actor"]["events"] == 3
+
+    # Latency from each device record's publication: per customer-stream
+    # record processed, and per action an event triggered.
+    latency, since_first_sent = metrics["latency"], time.time() - first_sent_at
+    assert latency["event"]["count"] == metrics["ingest"]["records_sent"]
+    assert latency["action"]["count"] == 2
+    for histogram in latency.values():
+        assert 0 < histogram["sum_s"] <= histogram["count"] * since_first_sent
+    scraped = worker.text("/metrics") or ""
+    assert "iotcrm_action_latency_seconds_count 2.0" in scraped
+    assert 'iotcrm_event_latency_seconds_bucket{le="0.25"}' in scraped
 
 
 async def test_a_device_topic_created_later_is_picked_up(

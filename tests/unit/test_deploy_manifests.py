@@ -117,7 +117,7 @@ def test_the_dockerfile_passes_hadolint() -> None:
 def test_the_grafana_dashboard_plots_only_metrics_the_worker_exposes() -> None:
     import json
 
-    from agents.prometheus import COUNTERS, GAUGES
+    from agents.prometheus import COUNTERS, GAUGES, Latencies
 
     exposed = {
         f"iotcrm_{section}_{key}_total" for section, keys in COUNTERS.items() for key in keys
@@ -125,6 +125,13 @@ def test_the_grafana_dashboard_plots_only_metrics_the_worker_exposes() -> None:
     exposed |= {name for name, _ in GAUGES.values()}
     exposed |= {"iotcrm_actions_total", "iotcrm_actor_suppressed_total"}
     exposed |= {"iotcrm_consumer_lag_records"}
+    latencies = Latencies()
+    exposed |= {
+        f"{metric.name}_{series}"
+        for histogram in (latencies.event, latencies.action)
+        for metric in histogram.collect()
+        for series in ("bucket", "count", "sum")
+    }
     dashboard = json.loads((REPO / "deploy" / "grafana" / "iotcrm-workers.json").read_text())
     used = {
         name
