@@ -73,6 +73,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import cli_args
 from engine.config import load_settings
+from engine.progress import progress as progress_bar
 from loadtest.accuracy import score
 from loadtest.cli import parse_duration
 from loadtest.episodes import EpisodeShares
@@ -339,21 +340,23 @@ async def _backlog(
     series.add(resumed_at, 0, cpu, started=0)
     total = len(work.backlog)
     deadline = time.monotonic() + max(900.0, total / 50)
-    while True:
-        progress = await contender.progress()
-        now, cpu = time.time(), tree.cpu_s()
-        if progress is not None:
-            done = progress.done - base.done
-            # The moment the last record was processed, when the contender says it exactly.
-            at = progress.last_at if done >= total and progress.last_at else now
-            series.add(at, done, cpu, started=progress.started - base.started)
-            if done >= total:
-                break
-        if not contender.alive():
-            raise RuntimeError(f"{contender.name} exited; log tail:\n{contender.log_tail()}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{contender.name} did not process the backlog in time")
-        await asyncio.sleep(0.1)
+    with progress_bar(f"{contender.name}: backlog", total=total) as bar:
+        while True:
+            progress = await contender.progress()
+            now, cpu = time.time(), tree.cpu_s()
+            if progress is not None:
+                done = progress.done - base.done
+                bar.update(min(done, total) - bar.n)
+                # The moment the last record was processed, when the contender says it exactly.
+                at = progress.last_at if done >= total and progress.last_at else now
+                series.add(at, done, cpu, started=progress.started - base.started)
+                if done >= total:
+                    break
+            if not contender.alive():
+                raise RuntimeError(f"{contender.name} exited; log tail:\n{contender.log_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{contender.name} did not process the backlog in time")
+            await asyncio.sleep(0.1)
     span = series.span(total)
     return resumed_at, {
         "backlog_events": total,

@@ -19,6 +19,7 @@ import orjson
 
 from engine import cli_args
 from engine.config import ConfigError, load_settings
+from engine.progress import progress
 from loadtest.accuracy import format_score, read_actions, score
 from loadtest.episodes import EpisodeShares
 from loadtest.fleet import DEVICE_TYPES
@@ -204,12 +205,14 @@ def _params(args: argparse.Namespace) -> SimParams:
 def _write_jsonl(sim: Simulation, target: str) -> int:
     count = 0
     context = nullcontext(sys.stdout.buffer) if target == "-" else open(target, "wb")  # noqa: SIM115
-    with context as out:
+    with context as out, progress("simulating", unit="records") as bar:
         write = out.write
         for _, payload in sim.events():
             write(payload)
             write(b"\n")
             count += 1
+            if count % 1000 == 0:
+                bar.update(1000)
     return count
 
 
@@ -248,10 +251,12 @@ def run_simulate(args: argparse.Namespace) -> int:
             send_outcomes=not args.no_outcomes,
         )
 
-        def report(sent: int, elapsed: float) -> None:
-            print(f"  {sent} records in {elapsed:.1f}s ({sent / elapsed:,.0f}/s)", file=sys.stderr)
+        with progress("publishing", unit="records") as bar:
 
-        stats = asyncio.run(publish(sim, options, progress=report))
+            def report(sent: int, _elapsed: float) -> None:
+                bar.update(sent - bar.n)
+
+            stats = asyncio.run(publish(sim, options, progress=report))
         summary = {
             "records": stats.records,
             "registry_records": stats.registry_records,

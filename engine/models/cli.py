@@ -24,6 +24,7 @@ import orjson
 from engine.models.errors import ModelConfigError
 from engine.models.modelset import ModelSet, load_models
 from engine.models.snapshot import SnapshotError
+from engine.progress import progress
 
 STATUS_PATH = "/models/status"
 
@@ -87,6 +88,11 @@ def _lines(path: str) -> Iterator[tuple[int, bytes]]:
 
 def replay(models: ModelSet, path: str) -> int:
     """Feed every line of ``path`` to ``models``; returns the number of events."""
+    with progress("backtesting", unit="events") as bar:
+        return _replay_lines(models, path, bar)
+
+
+def _replay_lines(models: ModelSet, path: str, bar: Any) -> int:
     events = 0
     empty: dict[str, Any] = {}
     for number, line in _lines(path):
@@ -107,6 +113,7 @@ def replay(models: ModelSet, path: str) -> int:
         else:
             models.process(record, customer=empty, device=empty)
         events += 1
+        bar.update()
     return events
 
 

@@ -20,6 +20,7 @@ from typing import IO, Any
 import orjson
 
 from engine.actions import build_action
+from engine.progress import progress
 from engine.rules.compiler import load_ruleset
 from engine.rules.errors import RuleFileError
 from engine.rules.model import RuleSet
@@ -167,6 +168,7 @@ def run_command(args: argparse.Namespace) -> int:
             if result.firing.suppressed is None or show_suppressed:
                 out.write(firing_line(result))
 
+    bar = progress("replaying", unit="events")
     try:
         for number, raw in _lines(args.events):
             if not raw.strip():
@@ -177,11 +179,13 @@ def run_command(args: argparse.Namespace) -> int:
                 print(f"{args.events}:{number}: {exc}", file=sys.stderr)
                 return EXIT_FAILED
             emit(runner.feed(event, customer=customer, device=device, score=score))
+            bar.update()
         emit(runner.finish(until))
     except OSError as exc:
         print(f"{args.events}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     finally:
+        bar.close()
         out.flush()
     late = len(runner.engine.drain_late())
     if late:
