@@ -174,6 +174,7 @@ class Runtime:
             k.customer_events_topic,
             k.customers_topic,
             k.outcomes_topic,
+            k.erasure_topic,
             key_type=bytes,
             value_type=bytes,
             partitions=k.partitions,

@@ -80,6 +80,7 @@ from agents.faust_fixes import (
     unprocessed,
 )
 from engine.actor import ActorOutput
+from engine.erasure import ERASURE_HEADER, ErasureReport, decode_request, encode_report
 from engine.events import EVENTS_PER_RECORD, published_at, unpack_events
 from engine.watermark import PartitionClock, time_headers
 from tables.definitions import DAY_S
@@ -120,6 +121,9 @@ class ActorStats:
     #: events, duplicates and late events processed (their actions sent) that no
     #: checkpoint has made durable yet; a rebalance drops them and they come again
     in_flight: int = 0
+    #: customers erased (GDPR), and events of erased customers dropped since
+    erasures: int = 0
+    erased_events_dropped: int = 0
     last_batch_at: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -201,6 +205,10 @@ class CustomerAgent:
         self._lock = asyncio.Lock()
         #: true while a batch changes states; still true if it was cancelled midway
         self._batch_open = False
+        #: erased since the last checkpoint: (customer, partition, report), to publish
+        self._erasures: list[tuple[str, int, ErasureReport]] = []
+        #: customers erased by this process, whose events in flight are dropped
+        self._erased: set[str] = set()
 
     # ----------------------------------------------------------- the stream
 
@@ -323,6 +331,10 @@ class CustomerAgent:
         triggered: list[float] = []
         for customer_id, items in groups.items():
             anchor = items[-1][0]
+            if self._erasure_in(customer_id, items, emitted_at) or self._forgotten(
+                customer_id, items
+            ):
+                continue
             state = self._state(customer_id, anchor)
             events = []
             for record, event in items:
@@ -382,6 +394,113 @@ class CustomerAgent:
             self.stats.suppressed[reason] = self.stats.suppressed.get(reason, 0) + count
         self.rt.summaries.mark(written)
 
+    # ----------------------------------------------------------- erasure
+
+    def _erasure_in(
+        self,
+        customer_id: str,
+        items: list[tuple[faust.EventT, dict[str, Any] | None]],
+        erased_at: float,
+    ) -> bool:
+        """Erase the customer if ``items`` hold an erasure request (its other
+        records of the batch go with it); True if it did."""
+        topic = self.rt.settings.kafka.erasure_topic
+        requests = [record for record, _ in items if record.message.topic == topic]
+        if not requests:
+            return False
+        try:
+            request = decode_request(requests[-1].value)
+        except ValueError as exc:
+            log.error("erasure request for a customer refused: %s", exc)
+            return False
+        anchor = requests[-1]
+        partition = anchor.message.partition
+        set_current(anchor)
+        had_state = customer_id in self._states or self.rt.customers.get(customer_id) is not None
+        state = self._state(customer_id, anchor)
+        devices = sorted(state["devices"])
+        tables = self.rt.tables
+        buckets = usage_buckets(state)
+        for start in buckets["hours"]:
+            del tables.usage_hourly.relative_to(start)[customer_id]
+        for start in buckets["days"]:
+            del tables.usage_daily.relative_to(start)[customer_id]
+        for table in (self.rt.customers, self.rt.timers):
+            if table.get(customer_id) is not None:
+                del table[customer_id]
+        for kept in (self._states, self._dirty, self._dirty_usage, self._written_due):
+            kept.pop(customer_id, None)
+        self._mirrored.discard(customer_id)
+        self.due[partition].pop(customer_id, None)
+        self.rt.summaries.pending.pop(customer_id, None)
+        action_ids = [action["action_id"] for action in state["recent_actions"]]
+        forgotten = self._models(partition).forget({customer_id, *devices, *action_ids})
+        self._dirty_partitions[partition] = anchor  # the model snapshot without them
+        self._erased.add(customer_id)
+        report = ErasureReport(
+            request_id=request.request_id,
+            requested_at=request.requested_at,
+            erased_at=erased_at,
+            had_state=had_state,
+            device_ids=devices,
+            pending_predictions=forgotten,
+            events_dropped=sum(1 for _, event in items if event is not None),
+        )
+        self._erasures.append((customer_id, partition, report))
+        self.stats.erasures += 1
+        log.info("erasure %s: customer state wiped", request.request_id)
+        return True
+
+    def _forgotten(
+        self, customer_id: str, items: list[tuple[faust.EventT, dict[str, Any] | None]]
+    ) -> bool:
+        """Records an erased customer must not bring back: its events still
+        in flight, and the tombstones the erasure wrote. A new profile brings
+        the customer back (signed up again)."""
+        profiles = self.rt.settings.kafka.customers_topic
+        returning = any(
+            record.message.topic == profiles and record.value is not None for record, _ in items
+        )
+        if customer_id in self._erased and not returning:
+            self.stats.erased_events_dropped += sum(1 for _, event in items if event is not None)
+            return True
+        self._erased.discard(customer_id)
+        if customer_id in self._states or returning:
+            return False
+        if any(event is not None or record.value is not None for record, event in items):
+            return False
+        set_current(items[-1][0])
+        return self.rt.customers.get(customer_id) is None  # tombstones of no one
+
+    async def _publish_erasures(self) -> None:
+        """Tombstones of the customers erased since the last checkpoint, after
+        their earlier actions were acknowledged: registry entries, profile and
+        customer-360 record, the last with the report the sink acts on. Acknowledged
+        before the requests are released: a crash replays the request."""
+        erasures, self._erasures = self._erasures, []
+        if not erasures:
+            return
+        k = self.rt.settings.kafka
+        producer = self.rt.app.producer
+        sent = []
+        for customer_id, partition, report in erasures:
+            key = customer_id.encode()
+            for device_id in report.device_ids:
+                sent.append(await producer.send(k.registry_topic, device_id.encode(), None,
+                                                None, None, None))  # fmt: skip
+            sent.append(await producer.send(k.customers_topic, key, None, partition, None, None))
+            sent.append(
+                await producer.send(
+                    k.customer360_topic,
+                    key,
+                    None,
+                    None,
+                    None,
+                    [(ERASURE_HEADER, encode_report(report))],
+                )
+            )
+        await asyncio.gather(*sent)
+
     def _observe_latencies(
         self, packed: list[tuple[faust.EventT, list[dict[str, Any]]]], triggered: list[float]
     ) -> None:
@@ -410,6 +529,7 @@ class CustomerAgent:
             await asyncio.gather(*unacknowledged)
         if generation != self._generation:
             return  # revoked while waiting: the new owner replays these records
+        await self._publish_erasures()
         dirty, self._dirty = self._dirty, {}
         dirty_usage, self._dirty_usage = self._dirty_usage, {}
         dirty_partitions, self._dirty_partitions = self._dirty_partitions, {}

@@ -45,6 +45,8 @@ COUNTERS: dict[str, dict[str, str]] = {
         "checkpoints": "Checkpoints completed.",
         "timer_firings": "Actions that timers fired.",
         "offset_gaps": "Customer-stream records repaired after a hole.",
+        "erasures": "Customers erased (GDPR) by the actor.",
+        "erased_events_dropped": "Events of erased customers dropped.",
     },
     "sink": {
         "written": "Actions written to Cassandra.",
@@ -52,6 +54,7 @@ COUNTERS: dict[str, dict[str, str]] = {
         "rejected": "Records the sink could never store.",
         "commit_failures": "Sink commits refused (the records come again).",
         "restarts": "Times the worker restarted its sink process.",
+        "erasures": "Customers whose Cassandra rows an erasure deleted.",
     },
     "event_loop": {"stalls": "Event-loop wake-ups more than 0.5 s late."},
 }

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 #: Modules that contribute subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "engine.ops_cli",  # worker, setup, demo, state
+    "engine.customer_cli",  # customer erase
     "engine.rules.cli",  # rules validate|test|run
     "engine.models.cli",  # models backtest|status
     "loadtest.cli",  # simulate, bench

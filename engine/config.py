@@ -31,6 +31,8 @@ class KafkaSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     late_topic: str = "iot.late"
     customer_events_topic: str = "iotcrm.events.by-customer"
     outcomes_topic: str = "crm.outcomes"
+    #: GDPR erasure requests, keyed by customer_id (``engine.erasure``).
+    erasure_topic: str = "crm.erasure-requests"
     customer360_topic: str = "iotcrm.customer360"
     action_topic_prefix: str = "crm.actions."
     partitions: int = 4

@@ -252,6 +252,7 @@ class EngineContender(Contender):
             "IOTCRM_KAFKA_LATE_TOPIC": f"{p}.late",
             "IOTCRM_KAFKA_CUSTOMER_EVENTS_TOPIC": f"{p}.events.by-customer",
             "IOTCRM_KAFKA_OUTCOMES_TOPIC": f"{p}.outcomes",
+            "IOTCRM_KAFKA_ERASURE_TOPIC": f"{p}.erasure-requests",
             "IOTCRM_KAFKA_CUSTOMER360_TOPIC": f"{p}.customer360",
             "IOTCRM_KAFKA_ACTION_TOPIC_PREFIX": f"{p}.actions.",
             "IOTCRM_KAFKA_PARTITIONS": str(partitions),

@@ -1,7 +1,7 @@
 """The topics iotcrm reads and writes, and their idempotent creation.
 
 Co-partitioning matters: the customer actor consumes the customer-keyed event
-stream, ``crm.customers`` and ``crm.outcomes`` together, so all three must
+stream, ``crm.customers``, ``crm.outcomes`` and the erasure requests together, so all must
 have ``kafka.partitions`` partitions and be keyed by customer_id. ``ensure_topics``
 refuses to run against topics that exist with another partition count.
 """
@@ -40,6 +40,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(k.customers_topic, k.partitions, compacted, strict=True),
         TopicSpec(k.customer_events_topic, k.partitions, strict=True),
         TopicSpec(k.outcomes_topic, k.partitions, strict=True),
+        TopicSpec(k.erasure_topic, k.partitions, strict=True),
         TopicSpec(k.telemetry_topic, k.partitions),
         TopicSpec(k.customer360_topic, k.partitions, compacted),
         TopicSpec(k.deadletter_topic, 1),

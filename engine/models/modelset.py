@@ -132,6 +132,12 @@ class ModelSet:
             except Exception:
                 self._failed(model, "outcome", outcome.get("outcome_id"))
 
+    def forget(self, keys: Collection[str]) -> int:
+        """Drop every model's pending predictions joined by any of ``keys``
+        (a GDPR erasure); returns how many. What the models learned is not
+        per customer (their scopes are global, device type or segment)."""
+        return sum(model.forget(keys) for model in self._models)
+
     def bind_action(self, action_id: str, *, customer_id: str) -> None:
         """Tell ``join: action`` models that ``action_id`` was taken on the
         customer's latest prediction, so its outcome can answer it."""

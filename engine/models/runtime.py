@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, NamedTuple
 
 from river import metrics as river_metrics
@@ -304,6 +304,16 @@ class OnlineModel:
             while len(store) > outcome.max_pending:
                 store.popitem(last=False)
                 self.counts["pending_dropped"] += 1
+
+    def forget(self, keys: Collection[str]) -> int:
+        """Drop the pending predictions joined by any of ``keys`` (a customer's
+        id, its devices' and its actions' ids); returns how many."""
+        dropped = 0
+        for store in (self.pending, self.candidates):
+            for key in [key for key in keys if key in store]:
+                del store[key]
+                dropped += 1
+        return dropped
 
     def bind_action(self, action_id: str, customer_id: str) -> None:
         """Let an outcome about ``action_id`` answer the customer's latest prediction."""

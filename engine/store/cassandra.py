@@ -45,6 +45,7 @@ from cassandra.policies import (
 from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement, dict_factory
 
 from engine.config import Settings
+from engine.erasure import ErasureReport
 from engine.store.migrations import apply_migrations, check_identifier
 from engine.store.rows import (
     ACTION_COLUMNS,
@@ -256,6 +257,22 @@ class CassandraStore:
             "read_action": f"SELECT * FROM {ks}.actions_by_id WHERE action_id = ?",
             "count_actions": f"SELECT COUNT(*) AS n FROM {ks}.action_log WHERE customer_id = ?",
             "read_customer_360": f"SELECT * FROM {ks}.customer_360 WHERE customer_id = ?",
+            # Erasure: deletes stamped a little ahead, so that cells written with
+            # their event time as timestamp (touch_last_*: up to the allowed
+            # future skew ahead) are deleted too.
+            "read_action_ids": f"SELECT action_id FROM {ks}.action_log WHERE customer_id = ?",
+            "delete_action_by_id": f"DELETE FROM {ks}.actions_by_id USING TIMESTAMP ? "
+            "WHERE action_id = ?",
+            "delete_action_log": f"DELETE FROM {ks}.action_log USING TIMESTAMP ? "
+            "WHERE customer_id = ?",
+            "delete_customer_360": f"DELETE FROM {ks}.customer_360 USING TIMESTAMP ? "
+            "WHERE customer_id = ?",
+            "delete_device_row": f"DELETE FROM {ks}.device_registry USING TIMESTAMP ? "
+            "WHERE device_id = ?",
+            "insert_erasure": f"INSERT INTO {ks}.erasures (request_id, requested_at, erased_at, "
+            "completed_at, had_state, devices, pending_predictions, events_dropped, "
+            "rows_deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "read_erasure": f"SELECT * FROM {ks}.erasures WHERE request_id = ?",
         }
 
     # -- request plumbing -------------------------------------------------
@@ -483,6 +500,54 @@ class CassandraStore:
             self._statements["remove_customer_device"],
             (self._ttl["customer_360"], {device_id}, _now_ms(), customer_id),
         )
+
+    async def erase_customer(self, customer_id: str, device_ids: Sequence[str]) -> dict[str, int]:
+        """Delete every row of the customer (GDPR): its action log and the
+        copies by id, its customer-360 row, its devices' registry rows; returns
+        the rows deleted per table."""
+        rows = await self._execute("read_action_ids", (customer_id,))
+        action_ids = sorted({row["action_id"] for row in rows})
+        stamp = int(_now_ms() + 1000 * (self._settings.quality.max_future_skew_s + 1)) * 1000
+        statements = self._statements
+        requests: list[tuple[Any, Sequence[Any]]] = [
+            (statements["delete_action_by_id"], (stamp, action_id)) for action_id in action_ids
+        ]
+        requests += [(statements["delete_device_row"], (stamp, d)) for d in device_ids]
+        requests.append((statements["delete_action_log"], (stamp, customer_id)))
+        requests.append((statements["delete_customer_360"], (stamp, customer_id)))
+        await self._execute_all(requests)
+        return {
+            "action_log": len(action_ids),
+            "actions_by_id": len(action_ids),
+            "device_registry": len(device_ids),
+            "customer_360": 1,
+        }
+
+    async def record_erasure(self, report: ErasureReport, deleted: Mapping[str, int]) -> None:
+        """The audit record of an erasure: when, and how much; nothing personal."""
+        await self._execute(
+            "insert_erasure",
+            (
+                report.request_id,
+                to_millis(report.requested_at, "requested_at"),
+                to_millis(report.erased_at, "erased_at"),
+                _now_ms(),
+                report.had_state,
+                len(report.device_ids),
+                report.pending_predictions,
+                report.events_dropped,
+                dict(deleted),
+            ),
+        )
+
+    async def read_erasure(self, request_id: str) -> dict[str, Any] | None:
+        rows = await self._execute("read_erasure", (request_id,))
+        if not rows:
+            return None
+        return {
+            name: dict(value) if isinstance(value, Mapping) else value
+            for name, value in rows[0].items()
+        }
 
     # -- reads --------------------------------------------------------------
 

@@ -143,6 +143,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        2,
+        "erasure audit",
+        (
+            # One row per GDPR erasure request: when and how much, never who.
+            """
+            CREATE TABLE IF NOT EXISTS {keyspace}.erasures (
+                request_id text PRIMARY KEY,
+                requested_at timestamp,
+                erased_at timestamp,
+                completed_at timestamp,
+                had_state boolean,
+                devices int,
+                pending_predictions int,
+                events_dropped int,
+                rows_deleted map<text, int>
+            )
+            """,
+        ),
+    ),
 )
 
 

@@ -42,7 +42,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from engine.config import ACTION_TOPIC_SUFFIX, Settings
-from engine.kafka import client_options
+from engine.erasure import ERASURE_HEADER, ErasureReport, decode_report
+from engine.kafka import client_options, partition_for
 from engine.store.backoff import Backoff
 from engine.store.rows import InvalidRecord, action_row, customer_360_row, device_row
 
@@ -68,6 +69,12 @@ class SinkStore(Protocol):
 
     async def delete_device(self, device_id: str) -> None: ...
 
+    async def erase_customer(
+        self, customer_id: str, device_ids: Sequence[str]
+    ) -> dict[str, int]: ...
+
+    async def record_erasure(self, report: ErasureReport, deleted: Mapping[str, int]) -> None: ...
+
     async def write_customer_summaries(self, summaries: Mapping[str, Mapping[str, Any]]) -> int: ...
 
 
@@ -78,6 +85,7 @@ class SinkMetrics:
     written: int = 0  # actions written (re-writes after a retry count once)
     devices_written: int = 0  # registry records mirrored
     summaries_written: int = 0  # customer-360 summaries upserted
+    erasures: int = 0  # customers whose rows an erasure deleted
     batches: int = 0  # batches written and committed
     retries: int = 0  # failed write attempts of a batch that was then retried
     rejected: int = 0  # records that can never be stored (logged, skipped)
@@ -112,6 +120,8 @@ class Batch:
     actions: list[dict[str, Any]]
     devices: list[DeviceChange]
     summaries: dict[str, dict[str, Any]]  # customer_id → latest summary
+    #: erasures the actor completed: (where the tombstone is, its offset, customer, report)
+    erasures: list[tuple[TopicPartition, int, str, ErasureReport]]
     rejected: int
     offsets: dict[TopicPartition, int]  # next offset to commit per partition
     records: int  # how many Kafka records the batch holds
@@ -140,6 +150,7 @@ def decode_batch(
     actions: list[dict[str, Any]] = []
     devices: dict[str, DeviceChange] = {}
     summaries: dict[str, dict[str, Any]] = {}
+    erasures: list[tuple[TopicPartition, int, str, ErasureReport]] = []
     rejected = 0
     offsets: dict[TopicPartition, int] = {}
     for tp, messages in records.items():
@@ -157,6 +168,10 @@ def decode_batch(
                     summaries.pop(customer_id, None)
                     if summary is not None:
                         summaries[customer_id] = summary
+                    else:
+                        report = _erasure_report(message)
+                        if report is not None:
+                            erasures.append((tp, message.offset, customer_id, report))
                 else:
                     actions.append(_action(message, tp.topic))
             except InvalidRecord as exc:
@@ -165,7 +180,7 @@ def decode_batch(
                     "rejected record %s[%d]@%d: %s", tp.topic, tp.partition, message.offset, exc
                 )
     total = sum(len(messages) for messages in records.values())
-    return Batch(actions, list(devices.values()), summaries, rejected, offsets, total)
+    return Batch(actions, list(devices.values()), summaries, erasures, rejected, offsets, total)
 
 
 def _json_object(value: bytes | None) -> dict[str, Any]:
@@ -215,6 +230,31 @@ def _customer_summary(message: Any) -> tuple[str, dict[str, Any] | None]:
     summary = _json_object(message.value)
     row = customer_360_row(key, summary)  # validate now
     return row.customer_id, summary
+
+
+def _erasure_report(message: Any) -> ErasureReport | None:
+    for name, value in getattr(message, "headers", None) or ():
+        if name == ERASURE_HEADER:
+            try:
+                return decode_report(value)
+            except ValueError as exc:
+                raise InvalidRecord(str(exc)) from None
+    return None
+
+
+@dataclass
+class PendingErasure:
+    """An erasure whose rows are deleted once the sink has written every
+    action of the customer sent before it: its action partitions' end offsets
+    when the tombstone was read (the actor sends the tombstone only after
+    those actions were acknowledged). Until then the tombstone's partition is
+    committed no further than the tombstone, so a restart reads it again."""
+
+    source: TopicPartition
+    offset: int
+    customer_id: str
+    report: ErasureReport
+    ends: dict[TopicPartition, int]
 
 
 class Consumer(Protocol):
@@ -289,6 +329,9 @@ class CassandraSink:
         self._holding = False  # a failed batch is held: keep every partition paused
         self._lag_checked_at = float("-inf")
         self._in_hand = 0  # records of the batch being written (fetched, not committed)
+        self._pending_erasures: list[PendingErasure] = []
+        #: offsets not committed while an erasure on their partition waits
+        self._held_commits: dict[TopicPartition, int] = {}
         self.metrics = SinkMetrics()
 
     @property
@@ -343,6 +386,9 @@ class CassandraSink:
                         await self._deliver(
                             decode_batch(records, self._registry_topic, self._customer360_topic)
                         )
+                    elif self._pending_erasures or self._held_commits:
+                        await self._erase_due()
+                        await self._commit({})
                     await self._refresh_lag()
                 except Exception as exc:
                     # Kafka-side trouble (the write path retries Cassandra's own):
@@ -365,6 +411,8 @@ class CassandraSink:
         while True:
             try:
                 written, devices, summaries = await self._write(batch)
+                await self._add_erasures(batch)
+                await self._erase_due()
                 break
             except Exception as exc:
                 attempt += 1
@@ -423,9 +471,59 @@ class CassandraSink:
             registered_at=None if row.registered_at_ms is None else row.registered_at_ms / 1000,
         )
 
+    async def _add_erasures(self, batch: Batch) -> None:
+        assert self._consumer is not None
+        known = {(p.source, p.offset) for p in self._pending_erasures}
+        for source, offset, customer_id, report in batch.erasures:
+            if (source, offset) in known:
+                continue  # the same batch written again after a failure
+            # Actions are keyed by customer_id, on topics of kafka.partitions partitions.
+            partition = partition_for(customer_id.encode(), self._settings.kafka.partitions)
+            partitions = [
+                TopicPartition(topic, partition)
+                for topic in self._topics
+                if topic not in (self._registry_topic, self._customer360_topic)
+            ]
+            ends = await self._consumer.end_offsets(partitions) if partitions else {}
+            self._pending_erasures.append(
+                PendingErasure(source, offset, customer_id, report, dict(ends))
+            )
+
+    async def _erase_due(self) -> None:
+        """Delete the rows of every pending erasure the sink has caught up with."""
+        assert self._consumer is not None
+        owned = self._consumer.assignment()
+        for pending in list(self._pending_erasures):
+            if pending.source not in owned:
+                # Revoked: its new owner reads the tombstone again (not committed past).
+                self._pending_erasures.remove(pending)
+                continue
+            for tp, end in pending.ends.items():
+                if tp in owned and await self._consumer.position(tp) < end:
+                    break
+            else:
+                deleted = await self._store.erase_customer(
+                    pending.customer_id, pending.report.device_ids
+                )
+                await self._store.record_erasure(pending.report, deleted)
+                self._pending_erasures.remove(pending)
+                self.metrics.erasures += 1
+                log.info("erasure %s: rows deleted %s", pending.report.request_id, deleted)
+
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         assert self._consumer is not None
         owned = self._consumer.assignment()
+        waiting = {p.source for p in self._pending_erasures}
+        for tp, offset in list(offsets.items()):
+            if tp in waiting:  # what it may commit once the erasure is done
+                self._held_commits[tp] = max(self._held_commits.get(tp, 0), offset)
+        for tp, offset in list(self._held_commits.items()):
+            if tp not in waiting:
+                offsets[tp] = max(offsets.get(tp, 0), offset)
+                del self._held_commits[tp]
+        for pending in self._pending_erasures:
+            if pending.source in offsets:
+                offsets[pending.source] = min(offsets[pending.source], pending.offset)
         mine = {tp: offset for tp, offset in offsets.items() if tp in owned}
         if len(mine) < len(offsets):
             self.metrics.commit_failures += 1

@@ -39,6 +39,7 @@ class Namespace:
             "IOTCRM_KAFKA_LATE_TOPIC": f"{self.id}.late",
             "IOTCRM_KAFKA_CUSTOMER_EVENTS_TOPIC": f"{self.id}.events.by-customer",
             "IOTCRM_KAFKA_OUTCOMES_TOPIC": f"{self.id}.outcomes",
+            "IOTCRM_KAFKA_ERASURE_TOPIC": f"{self.id}.erasure-requests",
             "IOTCRM_KAFKA_CUSTOMER360_TOPIC": f"{self.id}.customer360",
             "IOTCRM_KAFKA_ACTION_TOPIC_PREFIX": f"{self.id}.actions.",
             "IOTCRM_KAFKA_PARTITIONS": "2",

@@ -180,6 +180,7 @@ def test_migrations_apply_once_record_versions_and_refuse_edits(
         "actions_by_id",
         "customer_360",
         "device_registry",
+        "erasures",
     }
 
     cql.execute(

@@ -229,3 +229,15 @@ def test_regression_outcome_learns_the_outcome_value() -> None:
     probe = models.process(usage("c2", 20.0), customer={"usage": 2.0})
     assert probe["spend"] == reference.predict_one({"usage": 2.0})
     assert models.metrics()["spend"]["MAE"] == 40.0
+
+
+def test_an_erased_customer_leaves_no_pending_prediction_behind() -> None:
+    models = model_set(CHURN)
+    models.process(usage("c1", 0.0), customer={"usage": 5.0})
+    models.process(usage("c2", 1.0), customer={"usage": 7.0})
+    assert models.forget({"c1", "d-of-c1"}) == 1
+    assert models.forget({"c1"}) == 0, "forgetting twice finds nothing"
+    # c1's outcome answers nothing now; c2's still does.
+    models.observe_outcome(outcome("c1", 100.0))
+    models.observe_outcome(outcome("c2", 100.0))
+    assert models.metrics()["churn"]["outcomes_matched"] == 1

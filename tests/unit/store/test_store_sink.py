@@ -36,6 +36,7 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def action(n: int, customer: str = "c-1") -> bytes:
@@ -76,8 +77,16 @@ class FakeConsumer:
         self.delivered = 0  # records handed out by getmany
         self.fail_next_getmany: Exception | None = None
         self.arrived = asyncio.Event()
+        self.headers: dict[tuple[TopicPartition, int], tuple[tuple[str, bytes], ...]] = {}
 
-    def produce(self, tp: TopicPartition, value: bytes | None, key: bytes | None = None) -> None:
+    def produce(
+        self,
+        tp: TopicPartition,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: tuple[tuple[str, bytes], ...] = (),
+    ) -> None:
+        self.headers[tp, len(self.logs.get(tp, []))] = headers
         self.logs.setdefault(tp, []).append((key, value))
         self.assigned.add(tp)
         self.positions.setdefault(tp, 0)
@@ -120,7 +129,14 @@ class FakeConsumer:
             chunk = log[start : start + budget]
             if chunk:
                 batch[tp] = [
-                    Record(tp.topic, tp.partition, start + i, key, value)
+                    Record(
+                        tp.topic,
+                        tp.partition,
+                        start + i,
+                        key,
+                        value,
+                        self.headers.get((tp, start + i), ()),
+                    )
                     for i, (key, value) in enumerate(chunk)
                 ]
                 self.positions[tp] = start + len(chunk)
@@ -188,6 +204,19 @@ class FakeStore:
         self._check()
         self.devices[device_id] = None
         self.journal.append(("device-deleted", device_id))
+
+    async def erase_customer(self, customer_id: str, device_ids: Sequence[str]) -> dict[str, int]:
+        self._check()
+        erased = [a for a, row in self.rows.items() if row["customer_id"] == customer_id]
+        for action_id in erased:
+            del self.rows[action_id]
+        self.summaries.pop(customer_id, None)
+        self.journal.append(("erase", (customer_id, list(device_ids))))
+        return {"action_log": len(erased)}
+
+    async def record_erasure(self, report: Any, deleted: Mapping[str, int]) -> None:
+        self._check()
+        self.journal.append(("audit", (report.request_id, dict(deleted))))
 
     async def write_customer_summaries(self, summaries: Mapping[str, Mapping[str, Any]]) -> int:
         self._check()
@@ -561,3 +590,34 @@ async def test_start_twice_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="already started"):
         await sink.start()
     await sink.stop()
+
+
+async def test_an_erasure_deletes_rows_only_after_the_customers_earlier_actions() -> None:
+    from engine.erasure import ERASURE_HEADER, ErasureReport, encode_report
+    from engine.kafka import partition_for
+
+    sink, consumer, store, journal = make_sink()
+    own = TopicPartition("crm.actions.coupon", partition_for(b"c-1", SETTINGS.kafka.partitions))
+    consumer.produce(own, action(1), b"c-1")
+    consumer.pause(own)  # fetched late: the tombstone is read first
+    report = ErasureReport(
+        request_id="r-1", requested_at=1.0, erased_at=2.0, had_state=True, device_ids=["d-1"]
+    )
+    consumer.produce(SUMMARIES, summary("c-1"), b"c-1")
+    consumer.produce(SUMMARIES, None, b"c-1", ((ERASURE_HEADER, encode_report(report)),))
+    await sink.start()
+    try:
+        await until(lambda: SUMMARIES in consumer.committed)
+        assert consumer.committed[SUMMARIES] == 1, "not past the tombstone while it waits"
+        assert not [entry for entry in journal if entry[0] == "erase"]
+        consumer.resume(own)
+        consumer.arrived.set()
+        await until(lambda: ("audit", ("r-1", {"action_log": 1})) in journal)
+        kinds = [kind for kind, _ in journal if kind in ("write", "erase", "audit")]
+        assert kinds == ["write", "erase", "audit"], "the late action is written, then erased"
+        assert store.rows == {} and "c-1" not in store.summaries
+        consumer.produce(COUPONS if own != COUPONS else SUPPORT, action(2, "c-2"), b"c-2")
+        await until(lambda: consumer.committed.get(SUMMARIES) == 2)
+        assert sink.metrics.erasures == 1
+    finally:
+        await sink.stop()
