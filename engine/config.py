@@ -112,6 +112,20 @@ class QualitySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     gaps_kept: int = 10
 
 
+class MqttSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The devices' MQTT broker, for ``iotcrm mqtt-bridge``."""
+
+    host: str = "127.0.0.1"
+    port: int = 11883
+    #: Subscription; the ``+`` level is the device id.
+    topic: str = "devices/+/telemetry"
+    #: The bridge's session: unacknowledged messages wait in the broker under it.
+    client_id: str = "iotcrm-mqtt-bridge"
+    keepalive_s: int = 30
+    #: With a username, the password comes from IOTCRM_MQTT_PASSWORD.
+    username: str = ""
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
     cassandra: CassandraSettings = msgspec.field(default_factory=CassandraSettings)
@@ -119,6 +133,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rules: RulesSettings = msgspec.field(default_factory=RulesSettings)
     models: ModelsSettings = msgspec.field(default_factory=ModelsSettings)
     quality: QualitySettings = msgspec.field(default_factory=QualitySettings)
+    mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
 
     @staticmethod
     def secret(name: str, environ: Mapping[str, str] | None = None) -> str | None:
@@ -159,7 +174,7 @@ ACTION_TOPIC_SUFFIX: dict[str, str] = {
 
 
 #: Read by ``Settings.secret`` only, never settings: no file or override holds them.
-SECRETS = frozenset({"KAFKA_SASL_PASSWORD", "CASSANDRA_PASSWORD"})
+SECRETS = frozenset({"KAFKA_SASL_PASSWORD", "CASSANDRA_PASSWORD", "MQTT_PASSWORD"})
 _SECRET_VARIABLES = frozenset(
     f"IOTCRM_{name}{suffix}" for name in SECRETS for suffix in ("", "_FILE")
 )

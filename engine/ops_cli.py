@@ -49,6 +49,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         )
         stage.set_defaults(func=run_stage_command, role=role)
 
+    bridge = subparsers.add_parser(
+        "mqtt-bridge",
+        help="forward the devices' MQTT messages (mqtt.topic, QoS 1) to the ingest path, "
+        "at least once",
+    )
+    bridge.add_argument("--loglevel", default="info", help="log level (default info)")
+    bridge.set_defaults(func=run_mqtt_bridge_command)
+
     state = subparsers.add_parser("state", help="show live state")
     state_sub = state.add_subparsers(dest="what", metavar="WHAT", required=True)
     customer = state_sub.add_parser("customer", help="a customer's live state, as JSON")
@@ -154,6 +162,17 @@ def run_stage_command(args: argparse.Namespace) -> int:
         run_ingest(settings, args.status)
     else:
         asyncio.run(run_sink(settings, args.status))
+    return 0
+
+
+def run_mqtt_bridge_command(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    logging.basicConfig(
+        level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from agents.mqtt_bridge import run_mqtt_bridge
+
+    run_mqtt_bridge(settings)
     return 0
 
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Fetch, start, check and stop a local Kafka (KRaft) and Cassandra for iotcrm.
+"""Fetch, start, check and stop a local Kafka (KRaft), Cassandra and MQTT broker
+(Mosquitto) for iotcrm.
 
 Standard library only, so it runs before any virtual environment exists.
 
-    python3 deploy/local/services.py start [kafka|cassandra ...]
-    python3 deploy/local/services.py stop  [kafka|cassandra ...]
+    python3 deploy/local/services.py start [kafka|cassandra|mqtt ...]
+    python3 deploy/local/services.py stop  [kafka|cassandra|mqtt ...]
     python3 deploy/local/services.py status
     python3 deploy/local/services.py run -- COMMAND ...   # start what is not running,
                                                           # run COMMAND, stop what it started
@@ -14,8 +15,10 @@ outside the repository in ``$IOTCRM_CACHE_DIR`` (default ``~/.cache/iotcrm``).
 Server data and logs live under ``$IOTCRM_STATE_DIR`` (default ``.state`` in the
 working directory). Ports: ``IOTCRM_LOCAL_KAFKA_PORT`` (19092; the KRaft controller
 uses the next port), ``IOTCRM_LOCAL_CASSANDRA_PORT`` (19042; storage and JMX ports
-are derived from it). Readiness is a real request: a Kafka Metadata request that
-lists the broker, and a CQL query on ``system.local``.
+are derived from it), ``IOTCRM_LOCAL_MQTT_PORT`` (11883). Mosquitto is installed
+from Debian's packages when missing (as root). Readiness is a real request: a
+Kafka Metadata request that lists the broker, a CQL query on ``system.local``,
+an MQTT CONNECT answered by an accepting CONNACK.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -46,6 +50,7 @@ CACHE_DIR = _env_path("IOTCRM_CACHE_DIR", Path.home() / ".cache" / "iotcrm")
 STATE_DIR = _env_path("IOTCRM_STATE_DIR", Path.cwd() / ".state")
 KAFKA_PORT = int(os.environ.get("IOTCRM_LOCAL_KAFKA_PORT", "19092"))
 CASSANDRA_PORT = int(os.environ.get("IOTCRM_LOCAL_CASSANDRA_PORT", "19042"))
+MQTT_PORT = int(os.environ.get("IOTCRM_LOCAL_MQTT_PORT", "11883"))
 HOST = "127.0.0.1"
 
 
@@ -79,7 +84,9 @@ class Service:
 
 KAFKA = Service("kafka", KAFKA_VERSION, KAFKA_PORT, ready_timeout_s=90)
 CASSANDRA = Service("cassandra", CASSANDRA_VERSION, CASSANDRA_PORT, ready_timeout_s=240)
-SERVICES = {s.name: s for s in (KAFKA, CASSANDRA)}
+#: Mosquitto from Debian's packages: the devices' MQTT broker for `iotcrm mqtt-bridge`.
+MQTT = Service("mqtt", "mosquitto", MQTT_PORT, ready_timeout_s=30)
+SERVICES = {s.name: s for s in (KAFKA, CASSANDRA, MQTT)}
 
 
 def log(message: str) -> None:
@@ -90,7 +97,11 @@ def log(message: str) -> None:
 
 
 def fetch(service: Service) -> None:
-    """Copy the server's runtime jars from Maven Central into the cache, once."""
+    """Copy the server's runtime jars from Maven Central into the cache, once
+    (Mosquitto: install Debian's package, once)."""
+    if service is MQTT:
+        _install_mosquitto()
+        return
     marker = service.lib_dir / ".complete"
     if marker.exists():
         return
@@ -116,7 +127,39 @@ def fetch(service: Service) -> None:
     marker.write_text(service.version)
 
 
+def _install_mosquitto() -> None:
+    if shutil.which("mosquitto"):
+        return
+    if os.geteuid() != 0:
+        raise ServiceError("mosquitto is not installed: `sudo apt-get install mosquitto`")
+    log("installing mosquitto from Debian's packages")
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "mosquitto"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    result = subprocess.run(install, capture_output=True, text=True, env=env)
+    if result.returncode != 0:  # no package lists yet on a fresh machine
+        subprocess.run(["apt-get", "update"], capture_output=True, text=True, env=env)
+        result = subprocess.run(install, capture_output=True, text=True, env=env)
+    if result.returncode != 0 or not shutil.which("mosquitto"):
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
+        raise ServiceError(
+            f"installing mosquitto failed (apt-get exit {result.returncode}):\n{tail}"
+        )
+
+
 # --------------------------------------------------------------------------- probes
+
+
+def mqtt_accepts(port: int, timeout: float = 3.0) -> bool:
+    """An MQTT 3.1.1 CONNECT is answered with a CONNACK that accepts it."""
+    client_id = b"iotcrm-probe"
+    variable = b"\x00\x04MQTT\x04\x02\x00\x0a"  # protocol, level 4, clean session, 10 s
+    payload = struct.pack("!H", len(client_id)) + client_id
+    body = variable + payload
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        sock.sendall(bytes([0x10, len(body)]) + body)
+        answer = _recv_exact(sock, 4)
+        sock.sendall(b"\xe0\x00")  # DISCONNECT
+    return answer[0] == 0x20 and answer[3] == 0
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes:
@@ -234,6 +277,8 @@ def is_ready(service: Service) -> bool:
     try:
         if service is KAFKA:
             return kafka_broker_count(service.port) >= 1 and kafka_coordinator_ready(service.port)
+        if service is MQTT:
+            return mqtt_accepts(service.port)
         return bool(cassandra_release_version(service.port))
     except (OSError, struct.error):
         return False
@@ -311,6 +356,24 @@ def _kafka_cluster_id() -> str:
         cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
         if not cluster_id.startswith("-"):
             return cluster_id
+
+
+def _mqtt_command(service: Service) -> list[str]:
+    config = service.home / "mosquitto.conf"
+    lines = [
+        f"listener {service.port} {HOST}",
+        "allow_anonymous true",
+        # Sessions of QoS 1 subscribers (the bridge) outlive a restart of either side.
+        "persistence true",
+        f"persistence_location {service.home}/",
+        "max_queued_messages 1000000",
+        "max_inflight_messages 1000",
+        "log_dest stdout",
+    ]
+    if os.geteuid() == 0:
+        lines.append("user root")  # else it drops to a `mosquitto` user that cannot write here
+    config.write_text("\n".join(lines) + "\n")
+    return [shutil.which("mosquitto") or "mosquitto", "-c", str(config)]
 
 
 def _kafka_command(service: Service) -> list[str]:
@@ -462,7 +525,8 @@ def start(service: Service) -> bool:
     if _pid(service) is None:
         fetch(service)
         service.home.mkdir(parents=True, exist_ok=True)
-        command = _kafka_command(service) if service is KAFKA else _cassandra_command(service)
+        commands = {KAFKA: _kafka_command, CASSANDRA: _cassandra_command, MQTT: _mqtt_command}
+        command = commands[service](service)
         with service.log_file.open("ab") as log_stream:
             process = subprocess.Popen(
                 command,
@@ -569,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="action", required=True)
     for action in ("fetch", "start", "stop"):
         p = sub.add_parser(action)
-        p.add_argument("names", nargs="*", help="kafka, cassandra (default: both)")
+        p.add_argument("names", nargs="*", help="kafka, cassandra, mqtt (default: all)")
     sub.add_parser("status")
     run = sub.add_parser("run", help="start what is not running, run a command, stop it again")
     run.add_argument("command", nargs=argparse.REMAINDER)

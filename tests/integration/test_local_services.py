@@ -29,8 +29,11 @@ def test_starting_running_servers_again_is_harmless() -> None:
     assert result.returncode == 0, result.stderr
     assert "kafka already running" in result.stderr
     assert "cassandra already running" in result.stderr
+    assert "mqtt already running" in result.stderr
     status = run_services("status")
-    assert [line.split()[1] for line in status.stdout.splitlines()] == ["ready", "ready"]
+    assert [line.split()[:2] for line in status.stdout.splitlines()] == [
+        ["kafka", "ready"], ["cassandra", "ready"], ["mqtt", "ready"],
+    ]  # fmt: skip
 
 
 def test_a_server_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> None:
