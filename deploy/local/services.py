@@ -287,9 +287,78 @@ def is_ready(service: Service) -> bool:
 # --------------------------------------------------------------------------- configs
 
 
+#: The secured listener's SCRAM user (its password: ``kafka_secure_files``).
+KAFKA_SASL_USER = "iotcrm-local"
+
+
+def kafka_secure_files(service: Service) -> dict[str, Path]:
+    """Where the secured listener's material lives: the CA bundle clients trust
+    (``kafka.ssl_cafile``) and the SCRAM password (``IOTCRM_KAFKA_SASL_PASSWORD_FILE``)."""
+    tls = service.home / "tls"
+    return {
+        "dir": tls,
+        "ca": tls / "ca.pem",
+        "keystore": tls / "broker-keystore.pem",
+        "password": tls / "sasl-password",
+    }
+
+
+def _write_tls_material(service: Service) -> None:
+    """A local CA and a broker certificate for 127.0.0.1 (openssl), and a random
+    SCRAM password; once, kept with the server's state, never in the repository."""
+    files = kafka_secure_files(service)
+    tls = files["dir"]
+    if files["keystore"].exists() and files["password"].exists():
+        return
+    tls.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        result = subprocess.run(["openssl", *args], capture_output=True, text=True, cwd=tls)
+        if result.returncode != 0:
+            raise ServiceError(f"openssl {args[0]} failed:\n{result.stderr[-2000:]}")
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
+            "-out", "ca.pem", "-days", "3650", "-subj", "/CN=iotcrm local CA")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "broker.key",
+            "-out", "broker.csr", "-subj", f"/CN={HOST}")  # fmt: skip
+    (tls / "san.ext").write_text(f"subjectAltName=IP:{HOST},DNS:localhost\n")
+    openssl("x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "broker.pem", "-days", "3650",
+            "-extfile", "san.ext")  # fmt: skip
+    openssl("pkcs8", "-topk8", "-nocrypt", "-in", "broker.key", "-out", "broker.pk8")
+    keystore = (tls / "broker.pk8").read_text() + (tls / "broker.pem").read_text()
+    files["keystore"].write_text(keystore)
+    files["keystore"].chmod(0o600)
+    files["password"].write_text(base64.urlsafe_b64encode(os.urandom(24)).decode())
+    files["password"].chmod(0o600)
+
+
+def _add_scram_user(service: Service) -> None:
+    """The SCRAM user of the secured listener, once per cluster (kafka-configs)."""
+    marker = service.home / "data" / ".scram-user"
+    if marker.exists():
+        return
+    password = kafka_secure_files(service)["password"].read_text().strip()
+    result = subprocess.run(
+        ["java", "-cp", f"{service.lib_dir}/*", "kafka.admin.ConfigCommand",
+         "--bootstrap-server", f"{HOST}:{service.port}", "--alter",
+         "--add-config", f"SCRAM-SHA-512=[password={password}]",
+         "--entity-type", "users", "--entity-name", KAFKA_SASL_USER],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise ServiceError(
+            f"adding the SCRAM user failed:\n{(result.stdout + result.stderr)[-2000:]}"
+        )
+    marker.write_text(KAFKA_SASL_USER)
+
+
 def _write_kafka_config(service: Service) -> Path:
     data = service.home / "data"
     controller_port = service.port + 1
+    secure_port = service.port + 2
+    _write_tls_material(service)
+    keystore = kafka_secure_files(service)["keystore"]
     config = service.home / "server.properties"
     config.write_text(
         "\n".join(
@@ -297,11 +366,21 @@ def _write_kafka_config(service: Service) -> Path:
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@{HOST}:{controller_port}",
-                f"listeners=PLAINTEXT://{HOST}:{service.port},CONTROLLER://{HOST}:{controller_port}",
-                f"advertised.listeners=PLAINTEXT://{HOST}:{service.port}",
+                f"listeners=PLAINTEXT://{HOST}:{service.port},CONTROLLER://{HOST}:{controller_port},"
+                f"SASL_SSL://{HOST}:{secure_port}",
+                f"advertised.listeners=PLAINTEXT://{HOST}:{service.port},"
+                f"SASL_SSL://{HOST}:{secure_port}",
                 "controller.listener.names=CONTROLLER",
                 "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,"
+                "SASL_SSL:SASL_SSL",
+                # The secured listener: SCRAM-SHA-512 over TLS, as the clients connect
+                # with kafka.sasl_username (docs/operations.md, "Secured Kafka").
+                "sasl.enabled.mechanisms=SCRAM-SHA-512",
+                "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+                "listener.name.sasl_ssl.ssl.keystore.type=PEM",
+                f"listener.name.sasl_ssl.ssl.keystore.location={keystore}",
                 f"log.dirs={data}",
                 "num.partitions=1",
                 "auto.create.topics.enable=true",
@@ -543,6 +622,8 @@ def start(service: Service) -> bool:
     deadline = time.monotonic() + service.ready_timeout_s
     while time.monotonic() < deadline:
         if is_ready(service):
+            if service is KAFKA:
+                _add_scram_user(service)
             log(f"{service.name} ready on {HOST}:{service.port}")
             return True
         # poll() reaps a child of ours that died, which kill(pid, 0) would still see as a zombie.
