@@ -34,6 +34,7 @@ unit: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 bench: install
 	$(SERVICES) run -- $(BIN)/iotcrm bench

@@ -5,8 +5,6 @@ from __future__ import annotations
 import doctest
 import importlib
 import random
-import subprocess
-import sys
 
 import pytest
 from models_helpers import SHIPPED_MODELS
@@ -127,14 +125,3 @@ def test_docstring_examples_run(module: str) -> None:
 
     assert result.attempted > 0
     assert result.failed == 0
-
-
-def test_the_model_layer_imports_no_streaming_or_storage_client() -> None:
-    code = (
-        "import sys, engine.models, engine.models.cli; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "{'faust', 'aiokafka', 'cassandra', 'mode'}))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-
-    assert out.stdout.strip() == "[]"
