@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engine.actions import build_action
+from engine.durations import HOUR_S
 from engine.quality import StreamHygiene
 from engine.rules.compiler import DEFAULT_TOPICS as DEFAULT_ACTION_TOPICS
 from tables.state import (
@@ -181,7 +182,6 @@ class CustomerActor:
             out.actions.append((self.topic_for(firing), action))
 
 
-HOUR_S = 3600.0
 #: isinstance with a tuple is quicker than with ``int | float`` (same meaning).
 _NUMBER = (int, float)
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from engine.durations import parse_duration
+
 
 def count(text: str) -> int:
     """A whole number of at least 1 (customers, events, steps, ...)."""
@@ -33,6 +35,18 @@ def non_negative_number(text: str) -> float:
     if not value >= 0.0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, not {text}")
     return value
+
+
+def duration(text: str) -> float:
+    """A time span as everywhere else (``engine.durations``): ``2d``, ``90m``, ``12.5``.
+
+    >>> duration("2d"), duration("90m"), duration("12.5")
+    (172800.0, 5400.0, 12.5)
+    """
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _int(text: str, minimum: int) -> int:

@@ -75,7 +75,6 @@ from engine import cli_args
 from engine.config import load_settings
 from engine.progress import progress as progress_bar
 from loadtest.accuracy import score
-from loadtest.cli import parse_duration
 from loadtest.episodes import EpisodeShares
 from loadtest.measure import (
     ProgressSeries,
@@ -1435,7 +1434,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     main.add_argument(
         "--span",
-        type=parse_duration,
+        type=cli_args.duration,
         default=d.span_s,
         help="simulated time of the main workload (default 3d)",
     )
@@ -1498,7 +1497,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     scale.add_argument(
         "--search-span",
-        type=parse_duration,
+        type=cli_args.duration,
         default=d.search_span_s,
         help="simulated time of the search's workload: shorter is denser in actions (default 8h)",
     )
@@ -1517,7 +1516,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     scale.add_argument(
         "--search-budget",
-        type=parse_duration,
+        type=cli_args.duration,
         default=d.search_budget_s,
         help="wall time one contender's steps may take (default 120s)",
     )

@@ -22,7 +22,7 @@ import tempfile
 import time
 from dataclasses import replace
 
-from loadtest.cli import parse_duration
+from engine import cli_args
 from loadtest.simulator import SimParams, Simulation
 
 
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--customers", type=int, default=500)
     parser.add_argument("--devices-per-customer", type=int, default=2)
-    parser.add_argument("--span", type=parse_duration, default=2 * 86400.0)
+    parser.add_argument("--span", type=cli_args.duration, default=2 * 86400.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--publish", action="store_true", help="also publish to Kafka")
     parser.add_argument("--bootstrap", default="127.0.0.1:19092")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -25,21 +24,6 @@ from loadtest.episodes import EpisodeShares
 from loadtest.fleet import DEVICE_TYPES
 from loadtest.simulator import SimParams, Simulation
 from loadtest.truth import dump_truth, load_truth
-
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``500ms``, ``4s``, ``10m``, ``2h``, ``1d`` or a plain number.
-
-    >>> parse_duration("2d"), parse_duration("90m"), parse_duration("12.5")
-    (172800.0, 5400.0, 12.5)
-    """
-    match = _DURATION.match(text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 2d, 12h, 90m)")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
 def _share(text: str) -> float:
@@ -85,7 +69,7 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="the simulation's seed")
     parser.add_argument(
         "--span",
-        type=parse_duration,
+        type=cli_args.duration,
         default=defaults.span_s,
         help="simulated time span (default 2d)",
     )
@@ -132,7 +116,7 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--due-slack",
-        type=parse_duration,
+        type=cli_args.duration,
         default=defaults.due_slack_s,
         help="added to each ideal firing time to give due_by (default 5m)",
     )

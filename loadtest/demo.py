@@ -26,9 +26,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from engine.config import ACTION_TOPIC_SUFFIX, Settings
+from engine.durations import parse_duration
 from engine.kafka import behind, client_options, partitions_of
 from loadtest.accuracy import format_score, score
-from loadtest.cli import parse_duration
 from loadtest.harness import WorkerProcess, wait_for
 from loadtest.publish import PublishOptions, publish
 from loadtest.simulator import SimParams, Simulation

@@ -22,9 +22,7 @@ from datetime import timedelta
 import faust
 
 from engine.config import Settings
-
-HOUR_S = 3600.0
-DAY_S = 86400.0
+from engine.durations import DAY_S, HOUR_S
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ from typing import Any
 
 import msgspec
 
+from engine.durations import DAY_S, HOUR_S
+
 CustomerState = dict[str, Any]
 
 #: Days of daily usage kept, and how many full days make a baseline.
@@ -33,14 +35,12 @@ USAGE_DAYS_KEPT = 14
 BASELINE_MIN_DAYS = 1
 BASELINE_DAYS = 7
 RECENT_ACTIONS_KEPT = 20
-HOUR_S = 3600.0
 #: Hourly and daily usage buckets kept in the state (as long as the windows live).
 HOURS_KEPT = 48
 DAYS_KEPT = 35
-SUPPORT_WINDOW_S = 30 * 86400.0
+SUPPORT_WINDOW_S = 30 * DAY_S
 #: Weight of the newest measurement in the smoothed consumption per cycle.
 CONSUMABLE_SMOOTHING = 0.3
-DAY_S = 86400.0
 
 #: Event fields that are identity or bookkeeping, not readings.
 _NOT_READINGS = frozenset({"id", "ts", "device_id", "customer_id", "device_type", "kind"})

@@ -29,6 +29,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
+from engine.durations import parse_duration
 from engine.models.allowlist import Role
 from engine.models.errors import ModelConfigError
 from engine.models.pipeline import PipelineError, PipelineRecipe, parse_pipeline
@@ -46,8 +47,6 @@ DEFAULT_MAX_PENDING = 100_000
 _FINAL_ROLE = {"binary": Role.CLASSIFIER, "regression": Role.REGRESSOR, "anomaly": Role.ANOMALY}
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _SEGMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 @dataclass(frozen=True)
@@ -179,21 +178,13 @@ def parse_models(text: str, *, file: str = "<models>") -> list[ModelSpec]:
     return specs
 
 
-def parse_duration(value: Any) -> float:
-    """Seconds in ``500ms``, ``4s``, ``10m``, ``2h``, ``30d`` or a plain number.
+def positive_duration(value: Any) -> float:
+    """Seconds in a duration (``engine.durations``) that must be more than zero.
 
-    >>> parse_duration("30d"), parse_duration(90), parse_duration("500ms")
+    >>> positive_duration("30d"), positive_duration(90), positive_duration("500ms")
     (2592000.0, 90.0, 0.5)
     """
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
-        if not match:
-            raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 4s, 10m, 2h, 30d)")
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    seconds = parse_duration(value)
     if not seconds > 0:
         raise ValueError("a duration must be positive")
     return seconds
@@ -486,7 +477,7 @@ class _Reader:
         if "horizon" not in spec:
             raise self.error("an outcome label needs a 'horizon', e.g. 30d", where)
         try:
-            horizon_s = parse_duration(spec["horizon"])
+            horizon_s = positive_duration(spec["horizon"])
         except ValueError as exc:
             raise self.error(str(exc), self.value_at(spec, "horizon")) from exc
         max_pending = spec.get("max_pending", DEFAULT_MAX_PENDING)

@@ -14,8 +14,8 @@ Plain Python (no Faust, Kafka or Cassandra), so the same rules run offline
 See docs/rules.md for the language and its exact semantics.
 """
 
+from engine.durations import parse_duration
 from engine.rules.compiler import compile_rules, load_ruleset
-from engine.rules.durations import parse_duration
 from engine.rules.engine import Firing, RuleEngine, action_id
 from engine.rules.errors import RuleError, RuleFileError
 from engine.rules.model import Rule, RuleSet

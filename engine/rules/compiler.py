@@ -24,8 +24,8 @@ from typing import Any
 import orjson
 
 from engine.config import ACTION_TOPIC_SUFFIX
+from engine.durations import parse_duration
 from engine.rules.aggregates import AGGREGATORS, OPTIONAL_ARGUMENT, Aggregate
-from engine.rules.durations import parse_duration
 from engine.rules.errors import RuleError, RuleFileError
 from engine.rules.expr import (
     FUNCTIONS,

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from engine.rules.durations import parse_duration
+from engine.durations import parse_duration
 
 #: Names every expression may use.
 ROOT_NAMES: frozenset[str] = frozenset({"event", "customer", "device", "score", "window", "now"})

@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from engine.cli import build_parser, main
+from engine.cli_args import duration
 from loadtest import cli as loadtest_cli
-from loadtest.cli import parse_duration
 
 END_TS = "1763700000"
 
@@ -134,13 +134,13 @@ def test_score_refuses_a_file_that_is_not_a_truth(tmp_path: Path) -> None:
     assert main(["score", "--truth", str(bogus), "--actions", str(bogus)]) == 2
 
 
-def test_durations() -> None:
-    assert parse_duration("2d") == 172800.0
-    assert parse_duration("90m") == 5400.0
-    assert parse_duration("500ms") == 0.5
-    assert parse_duration("12.5") == 12.5
-    with pytest.raises(argparse.ArgumentTypeError):
-        parse_duration("-3h")
+def test_durations_on_the_command_line_read_as_in_rules() -> None:
+    assert duration("2d") == 172800.0
+    assert duration("90m") == 5400.0
+    assert duration("500ms") == 0.5
+    assert duration("12.5") == 12.5
+    with pytest.raises(argparse.ArgumentTypeError, match="invalid duration '-3h'"):
+        duration("-3h")
 
 
 def test_register_contributes_every_subcommand_and_can_grow(

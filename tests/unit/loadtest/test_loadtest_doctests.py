@@ -9,7 +9,6 @@ import pytest
 
 MODULES = [
     "loadtest.accuracy",
-    "loadtest.cli",
     "loadtest.episodes",
     "loadtest.fleet",
     "loadtest.publish",

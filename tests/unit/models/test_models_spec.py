@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine.models import ModelConfigError, load_models
-from engine.models.spec import FieldLabel, OutcomeLabel, parse_duration, parse_models
+from engine.models.spec import FieldLabel, OutcomeLabel, parse_models, positive_duration
 
 VALID = """\
 models:
@@ -207,7 +207,7 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
         (
             "- name: a\n  kind: binary\n  pipeline: LogisticRegression\n  features: [event.x]\n"
             "  label: {outcome: {positive: [p], negative: [n], join: device, horizon: soon}}",
-            "not a duration",
+            "invalid duration 'soon'",
             5,
         ),
         (
@@ -266,10 +266,10 @@ def test_fingerprint_changes_with_the_pipeline_but_not_the_description() -> None
     [("500ms", 0.5), ("4s", 4.0), ("10m", 600.0), ("2h", 7200.0), ("30d", 2592000.0), (90, 90.0)],
 )
 def test_durations(value: object, seconds: float) -> None:
-    assert parse_duration(value) == seconds
+    assert positive_duration(value) == seconds
 
 
 @pytest.mark.parametrize("value", ["0s", "-1d", "1w", True, "d"])
 def test_bad_durations(value: object) -> None:
     with pytest.raises(ValueError):
-        parse_duration(value)
+        positive_duration(value)

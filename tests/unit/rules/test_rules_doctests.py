@@ -14,7 +14,6 @@ MODULES = [
     "engine.actions",
     "engine.rules.aggregates",
     "engine.rules.compiler",
-    "engine.rules.durations",
     "engine.rules.engine",
     "engine.rules.errors",
     "engine.rules.expr",

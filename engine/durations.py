@@ -1,5 +1,6 @@
-"""Durations as rule authors write them: ``500ms``, ``4s``, ``10m``, ``2h``, ``1d``,
-or a plain number of seconds.
+"""Time spans, one way everywhere (rules, model declarations, command-line
+flags): ``500ms``, ``4s``, ``10m``, ``2h``, ``1d``, or a plain number of
+seconds; and the time constants the code shares.
 
 >>> parse_duration("10m")
 600.0
@@ -14,12 +15,17 @@ from __future__ import annotations
 import math
 import re
 
-_UNIT_SECONDS: dict[str, float] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+MINUTE_S = 60.0
+HOUR_S = 3600.0
+DAY_S = 86400.0
+
+_UNIT_SECONDS: dict[str, float] = {"ms": 0.001, "s": 1.0, "m": MINUTE_S, "h": HOUR_S, "d": DAY_S}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 
 
 def parse_duration(value: object) -> float:
-    """Seconds in ``value``; raises ``ValueError`` with a message for authors."""
+    """Seconds in ``value`` (zero or more); raises ``ValueError`` with a
+    message for authors."""
     if isinstance(value, bool):
         raise ValueError(f"expected a duration such as '10m', got {value!r}")
     if isinstance(value, int | float):
