@@ -100,16 +100,36 @@ class ModelsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class QualitySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The data-quality layer's knobs (``engine.quality`` calls them ``QualityOptions``).
+
+    >>> QualitySettings(expected_interval_s={"washer": 60.0}).expected_interval("vehicle")
+    300.0
+    """
+
+    #: An event id is remembered until the device's stream time passes ts + this.
     dedup_horizon_s: float = 86400.0
+    #: At most this many remembered event ids per device (oldest go first).
     dedup_max_ids: int = 2048
+    #: Events up to this far behind the device's stream time are still on time.
     allowed_lateness_s: float = 30.0
+    #: Reject events stamped more than this ahead of the wall clock.
     max_future_skew_s: float = 300.0
+    #: Reject payloads longer than this, before decoding them.
     max_payload_bytes: int = 65536
+    #: Deepest nesting of lists/objects allowed inside an extra field.
     max_nesting: int = 8
+    #: Expected time between two events of a device, by device type.
     expected_interval_s: dict[str, float] = msgspec.field(default_factory=dict)
+    #: ... and for device types not listed there (0 disables gap detection).
     default_expected_interval_s: float = 300.0
+    #: A silence longer than expected interval × this factor is a gap.
     gap_factor: float = 3.0
+    #: How many of the latest gaps a device's state keeps.
     gaps_kept: int = 10
+
+    def expected_interval(self, device_type: str) -> float:
+        """Seconds expected between two events of a device of this type."""
+        return self.expected_interval_s.get(device_type, self.default_expected_interval_s)
 
 
 class MqttSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

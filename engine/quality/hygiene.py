@@ -65,8 +65,8 @@ def new_device_state() -> dict[str, Any]:
 class StreamHygiene:
     """Dedup, lateness and gap detection over plain-data device states."""
 
-    def __init__(self, settings: Any, clock: Callable[[], float] = time.time) -> None:
-        self.options = options = QualityOptions.of(settings)
+    def __init__(self, settings: QualityOptions, clock: Callable[[], float] = time.time) -> None:
+        self.options = options = settings
         self.clock = clock
         self._horizon = options.dedup_horizon_s
         self._max_ids = options.dedup_max_ids

@@ -58,7 +58,7 @@ _KIND_LIST = ", ".join(sorted(KINDS))
 class Inspector:
     """Decode, validate, normalise and enrich device events.
 
-    ``settings`` is ``engine.config.QualitySettings`` or ``QualityOptions``;
+    ``settings`` are the ``[quality]`` settings (``QualityOptions``);
     ``registry`` anything with ``lookup(device_id)`` and ``topic`` (usually a
     ``DeviceRegistry``); ``clock`` gives the wall-clock epoch seconds the
     future-skew check compares against. An event read from a topic named
@@ -68,12 +68,12 @@ class Inspector:
 
     def __init__(
         self,
-        settings: Any,
+        settings: QualityOptions,
         registry: DeviceLookup,
         clock: Callable[[], float] = time.time,
         device_topic_prefix: str | None = "iot.device.",
     ) -> None:
-        self.options = QualityOptions.of(settings)
+        self.options = settings
         self.registry = registry
         self.clock = clock
         self.device_topic_prefix = device_topic_prefix
