@@ -281,6 +281,8 @@ class CustomerAgent:
         held: list[faust.EventT] = []
         #: packed records of events, to be placed on their partition's clock
         packed: list[tuple[faust.EventT, list[dict[str, Any]]]] = []
+        #: customers with an erasure request or a tombstone among their records
+        erasing: set[str] = set()
         for record in batch:
             message = record.message
             from_stream = message.topic == k.customer_events_topic
@@ -300,7 +302,10 @@ class CustomerAgent:
                     "%s: record without key at offset %s ignored", message.topic, message.offset
                 )
             else:
-                groups.setdefault(key.decode(), []).append((record, None))
+                customer_id = key.decode()
+                groups.setdefault(customer_id, []).append((record, None))
+                if message.topic == k.erasure_topic or record.value is None:
+                    erasing.add(customer_id)  # an erasure, or tombstones: see _erasure_in
 
         for partition, (offset, new_hole) in rewinds.items():
             tp = TP(k.customer_events_topic, partition)
@@ -331,8 +336,9 @@ class CustomerAgent:
         triggered: list[float] = []
         for customer_id, items in groups.items():
             anchor = items[-1][0]
-            if self._erasure_in(customer_id, items, emitted_at) or self._forgotten(
-                customer_id, items
+            if (customer_id in erasing or customer_id in self._erased) and (
+                self._erasure_in(customer_id, items, emitted_at)
+                or self._forgotten(customer_id, items)
             ):
                 continue
             state = self._state(customer_id, anchor)
