@@ -141,3 +141,24 @@ def test_the_grafana_dashboard_plots_only_metrics_the_worker_exposes() -> None:
     }
     assert used, "the dashboard plots something"
     assert used <= exposed, f"not exposed by the worker: {sorted(used - exposed)}"
+
+
+def test_the_mqtt_bridge_runs_alone_unprivileged_with_what_it_names() -> None:
+    from engine.cli import build_parser
+    from engine.config import SECRETS
+
+    bridge = of_kind("Deployment")["iotcrm-mqtt-bridge"]["spec"]
+    # One persistent MQTT session: never two bridges at once, not even during a rollout.
+    assert (bridge["replicas"], bridge["strategy"]["type"]) == (1, "Recreate")
+    pod = bridge["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    build_parser().parse_args(container["args"])  # a command the CLI has
+    config_maps = of_kind("ConfigMap")
+    assert all(s["configMapRef"]["name"] in config_maps for s in container["envFrom"])
+    for variable in container["env"]:
+        secret = variable.get("valueFrom", {}).get("secretKeyRef")
+        if secret:
+            assert secret.get("optional") is True
+            assert variable["name"].removeprefix("IOTCRM_") in SECRETS
