@@ -66,3 +66,11 @@ async def producer(namespace: Namespace) -> AsyncIterator[AIOKafkaProducer]:
     await producer.start()
     yield producer
     await producer.stop()
+
+
+@pytest.fixture
+def hot_rules(tmp_path: Path) -> Path:
+    """A rule folder holding only ``live_helpers.HOT_RULE`` (one action per hot reading)."""
+    from tests.integration.live_helpers import hot_rules_in
+
+    return hot_rules_in(tmp_path)

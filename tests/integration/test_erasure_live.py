@@ -11,20 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from engine.store.cassandra import CassandraStore
 from loadtest.harness import wait_for
 from tests.integration.kit import Namespace, read_all, register, send_json
-from tests.integration.live_helpers import HOT_RULE, iotcrm
-
-
-@pytest.fixture
-def hot_rules(tmp_path: Path) -> Path:
-    path = tmp_path / "rules"
-    path.mkdir()
-    (path / "hot.yaml").write_text(HOT_RULE)
-    return path
+from tests.integration.live_helpers import iotcrm
 
 
 def hot(event_id: str, device_id: str, ts: float) -> dict[str, Any]:

@@ -16,13 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from loadtest.harness import wait_for
 from tests.integration.kit import Namespace, read_all, register
 from tests.integration.live_helpers import (
     checkpointed_metrics,
-    hot_rules_in,
     idempotent_producer,
 )
 
@@ -132,11 +130,6 @@ def fuzzed(now: float) -> list[tuple[str, bytes]]:
         event = base_event(rng, n, now)
         records.append((event["device_id"], rng.choice(MUTATIONS)(rng, event)))
     return records
-
-
-@pytest.fixture
-def hot_rules(tmp_path: Path) -> Path:
-    return hot_rules_in(tmp_path)
 
 
 async def test_ten_thousand_mutated_records_crash_nothing_and_every_one_is_accounted_for(

@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from engine.store.cassandra import CassandraStore
 from loadtest.harness import wait_for
 from tests.integration.kit import REPO, Namespace, register, send_json
-from tests.integration.live_helpers import HOT_RULE, iotcrm
+from tests.integration.live_helpers import iotcrm
 
 STATE = Path(os.environ.get("IOTCRM_STATE_DIR") or REPO / ".state")
 TLS = STATE / "kafka" / "tls"
@@ -31,14 +30,6 @@ def secured() -> dict[str, str]:
         "IOTCRM_KAFKA_SASL_PASSWORD_FILE": str(TLS / "sasl-password"),
         "IOTCRM_KAFKA_SSL_CAFILE": str(TLS / "ca.pem"),
     }
-
-
-@pytest.fixture
-def hot_rules(tmp_path: Path) -> Path:
-    path = tmp_path / "rules"
-    path.mkdir()
-    (path / "hot.yaml").write_text(HOT_RULE)
-    return path
 
 
 async def test_worker_ingest_sink_and_cli_work_over_sasl_ssl(

@@ -19,14 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from engine.store.cassandra import CassandraStore
 from loadtest.harness import WorkerProcess, wait_for
 from tests.integration.kit import REPO, Namespace, TopicReader, register
 from tests.integration.live_helpers import (
     hot_events,
-    hot_rules_in,
     local_service,
     publish,
     rows_reach,
@@ -40,11 +38,6 @@ BEFORE, DURING = 3, 10
 
 async def cassandra(command: str) -> None:
     await local_service(command, "cassandra")
-
-
-@pytest.fixture
-def hot_rules(tmp_path: Path) -> Path:
-    return hot_rules_in(tmp_path)
 
 
 def status(worker: WorkerProcess) -> str | None:
