@@ -69,7 +69,7 @@ class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     commit_interval_s: float = 1.0
     #: How often the actor checkpoints: waits for its actions' acknowledgements,
     #: writes each changed customer's state once, then lets Faust commit.
-    checkpoint_interval_s: float = 5.0
+    checkpoint_interval_s: float = 1.0
     #: A consumer's fetch is answered once this many bytes are there, or after
     #: ``fetch_max_wait_ms``: larger fetches under a steady load, for a bounded delay.
     fetch_min_bytes: int = 32 * 1024
