@@ -39,8 +39,10 @@ def test_the_repairs_were_written_for_the_installed_faust() -> None:
 class RecordingConsumer:
     """The consumer calls recovery makes, in order; the seek yields to the loop."""
 
-    def __init__(self, calls: list[str]) -> None:
+    def __init__(self, calls: list[str], committed: dict[Any, int] | None = None) -> None:
         self.calls = calls
+        self.committed = {STREAM_TP: 7} if committed is None else committed
+        self._committed_offset: dict[Any, int] = {}
 
     def assignment(self) -> set[Any]:
         return {STREAM_TP, CHANGELOG_TP}
@@ -48,6 +50,13 @@ class RecordingConsumer:
     async def perform_seek(self) -> None:
         await asyncio.sleep(0)  # a fetch could run here, as it does on a broker
         self.calls.append("seek")
+        self._committed_offset.update(self.committed)
+
+    async def earliest_offsets(self, *tps: Any) -> dict[Any, int]:
+        return dict.fromkeys(tps, 3)
+
+    async def seek(self, tp: Any, offset: int) -> None:
+        self.calls.append(f"seek {tp.topic} to {offset}")
 
     def resume_partitions(self, tps: set[Any]) -> None:
         self.calls.append(f"resume_partitions {sorted(tp.topic for tp in tps)}")
@@ -56,9 +65,11 @@ class RecordingConsumer:
         self.calls.append("resume_flow")
 
 
-def app_recording(calls: list[str], recovery_class: type[Recovery]) -> Any:
+def app_recording(
+    calls: list[str], recovery_class: type[Recovery], committed: dict[Any, int] | None = None
+) -> Any:
     app = faust.App("unit-recovery", TableManager=SeekFirstTableManager)
-    app.consumer = RecordingConsumer(calls)
+    app.consumer = RecordingConsumer(calls, committed)
     fetcher = SimpleNamespace(maybe_start=lambda: asyncio.sleep(0))
     app._fetcher = fetcher  # type: ignore[attr-defined]
     resume = app.flow_control.resume
@@ -89,6 +100,14 @@ async def test_stream_partitions_are_seeked_before_they_are_resumed(step: str) -
         "flow_control.resume (clears the stream queues)",
         "resume_flow",
     ]
+
+
+async def test_a_stream_partition_without_a_commit_is_read_from_its_earliest_record() -> None:
+    calls: list[str] = []
+    recovery = app_recording(calls, SeekFirstRecovery, committed={})
+    await recovery.on_recovery_completed(generation_id=0)
+    # Not left at its end: records behind the last checkpoint come again.
+    assert calls[:3] == ["seek", "seek events to 3", "resume_partitions ['events']"]
 
 
 @pytest.mark.parametrize("step", ["on_recovery_completed", "_resume_streams"])
