@@ -31,7 +31,6 @@ from agents.customer import TICK_KEY, CustomerAgent, records_per_batch
 from agents.faust_fixes import (
     SeekFirstTableManager,
     allow_table_write_bursts,
-    batch_fetches,
 )
 from agents.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 from agents.prometheus import Latencies, exposition
@@ -103,7 +102,6 @@ class Runtime:
         #: event-to-action latency histograms, observed by the customer actor
         self.latencies = Latencies()
         Path(w.state_dir).mkdir(parents=True, exist_ok=True)
-        batch_fetches(w.fetch_min_bytes, w.fetch_max_wait_ms)
         # A checkpoint writes every changed customer (state, usage windows, timer).
         allow_table_write_bursts(max(10_000, 4 * w.state_cache_size))
         self.app = faust.App(

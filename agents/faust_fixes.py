@@ -43,10 +43,7 @@ its work durable before Faust's last commit on a rebalance or a clean stop
 once), ``allow_table_write_bursts`` keeps a checkpoint's table writes from
 stopping the stream (Faust's conductor stops delivering records while more
 than 100 table writes wait in its producer buffer, which one checkpoint of a
-few hundred customers exceeds), and ``batch_fetches`` sets the fetch size of Faust's
-worker consumer, which its driver leaves at one byte: under a steady trickle
-every fetch then carries a handful of records, and the actor pays a fetch's
-whole cost for each few events.
+few hundred customers exceeds).
 
 All are checked against the installed Faust version by
 ``tests/unit/actor/test_faust_fixes.py``: a Faust upgrade must re-read these.
@@ -261,28 +258,6 @@ def unprocessed(consumer: Any, message: Any) -> None:
     """Take ``message`` out of Faust's acknowledgements: it will come again."""
     message.acked = True  # so the stream's own ack of it does nothing
     consumer._unacked_messages.discard(message)
-
-
-def batch_fetches(min_bytes: int, max_wait_ms: int) -> None:
-    """Fetches of Faust's worker consumer wait for ``min_bytes`` or ``max_wait_ms``.
-
-    Faust's aiokafka driver builds its consumer without ``fetch_min_bytes``
-    (aiokafka's default is one byte). Applies to consumers created after the
-    call; idempotent.
-    """
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-
-    create = AIOKafkaConsumerThread._create_worker_consumer
-    original = getattr(create, "_iotcrm_original", create)
-
-    def create_worker_consumer(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        consumer._fetch_min_bytes = min_bytes
-        consumer._fetch_max_wait_ms = max_wait_ms
-        return consumer
-
-    create_worker_consumer._iotcrm_original = original  # type: ignore[attr-defined]
-    AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer
 
 
 async def seek(consumer: Any, tp: Any, offset: int) -> None:

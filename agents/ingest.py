@@ -16,9 +16,11 @@ per partition and poll carries up to ``engine.events.EVENTS_PER_RECORD`` of
 its events in order (``engine.events.pack_events``), since each record costs
 the actor's consumer and Faust's stream the same whatever it carries. The
 Kafka timestamp is the event time of the record's last event. Rejected events
-go to ``iot.deadletter`` with the original bytes and the reason. Offsets
-are committed only after every record of the poll is acknowledged: at least
-once, and duplicates are dropped by the actor's dedup. A rebalance runs
+go to ``iot.deadletter`` with the original bytes and the reason. A poll takes
+what the consumer holds, so batches grow with the load instead of waiting to
+fill. Offsets are committed once every record of the poll is acknowledged,
+at most every ``worker.commit_interval_s`` and when partitions are revoked:
+at least once, and duplicates are dropped by the actor's dedup. A rebalance runs
 inside ``poll``, between two polls, so no batch is ever half-way when
 partitions move. Every forwarded record carries ingest's event-time
 watermark and instance id as headers (``engine.watermark``), so the actor
@@ -38,7 +40,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
@@ -50,8 +52,11 @@ from engine.kafka import partition_for
 from engine.quality import Accepted, DeviceRegistry, Inspector, deadletter_value
 from engine.watermark import SOURCE_HEADER, WATERMARK_HEADER, SourceWatermarks
 
-#: How often the watermark is recomputed (it walks every assigned partition).
-WATERMARK_INTERVAL_S = 0.5
+#: How often the watermark is recomputed (it walks every assigned partition, a
+#: few hundred nanoseconds each): the delay a quiet key's timers add to it.
+WATERMARK_INTERVAL_S = 0.05
+#: Customers whose partition of the customer stream ingest remembers.
+PARTITION_CACHE_SIZE = 100_000
 #: Longest wait for the broker to acknowledge a poll's records before retrying the flush.
 FLUSH_TIMEOUT_S = 30.0
 
@@ -190,6 +195,11 @@ class Ingest:
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.watermarks = SourceWatermarks()
         self._next_offset: dict[tuple[str, int], int] = {}
+        #: offsets past records acknowledged downstream, not committed yet
+        self._acknowledged: dict[tuple[str, int], int] = {}
+        self._committed_at = time.monotonic()
+        #: customer_id -> its partition of the customer stream (murmur2 in Python is dear)
+        self._partition_of: dict[str, int] = {}
         self._assigned: set[tuple[str, int]] = set()
         self._watermark_at = 0.0
         self._stopping = False
@@ -226,26 +236,43 @@ class Ingest:
             [f"^{_regex(k.device_topic_prefix)}.+", f"^{_regex(k.telemetry_topic)}$"],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
+            on_lost=self._on_lost,
         )
-        batch_size = self.settings.worker.batch_size
-        # librdkafka's consume returns once batch_size records are there or the
-        # timeout passed, not at the first record: under a trickle the timeout
-        # is ingest's added latency.
         wait_s = self.settings.worker.fetch_max_wait_ms / 1000
         try:
             while not self._stopping:
-                messages = self.consumer.consume(batch_size, timeout=wait_s)
+                messages = self._take(wait_s)
                 if messages:
                     self.ingest(messages)
+                self._commit_if_due()
                 self.registry_view.follow()
                 self._update_watermark()
                 if on_idle is not None:
                     on_idle()
+            self._commit()
         finally:
             self.consumer.close()
             self.producer.flush(FLUSH_TIMEOUT_S)
             self.registry_view.close()
+
+    def _take(self, wait_s: float) -> list[Any]:
+        """What the consumer holds now, up to ``batch_size`` records, waiting at
+        most ``wait_s`` for the first one.
+
+        librdkafka's ``consume(n, timeout)`` returns only once n records are
+        there or the timeout passed, so under a trickle every poll would wait
+        the whole timeout. Taking what is there makes the batch as large as the
+        time the last one took to process: small and quick when the load is
+        light, large and cheap per event under a backlog.
+        """
+        batch_size = self.settings.worker.batch_size
+        messages = self.consumer.consume(batch_size, timeout=0)
+        if messages:
+            return messages
+        first = self.consumer.poll(wait_s)
+        if first is None:
+            return []
+        return [first, *self.consumer.consume(batch_size - 1, timeout=0)]
 
     def stop(self) -> None:
         self._stopping = True
@@ -285,12 +312,20 @@ class Ingest:
         produce = self.producer.produce
         on_delivery = self._on_delivery
         partitions = self._stream_partitions
+        partition_of = self._partition_of
         by_partition: dict[int, list[dict[str, Any]]] = {}
         published_by_partition: dict[int, list[int]] = {}
         for (raw, source), verdict, at_ms in zip(records, verdicts, published, strict=True):
             if isinstance(verdict, Accepted):
                 event = verdict.event
-                partition = partition_for(event["customer_id"].encode(), partitions)
+                customer_id = event["customer_id"]
+                partition = partition_of.get(customer_id)
+                if partition is None:
+                    if len(partition_of) >= PARTITION_CACHE_SIZE:
+                        partition_of.clear()
+                    partition = partition_of[customer_id] = partition_for(
+                        customer_id.encode(), partitions
+                    )
                 by_partition.setdefault(partition, []).append(event)
                 published_by_partition.setdefault(partition, []).append(at_ms)
                 self.metrics.accepted += 1
@@ -323,7 +358,7 @@ class Ingest:
                 )
                 self.metrics.records_sent += 1
         self._flush()
-        self._commit(offsets)
+        self._acknowledged.update(offsets)
         self.metrics.consumed += len(records)
         self.metrics.batches += 1
         self.metrics.last_batch_at = received_at
@@ -361,9 +396,25 @@ class Ingest:
             self.metrics.send_retries += len(errors)
             raise KafkaException(errors[0])
 
-    def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
-        # Only the partitions this poll read: a commit of every assigned
-        # partition lists hundreds of device topics each time.
+    def _commit_if_due(self) -> None:
+        if time.monotonic() - self._committed_at >= self.settings.worker.commit_interval_s:
+            self._commit()
+
+    def _commit(self, partitions: Iterable[tuple[str, int]] | None = None) -> None:
+        """Commit the offsets of records acknowledged downstream (all, or those
+        of ``partitions``). Once per ``worker.commit_interval_s``, not per
+        poll: each commit is a write per partition to the broker's offsets
+        log, and a crash replays at most that much, which the actor's dedup
+        drops. Only partitions read since the last commit: a commit of every
+        assigned partition lists hundreds of device topics each time."""
+        self._committed_at = time.monotonic()
+        if partitions is None:
+            offsets, self._acknowledged = self._acknowledged, {}
+        else:
+            offsets = {tp: self._acknowledged.pop(tp) for tp in partitions
+                       if tp in self._acknowledged}  # fmt: skip
+        if not offsets:
+            return
         try:
             self.consumer.commit(
                 offsets=[KafkaPartition(t, p, o) for (t, p), o in offsets.items()],
@@ -383,11 +434,22 @@ class Ingest:
         self.metrics.subscribed_topics = len({topic for topic, _ in self._assigned})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
+        # Their records are acknowledged downstream: commit them while they are ours.
+        self._commit({(tp.topic, tp.partition) for tp in partitions})
+        self._forget(partitions)
+
+    def _forget(self, partitions: list[KafkaPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self._assigned -= gone
         for tp in gone:
             self._next_offset.pop(tp, None)
         self.metrics.subscribed_topics = len({topic for topic, _ in self._assigned})
+
+    def _on_lost(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
+        # Already someone else's: their uncommitted records are read again there.
+        for tp in partitions:
+            self._acknowledged.pop((tp.topic, tp.partition), None)
+        self._forget(partitions)
 
     # ------------------------------------------------------------ watermark
 

@@ -64,14 +64,16 @@ class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     web_host: str = "127.0.0.1"
     state_dir: str = ".state/worker"
     batch_size: int = 500
-    batch_within_s: float = 0.02
+    batch_within_s: float = 0.005
     idle_allowance_s: float = 5.0
     commit_interval_s: float = 1.0
     #: How often the actor checkpoints: waits for its actions' acknowledgements,
     #: writes each changed customer's state once, then lets Faust commit.
     checkpoint_interval_s: float = 1.0
-    #: A consumer's fetch is answered once this many bytes are there, or after
-    #: ``fetch_max_wait_ms``: larger fetches under a steady load, for a bounded delay.
+    #: Ingest's fetch is answered once this many bytes are there, or after
+    #: ``fetch_max_wait_ms``: each of its fetches lists every device partition,
+    #: so fewer, larger fetches under a steady load, for a bounded delay. (The
+    #: actor's consumer, over a few partitions, is answered from the first byte.)
     fetch_min_bytes: int = 32 * 1024
     fetch_max_wait_ms: int = 25
     #: Decoded customer states kept in memory between batches (clean ones

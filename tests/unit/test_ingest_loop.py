@@ -1,0 +1,174 @@
+"""Ingest's loop without a broker: what a poll takes, and when offsets are committed.
+
+The librdkafka consumer and producer are replaced by fakes that record what
+ingest asks of them; the inspector, registry and packing are the real ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import TopicPartition as KafkaPartition
+
+from agents.ingest import Ingest
+from engine.config import load_settings
+
+
+class Message:
+    def __init__(self, topic: str, partition: int, offset: int, value: bytes) -> None:
+        self._where = (topic, partition, offset)
+        self._value = value
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._where[0]
+
+    def partition(self) -> int:
+        return self._where[1]
+
+    def offset(self) -> int:
+        return self._where[2]
+
+    def value(self) -> bytes:
+        return self._value
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1_700_000_000_000)
+
+
+class FakeConsumer:
+    """Holds queued messages; ``consume(n, 0)`` and ``poll`` never block."""
+
+    def __init__(self) -> None:
+        self.queued: list[Message] = []
+        self.calls: list[tuple[str, int, float]] = []
+        self.commits: list[dict[tuple[str, int], int]] = []
+
+    def consume(self, num_messages: int, timeout: float) -> list[Message]:
+        self.calls.append(("consume", num_messages, timeout))
+        taken, self.queued = self.queued[:num_messages], self.queued[num_messages:]
+        return taken
+
+    def poll(self, timeout: float) -> Message | None:
+        self.calls.append(("poll", 1, timeout))
+        return self.queued.pop(0) if self.queued else None
+
+    def commit(self, offsets: list[KafkaPartition], asynchronous: bool) -> None:
+        assert asynchronous is False
+        self.commits.append({(tp.topic, tp.partition): tp.offset for tp in offsets})
+
+    def get_watermark_offsets(self, tp: KafkaPartition, cached: bool) -> tuple[int, int]:
+        return (0, 0)
+
+    def committed(self, partitions: list[KafkaPartition], timeout: float) -> list[KafkaPartition]:
+        return []
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.produced: list[tuple[str, bytes]] = []
+
+    def produce(self, topic: str, value: bytes, key: bytes | None, **_: Any) -> None:
+        self.produced.append((topic, value))
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def ingest(monkeypatch: pytest.MonkeyPatch) -> tuple[Ingest, FakeConsumer, Clock]:
+    clock = Clock()
+    monkeypatch.setattr("agents.ingest.time.monotonic", clock)
+    settings = load_settings(None, environ={})
+    ingest = Ingest(settings)
+    ingest.consumer.close()
+    consumer = FakeConsumer()
+    ingest.consumer = consumer  # type: ignore[assignment]
+    ingest.producer = FakeProducer()  # type: ignore[assignment]
+    ingest._stream_partitions = 4
+    ingest.registry.apply(
+        b"d-1",
+        orjson.dumps({"device_id": "d-1", "customer_id": "c-1", "device_type": "washer"}),
+    )
+    return ingest, consumer, clock
+
+
+def telemetry(offset: int, partition: int = 0) -> Message:
+    event = {"id": f"e{offset}", "ts": 1_700_000_000 + offset, "device_id": "d-1",
+             "kind": "telemetry", "vibration": 0.1}  # fmt: skip
+    return Message("iot.device.d-1", partition, offset, orjson.dumps(event))
+
+
+def test_a_poll_takes_what_is_queued_without_waiting_for_a_full_batch(ingest) -> None:
+    ingest, consumer, _ = ingest
+    consumer.queued = [telemetry(n) for n in range(3)]
+    taken = ingest._take(wait_s=0.025)
+    assert [m.offset() for m in taken] == [0, 1, 2]
+    assert consumer.calls == [("consume", ingest.settings.worker.batch_size, 0)]
+
+
+def test_an_empty_consumer_is_waited_on_for_the_first_record_only(ingest) -> None:
+    ingest, consumer, _ = ingest
+    assert ingest._take(wait_s=0.025) == []
+    assert consumer.calls[-1] == ("poll", 1, 0.025)
+
+    # Queued between the two calls: the first comes by poll, the rest at once.
+    class Arriving(FakeConsumer):
+        def consume(self, num_messages: int, timeout: float) -> list[Message]:
+            if not self.calls:
+                self.calls.append(("consume", num_messages, timeout))
+                self.queued = [telemetry(n) for n in range(4)]
+                return []
+            return super().consume(num_messages, timeout)
+
+    arriving = Arriving()
+    ingest.consumer = arriving
+    taken = ingest._take(wait_s=0.025)
+    assert [m.offset() for m in taken] == [0, 1, 2, 3]
+    batch = ingest.settings.worker.batch_size
+    assert arriving.calls == [("consume", batch, 0), ("poll", 1, 0.025),
+                              ("consume", batch - 1, 0)]  # fmt: skip
+
+
+def test_offsets_are_committed_once_per_interval_after_the_records_are_acknowledged(
+    ingest,
+) -> None:
+    ingest, consumer, clock = ingest
+    interval = ingest.settings.worker.commit_interval_s
+    ingest.ingest([telemetry(0), telemetry(1)])
+    ingest._commit_if_due()
+    ingest.ingest([telemetry(2), telemetry(5, partition=1)])
+    clock.now += interval / 2
+    ingest._commit_if_due()
+    assert consumer.commits == []
+    assert ingest.producer.produced  # forwarded (and flushed) before any commit
+
+    clock.now += interval / 2
+    ingest._commit_if_due()
+    assert consumer.commits == [{("iot.device.d-1", 0): 3, ("iot.device.d-1", 1): 6}]
+    clock.now += interval
+    ingest._commit_if_due()
+    assert len(consumer.commits) == 1  # nothing new read: nothing to commit
+
+
+def test_revoked_partitions_are_committed_at_once_and_lost_ones_never(ingest) -> None:
+    ingest, consumer, _ = ingest
+    ingest.ingest([telemetry(0), telemetry(7, partition=1)])
+    ingest._on_revoke(consumer, [KafkaPartition("iot.device.d-1", 1)])
+    assert consumer.commits == [{("iot.device.d-1", 1): 8}]
+
+    ingest._on_lost(consumer, [KafkaPartition("iot.device.d-1", 0)])
+    ingest._commit()
+    assert consumer.commits == [{("iot.device.d-1", 1): 8}]
