@@ -37,14 +37,15 @@ from agents.prometheus import Latencies, exposition
 from agents.services import ChildProcess
 from engine.actor import CustomerActor
 from engine.config import Settings
+from engine.durations import DAY_S, HOUR_S
 from engine.kafka.clients import ssl_context
 from engine.loop_lag import LoopLag, watch_loop
 from engine.models import ModelSet, load_models
 from engine.quality import StreamHygiene
 from engine.rules import RuleEngine
 from engine.rules_watch import RulesWatcher
-from tables.definitions import DAY_S, HOUR_S, define_tables, recent_usage
-from tables.state import decode_state, summary
+from tables.definitions import define_tables
+from tables.state import decode_state, recent_usage, summary
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class Runtime:
         #: event-to-action latency histograms, observed by the customer actor
         self.latencies = Latencies()
         Path(w.state_dir).mkdir(parents=True, exist_ok=True)
-        # A checkpoint writes every changed customer (state, usage windows, timer).
+        # A checkpoint writes every changed customer (state and timer).
         allow_table_write_bursts(max(10_000, 4 * w.state_cache_size))
         self.app = faust.App(
             w.app_id,
@@ -212,7 +213,6 @@ class Runtime:
             self.models_by_partition.clear()
             self.agent_logic.drop_uncheckpointed()
             self.agent_logic.due_index_stale = True
-            self.agent_logic.forget_mirrored()
             self.agent_logic.forget_offsets()
 
         if w.sink == "inline":
@@ -245,8 +245,7 @@ class Runtime:
 
         @app.page("/customers/{customer_id}")
         async def customer(web: Any, request: Any, customer_id: str) -> Any:
-            # The checkpointed state (at most worker.checkpoint_interval_s old),
-            # consistent with the usage windows written with it.
+            # The checkpointed state (at most worker.checkpoint_interval_s old).
             blob = self.customers.get(customer_id)
             if blob is None:
                 return web.json({"error": f"no state for customer {customer_id!r}"}, status=404)
@@ -254,12 +253,8 @@ class Runtime:
             view = summary(state)
             now = state["last_event_at"]
             if now is not None:
-                view["usage_by_hour"] = recent_usage(
-                    self.tables.usage_hourly, customer_id, now, HOUR_S, 24
-                )
-                view["usage_by_day"] = recent_usage(
-                    self.tables.usage_daily, customer_id, now, DAY_S, 7
-                )
+                view["usage_by_hour"] = recent_usage(state, now, HOUR_S, 24)
+                view["usage_by_day"] = recent_usage(state, now, DAY_S, 7)
             return web.json(view)
 
         @app.page("/models/status")

@@ -20,10 +20,10 @@ Every ``worker.checkpoint_interval_s`` (the order is the delivery guarantee,
 as in Quix Streams' checkpoint):
 
 1. wait until Kafka acknowledged every action sent since the last checkpoint;
-2. only then write each changed customer's state once (and its usage windows
-   and timer), so state that says "seen" implies its actions were delivered
-   (at least once; a replay repeats an action with the same ``action_id`` and
-   never loses one);
+2. only then write each changed customer's state once (and its timer), so
+   state that says "seen" implies its actions were delivered (at least
+   once; a replay repeats an action with the same ``action_id`` and never
+   loses one);
 3. wait until those state writes are acknowledged too
    (``agents.faust_fixes.flush_table_writes``);
 4. release the held records, so Faust may commit past them.
@@ -83,14 +83,12 @@ from engine.actor import ActorOutput
 from engine.erasure import ERASURE_HEADER, ErasureReport, decode_request, encode_report
 from engine.events import EVENTS_PER_RECORD, published_at, unpack_events
 from engine.watermark import PartitionClock, time_headers
-from tables.definitions import DAY_S
 from tables.state import (
     CustomerState,
     apply_profile,
     decode_state,
     encode_state,
     new_customer_state,
-    usage_buckets,
 )
 
 log = logging.getLogger(__name__)
@@ -175,8 +173,6 @@ class CustomerAgent:
         #: customer -> next timer as last written to the timers table
         self._written_due: dict[str, float | None] = {}
         self._last_checkpoint: dict[int, float] = {}
-        #: customers whose windowed usage this worker has rewritten from their state
-        self._mirrored: set[str] = set()
         #: (topic, partition) -> offset expected next from the customer-event topic
         self._next_offset: dict[tuple[str, int], int] = {}
         #: partitions sought back after a hole, until its first record comes again
@@ -186,8 +182,6 @@ class CustomerAgent:
         #: changed since the last checkpoint: customer -> a record of its partition
         #: (Faust writes a table key to the changelog partition of the current event)
         self._dirty: dict[str, faust.EventT] = {}
-        #: hours of usage changed since the last checkpoint, per customer
-        self._dirty_usage: dict[str, set[float]] = {}
         #: partitions whose models moved since the last checkpoint: a record of each
         self._dirty_partitions: dict[int, faust.EventT] = {}
         #: records processed since the last checkpoint, not yet released to Faust
@@ -357,8 +351,6 @@ class CustomerAgent:
             if events:
                 models = self._models(anchor.message.partition)
                 handled = self.rt.actor.handle_events(state, events, models, emitted_at)
-                if handled.usage_hours:
-                    self._dirty_usage.setdefault(customer_id, set()).update(handled.usage_hours)
                 if handled.actions:
                     triggered += trigger_publications(items, handled.actions)
                 out.extend(handled)
@@ -425,18 +417,11 @@ class CustomerAgent:
         had_state = customer_id in self._states or self.rt.customers.get(customer_id) is not None
         state = self._state(customer_id, anchor)
         devices = sorted(state["devices"])
-        tables = self.rt.tables
-        buckets = usage_buckets(state)
-        for start in buckets["hours"]:
-            del tables.usage_hourly.relative_to(start)[customer_id]
-        for start in buckets["days"]:
-            del tables.usage_daily.relative_to(start)[customer_id]
         for table in (self.rt.customers, self.rt.timers):
             if table.get(customer_id) is not None:
                 del table[customer_id]
-        for kept in (self._states, self._dirty, self._dirty_usage, self._written_due):
+        for kept in (self._states, self._dirty, self._written_due):
             kept.pop(customer_id, None)
-        self._mirrored.discard(customer_id)
         self.due[partition].pop(customer_id, None)
         self.rt.summaries.pending.pop(customer_id, None)
         action_ids = [action["action_id"] for action in state["recent_actions"]]
@@ -537,7 +522,6 @@ class CustomerAgent:
             return  # revoked while waiting: the new owner replays these records
         await self._publish_erasures()
         dirty, self._dirty = self._dirty, {}
-        dirty_usage, self._dirty_usage = self._dirty_usage, {}
         dirty_partitions, self._dirty_partitions = self._dirty_partitions, {}
         held, self._held = self._held, []
         customers = self.rt.tables.customers
@@ -545,7 +529,6 @@ class CustomerAgent:
             state = self._states[customer_id]
             set_current(anchor)
             customers[customer_id] = encode_state(state)
-            self._mirror_usage(customer_id, state, dirty_usage.get(customer_id))
             self._write_due(anchor.message.partition, customer_id)
         self._checkpoint_models(dirty_partitions)
         counted, self._uncounted = self._uncounted, ActorOutput()
@@ -594,7 +577,6 @@ class CustomerAgent:
         self._generation += 1
         self._states.clear()
         self._dirty.clear()
-        self._dirty_usage.clear()
         self._dirty_partitions.clear()
         self._give_back(self._held)
         self._held = []
@@ -756,37 +738,6 @@ class CustomerAgent:
         """After a rebalance the stream restarts at the committed offsets."""
         self._next_offset.clear()
         self._rewinding.clear()
-
-    def forget_mirrored(self) -> None:
-        """After a rebalance, rewrite each customer's windows from its state once more."""
-        self._mirrored.clear()
-
-    def _mirror_usage(
-        self, customer_id: str, state: CustomerState, hours: set[float] | None
-    ) -> None:
-        """Set the windowed tables to the state's own usage buckets.
-
-        Absolute values, not increments: the state and the windows go to
-        different changelogs, and a crash may keep one write and lose the
-        other. The first time this worker handles a customer it rewrites all
-        of that customer's buckets, which repairs a window write lost that way.
-        """
-        if not hours and customer_id in self._mirrored:
-            return
-        buckets = usage_buckets(state)
-        tables = self.rt.tables
-        if customer_id in self._mirrored:
-            assert hours is not None
-            days = {hour // DAY_S * DAY_S for hour in hours}
-            hourly = {h: buckets["hours"][h] for h in hours if h in buckets["hours"]}
-            daily = {d: buckets["days"][d] for d in days if d in buckets["days"]}
-        else:
-            hourly, daily = buckets["hours"], buckets["days"]
-            self._mirrored.add(customer_id)
-        for start, minutes in hourly.items():
-            tables.usage_hourly.relative_to(start)[customer_id] = minutes
-        for start, minutes in daily.items():
-            tables.usage_daily.relative_to(start)[customer_id] = minutes
 
     # ----------------------------------------------------------- timers
 

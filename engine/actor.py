@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engine.actions import build_action
-from engine.durations import HOUR_S
 from engine.quality import StreamHygiene
 from engine.rules.compiler import DEFAULT_TOPICS as DEFAULT_ACTION_TOPICS
 from tables.state import (
@@ -50,8 +49,6 @@ class ActorOutput:
     processed: int = 0
     #: firings not emitted, by reason: "cooldown", "consent:<name>", "group".
     suppressed: dict[str, int] = field(default_factory=dict)
-    #: starts of the hours (event time) whose usage the admitted events changed.
-    usage_hours: set[float] = field(default_factory=set)
 
     def extend(self, other: ActorOutput) -> None:
         self.actions += other.actions
@@ -60,7 +57,6 @@ class ActorOutput:
         self.processed += other.processed
         for reason, count in other.suppressed.items():
             self.suppressed[reason] = self.suppressed.get(reason, 0) + count
-        self.usage_hours |= other.usage_hours
 
 
 class CustomerActor:
@@ -129,10 +125,6 @@ class CustomerActor:
         rules = self.rules
         for event, device_state in admitted:
             record_event(state, device_state, event)
-            usage_min = event.get("usage_min")
-            if isinstance(usage_min, _NUMBER) and usage_min > 0:
-                hour = event["ts"] // HOUR_S * HOUR_S
-                out.usage_hours.add(hour)
             customer = customer_view(state)
             device = device_view(device_state)
             scores = models.process(event, customer=customer, device=device) if models else {}
@@ -180,10 +172,6 @@ class CustomerActor:
             )
             note_action(state, action)
             out.actions.append((self.topic_for(firing), action))
-
-
-#: isinstance with a tuple is quicker than with ``int | float`` (same meaning).
-_NUMBER = (int, float)
 
 
 def _admitted_ts(admitted: tuple[dict[str, Any], dict[str, Any]]) -> float:

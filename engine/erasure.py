@@ -4,7 +4,7 @@ and the report that travels with the customer's last record.
 A request is a record of ``kafka.erasure_topic`` keyed by customer_id (so it
 reaches the actor that owns the customer, after the customer's earlier events),
 its value an :class:`ErasureRequest`. The actor wipes the customer's state,
-timers, usage windows and pending model predictions, tombstones its changelog
+timers (usage windows included) and pending model predictions, tombstones its changelog
 rows, its registry entries, its profile and its customer-360 record; that last
 tombstone carries an :class:`ErasureReport` in the ``ERASURE_HEADER`` header,
 from which the Cassandra sink deletes the customer's rows and writes the audit

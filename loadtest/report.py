@@ -477,7 +477,7 @@ def _growth(results: Mapping[str, Any]) -> list[str]:
     if small.get("mean_bytes") is not None:
         lines.append(
             f"- **Encoded customer state** (the `tables/state.py` codec, the value of the "
-            "`customers` table; usage windows and timers are rows of their own tables), "
+            "`customers` table, usage windows included; timers are rows of their own table), "
             "from replaying the events of a sample of customers through the worker's hot "
             f"path in process: {_show(small.get('customers'))} customers of the main row over "
             f"its whole stream ({params.get('span_s', 0) / 3600:g} h, "

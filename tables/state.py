@@ -35,7 +35,7 @@ USAGE_DAYS_KEPT = 14
 BASELINE_MIN_DAYS = 1
 BASELINE_DAYS = 7
 RECENT_ACTIONS_KEPT = 20
-#: Hourly and daily usage buckets kept in the state (as long as the windows live).
+#: Hourly and daily usage buckets kept in the state (``recent_usage``).
 HOURS_KEPT = 48
 DAYS_KEPT = 35
 SUPPORT_WINDOW_S = 30 * DAY_S
@@ -172,14 +172,27 @@ def _add_usage(usage: dict[str, Any], ts: float, minutes: float) -> None:
                     del buckets[old]
 
 
-def usage_buckets(state: CustomerState) -> dict[str, dict[float, float]]:
-    """Minutes of use per hour and per day (window start -> minutes), the
-    values the windowed tables mirror."""
-    usage = state["usage"]
-    return {
-        name: {float(start): minutes for start, minutes in usage.get(name, {}).items()}
-        for name in ("hours", "days")
-    }
+def recent_usage(state: CustomerState, now: float, size_s: float, count: int) -> list:
+    """Minutes of use in the last ``count`` tumbling windows of ``size_s``
+    (``HOUR_S`` or ``DAY_S``) up to ``now``: ``[{"start", "minutes"}]``, oldest first.
+
+    >>> state = new_customer_state("c-1")
+    >>> device = state["devices"].setdefault("d-1", {})
+    >>> for ts, minutes in [(7200.0, 10.0), (7300.0, 5.5), (10900.0, 4.0)]:
+    ...     record_event(state, device, {"id": str(ts), "ts": ts, "device_id": "d-1",
+    ...                                  "kind": "usage", "usage_min": minutes})
+    >>> [w["minutes"] for w in recent_usage(state, now=10900.0, size_s=HOUR_S, count=3)]
+    [0.0, 15.5, 4.0]
+    >>> recent_usage(state, now=10900.0, size_s=HOUR_S, count=1)
+    [{'start': 10800.0, 'minutes': 4.0}]
+    """
+    buckets = state["usage"].get("hours" if size_s == HOUR_S else "days", {})
+    first = now // size_s * size_s - (count - 1) * size_s
+    # Sums are added event by event, so the last bits are rounded away.
+    return [
+        {"start": start, "minutes": round(buckets.get(repr(start), 0.0), 6)}
+        for start in (first + i * size_s for i in range(count))
+    ]
 
 
 def usage_baseline(usage: dict[str, Any]) -> float | None:
