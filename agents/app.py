@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import faust
 import orjson
 from mode import Service
 
-from agents.customer import TICK_KEY, CustomerAgent, records_per_batch
+from agents.customer import CustomerAgent, records_per_batch
 from agents.faust_fixes import (
     SeekFirstTableManager,
     allow_table_write_bursts,
@@ -178,15 +177,7 @@ class Runtime:
             value_type=bytes,
             partitions=k.partitions,
         )
-        self.events_topic = app.topic(k.customer_events_topic, key_type=bytes, value_type=bytes)
         app.agent(self.actor_topic, name="customer-actor")(self.agent_logic.run)
-
-        @app.timer(interval=1.0)
-        async def tick() -> None:
-            wall = orjson.dumps({"wall": time.time()})
-            for tp in app.assignor.assigned_actives():
-                if tp.topic == k.customer_events_topic:
-                    await self.events_topic.send(key=TICK_KEY, value=wall, partition=tp.partition)
 
         @app.task
         async def watch_event_loop() -> None:

@@ -45,10 +45,11 @@ so each customer's state is read and written with one of its own records set
 as the current event.
 
 Idle keys: after each batch, the timers due up to the partition's time
-(``engine.watermark.PartitionClock``: the ingest watermarks its events carry)
-fire; and every worker sends a tick record to each partition it owns once a
-second, which also lets a quiet partition's time move with the wall clock, so
-a silent device is noticed when its partition is quiet.
+(``engine.watermark.PartitionClock``: the watermarks that ingest stamps on the
+records it forwards, and on the tick records it sends to partitions it has
+nothing else for) fire. The actor never moves time with the wall clock
+itself: ingest does, once it knows it has read everything
+(``engine.watermark.IngestWatermark``).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ from agents.faust_fixes import (
 from engine.actor import ActorOutput
 from engine.erasure import ERASURE_HEADER, ErasureReport, decode_request, encode_report
 from engine.events import EVENTS_PER_RECORD, published_at, unpack_events
-from engine.watermark import PartitionClock, time_headers
+from engine.watermark import TICK_KEY, PartitionClock, time_headers
 from tables.state import (
     CustomerState,
     apply_profile,
@@ -92,8 +93,6 @@ from tables.state import (
 )
 
 log = logging.getLogger(__name__)
-
-TICK_KEY = b"\x00tick"
 
 
 @dataclass
@@ -286,6 +285,9 @@ class CustomerAgent:
             key = record.key
             if key == TICK_KEY:
                 ticked[message.partition] = record
+                source, watermark = time_headers(message.headers)
+                if watermark is not None:
+                    self.clocks[message.partition].on_event(watermark, source, watermark)
             elif from_stream:
                 events = unpack_events(record.value)
                 packed.append((record, events))
@@ -356,14 +358,11 @@ class CustomerAgent:
                 out.extend(handled)
             written[customer_id] = (anchor, state)
 
-        # Time moves for idle keys: the partitions' stream time after this batch,
-        # and the wall-clock-aged time of ticked partitions.
+        # Time moves for idle keys: the partitions' time after this batch.
         partitions = {anchor.message.partition: anchor for anchor, _ in written.values()}
         partitions.update(ticked)
         for partition, anchor in partitions.items():
-            now = self.clocks[partition].now(
-                self.rt.settings.worker.idle_allowance_s if partition in ticked else float("inf")
-            )
+            now = self.clocks[partition].now()
             if now is not None:
                 out.extend(self._advance_partition(partition, anchor, now, written, emitted_at))
 

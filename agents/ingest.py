@@ -35,6 +35,7 @@ consumed, then followed between polls.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import secrets
@@ -43,18 +44,31 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from engine.config import Settings
 from engine.events import EVENTS_PER_RECORD, PUBLISHED_HEADER, SourcePosition, pack_events
 from engine.kafka import partition_for
 from engine.quality import Accepted, DeviceRegistry, Inspector, deadletter_value
-from engine.watermark import SOURCE_HEADER, WATERMARK_HEADER, SourceWatermarks
+from engine.watermark import (
+    SOURCE_HEADER,
+    TICK_KEY,
+    WATERMARK_HEADER,
+    EndCheck,
+    IngestWatermark,
+)
 
-#: How often the watermark is recomputed (it walks every assigned partition, a
-#: few hundred nanoseconds each): the delay a quiet key's timers add to it.
+#: How often the sources' end offsets are asked for and the watermark
+#: recomputed (one ListOffsets request): the delay a quiet key's timers add.
 WATERMARK_INTERVAL_S = 0.05
+#: Longest wait for the end offsets before asking again.
+END_OFFSETS_TIMEOUT_S = 10.0
+#: A customer-stream partition that ingest sent nothing to for this long gets
+#: a tick record: its watermark, for the timers of idle keys.
+TICK_INTERVAL_S = 1.0
 #: Customers whose partition of the customer stream ingest remembers.
 PARTITION_CACHE_SIZE = 100_000
 #: Longest wait for the broker to acknowledge a poll's records before retrying the flush.
@@ -174,7 +188,12 @@ class IngestMetrics:
         #: device records not yet read (end offsets as last fetched), every half second
         self.lag = 0
         self.last_batch_at: float | None = None
+        #: event time read so far, as of the last check of the sources' ends
         self.watermark: float | None = None
+        #: sources with unread records at that check
+        self.lagging_sources = 0
+        #: tick rounds sent to quiet customer-stream partitions
+        self.ticks = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -193,7 +212,13 @@ class Ingest:
         )
         self.metrics = IngestMetrics()
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        self.watermarks = SourceWatermarks()
+        self.watermark = IngestWatermark(
+            device_skew_s=settings.quality.device_skew_s, idle_allowance_s=w.idle_allowance_s
+        )
+        #: the end offsets asked for: (what had been read, answers, when asked)
+        self._asking: tuple[EndCheck, dict[tuple[str, int], Any], float] | None = None
+        #: customer-stream partition -> when ingest last sent it a record
+        self._sent_at: dict[int, float] = {}
         self._next_offset: dict[tuple[str, int], int] = {}
         #: offsets past records acknowledged downstream, not committed yet
         self._acknowledged: dict[tuple[str, int], int] = {}
@@ -208,6 +233,8 @@ class Ingest:
         self._stream_partitions = 0
         options = librdkafka_options(settings)
         self.producer = Producer(producer_options(settings))
+        #: asks for the sources' end offsets (``_update_watermark``)
+        self.admin = AdminClient(options)
         self.consumer = Consumer(
             {
                 **options,
@@ -247,6 +274,7 @@ class Ingest:
                 self._commit_if_due()
                 self.registry_view.follow()
                 self._update_watermark()
+                self._tick_if_due()
                 if on_idle is not None:
                     on_idle()
             self._commit()
@@ -299,16 +327,18 @@ class Ingest:
             return
         verdicts = self.inspector.inspect_many(records)
         received_at = time.time()
-        observe = self.watermarks.observe
+        watermark = self.watermark
+        watermark.note_read()
+        observe = watermark.observe
         self._next_offset.update(offsets)
         for (_, source), verdict in zip(records, verdicts, strict=True):
             if isinstance(verdict, Accepted):
                 observe((source.topic, source.partition), verdict.event["ts"])
-        if self.watermarks.current is None:
+        if watermark.current is None:
             # Until it is known, find it before stamping: an unknown watermark
             # holds the actor's idle-key time back, and a quiet stream would
             # leave it there.
-            self._update_watermark(force=True)
+            self._update_watermark(wait=True)
         produce = self.producer.produce
         on_delivery = self._on_delivery
         partitions = self._stream_partitions
@@ -339,7 +369,9 @@ class Ingest:
                 )
                 self.metrics.deadlettered += 1
         headers = self._headers()
+        sent_at = time.monotonic()
         for partition, events in by_partition.items():
+            self._sent_at[partition] = sent_at
             stamps = published_by_partition[partition]
             for start in range(0, len(events), EVENTS_PER_RECORD):
                 packed = events[start : start + EVENTS_PER_RECORD]
@@ -456,45 +488,109 @@ class Ingest:
     def _headers(self) -> list[tuple[str, bytes]]:
         # Unknown (a lagging source has yielded no valid event yet) holds time
         # back; leaving the header out would let the actor use the event's own time.
-        mark = self.watermarks.current
         return [
             (SOURCE_HEADER, self.instance_id.encode()),
-            (WATERMARK_HEADER, repr(float("-inf") if mark is None else mark).encode()),
+            (WATERMARK_HEADER, repr(self.watermark.stamp()).encode()),
         ]
 
-    def _update_watermark(self, force: bool = False) -> None:
-        """Recompute the watermark from which source partitions still have unread records.
-
-        librdkafka fetches every assigned partition continuously, so its cached
-        high watermarks are at most a fetch old. Events are stamped with the
-        watermark as of the last recompute, which is behind the truth, never
-        ahead of it.
-        """
+    def _update_watermark(self, wait: bool = False) -> None:
+        """Every ``WATERMARK_INTERVAL_S``: ask the broker for the end offsets
+        of every assigned source, and when they come, recompute the
+        watermark from what had been read when they were asked for
+        (``engine.watermark.IngestWatermark``). Asynchronous, so the loop
+        goes on meanwhile, unless ``wait``."""
+        if self._asking is not None and not self._collect_ends(wait):
+            return
         now = time.monotonic()
-        if not force and now - self._watermark_at < WATERMARK_INTERVAL_S:
+        if not wait and now - self._watermark_at < WATERMARK_INTERVAL_S:
             return
         self._watermark_at = now
+        if not self._assigned:
+            return
+        positions = self._positions()
+        check = self.watermark.begin_check(positions)
+        futures = self.admin.list_offsets(
+            {KafkaPartition(*tp): OffsetSpec.latest() for tp in positions},
+            request_timeout=END_OFFSETS_TIMEOUT_S,
+        )
+        self._asking = (check, {(tp.topic, tp.partition): f for tp, f in futures.items()}, now)
+        if wait:
+            self._collect_ends(wait=True)
+
+    def _collect_ends(self, wait: bool) -> bool:
+        """Apply the answer to the pending ask if it came (waiting for it if
+        ``wait``); False while it is still on its way."""
+        assert self._asking is not None
+        check, futures, asked_at = self._asking
+        if wait:
+            concurrent.futures.wait(futures.values(), timeout=END_OFFSETS_TIMEOUT_S)
+        if all(future.done() for future in futures.values()):
+            self._asking = None
+            self._apply_ends(check, futures)
+            return True
+        if time.monotonic() - asked_at > END_OFFSETS_TIMEOUT_S:
+            log.warning("ingest: end offsets not answered in %.0f s; asking again",
+                        END_OFFSETS_TIMEOUT_S)  # fmt: skip
+            self._asking = None
+            return True
+        return False
+
+    def _positions(self) -> dict[tuple[str, int], int]:
+        """Where reading stands in every assigned source: the next offset to
+        read, or where reading will start (the committed offset, else the
+        log's start as last known)."""
         unread = [tp for tp in self._assigned if tp not in self._next_offset]
         if unread:
-            # Where reading starts: the committed offset (one request for all).
             for tp in self.consumer.committed([KafkaPartition(*tp) for tp in unread], timeout=10):
                 if tp.offset >= 0:
                     self._next_offset[tp.topic, tp.partition] = tp.offset
-        lagging = []
-        lag = 0
-        for topic, partition in self._assigned:
-            low, high = self.consumer.get_watermark_offsets(
-                KafkaPartition(topic, partition), cached=True
+        positions = {}
+        for tp in self._assigned:
+            position = self._next_offset.get(tp)
+            if position is None:
+                low, _ = self.consumer.get_watermark_offsets(KafkaPartition(*tp), cached=True)
+                position = max(low, 0)
+            positions[tp] = position
+        return positions
+
+    def _apply_ends(self, check: EndCheck, futures: dict[tuple[str, int], Any]) -> None:
+        ends: dict[tuple[str, int], int] = {}
+        for tp, future in futures.items():
+            if future.exception() is None:
+                ends[tp] = future.result().offset
+        # A source whose end is unknown counts as lagging: it holds time back.
+        self.watermark.finish_check(check, ends)
+        self.metrics.watermark = self.watermark.current
+        self.metrics.lagging_sources = self.watermark.lagging
+        self.metrics.lag = sum(
+            max(0, end - check.positions[tp]) for tp, end in ends.items() if tp in check.positions
+        )
+
+    def _tick_if_due(self) -> None:
+        """A tick record to each partition of the customer stream this ingest
+        sent nothing to for ``TICK_INTERVAL_S``: its watermark reaches quiet
+        partitions too, so their idle keys' timers fire."""
+        if not self._assigned:
+            return  # no sources: this ingest vouches for no time
+        now = time.monotonic()
+        headers = None
+        for partition in range(self._stream_partitions):
+            if now - self._sent_at.get(partition, 0.0) < TICK_INTERVAL_S:
+                continue
+            headers = headers or self._headers()
+            self._produce(
+                self.producer.produce,
+                self.settings.kafka.customer_events_topic,
+                orjson.dumps({"wall": time.time()}),
+                TICK_KEY,
+                self._on_delivery,
+                partition=partition,
+                headers=headers,
             )
-            position = self._next_offset.get((topic, partition), low)
-            # An unknown end (not fetched yet) counts as lagging: it holds time back.
-            if high < 0 or position < high:
-                lagging.append((topic, partition))
-            if high >= 0:
-                lag += max(0, high - max(position, low, 0))
-        self.watermarks.advance(lagging)
-        self.metrics.watermark = self.watermarks.current
-        self.metrics.lag = lag
+            self._sent_at[partition] = now
+        if headers is not None:
+            self.producer.poll(0)
+            self.metrics.ticks += 1
 
 
 def _regex(literal: str) -> str:

@@ -65,6 +65,8 @@ class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     state_dir: str = ".state/worker"
     batch_size: int = 500
     batch_within_s: float = 0.005
+    #: Ingest lets event time move on with the wall clock only after it has
+    #: read every source to its end and nothing arrived for this long.
     idle_allowance_s: float = 5.0
     commit_interval_s: float = 1.0
     #: How often the actor checkpoints: waits for its actions' acknowledgements,
@@ -116,6 +118,11 @@ class QualitySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     allowed_lateness_s: float = 30.0
     #: Reject events stamped more than this ahead of the wall clock.
     max_future_skew_s: float = 300.0
+    #: Events of different devices reach Kafka at most this far out of
+    #: event-time order with each other (clocks, networks, batching): the
+    #: timers of idle keys wait this much event time past what ingest has
+    #: read, so a device is never called silent while its event is on its way.
+    device_skew_s: float = 60.0
     #: Reject payloads longer than this, before decoding them.
     max_payload_bytes: int = 65536
     #: Deepest nesting of lists/objects allowed inside an extra field.

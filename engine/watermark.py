@@ -1,20 +1,34 @@
 """Event-time watermarks: how far time has certainly progressed, for idle keys.
 
 Rules fire the timers of an active key when its own events arrive. Keys that
-have gone quiet (a silent device) need time from elsewhere: their partition's.
-Taking the largest event time seen in a partition is wrong during a backlog:
-ingest reads many device topics at different speeds, so one device can be
-hours of event time behind another and would look silent. So:
+have gone quiet (a silent device) need time from elsewhere. Taking the
+largest event time seen is wrong whenever reading is uneven: ingest reads
+many device topics at different speeds, so one device can be hours of event
+time behind another and would look silent, and a silence action would be
+invented. So time for idle keys comes from ingest, which knows what it has
+not read yet:
 
-- ingest keeps a ``SourceWatermarks`` over the source partitions it reads. A
-  source that still has unread records (position < high-water mark) holds the
-  watermark back at the latest event time read from it; a source that is
-  caught up does not (its device is quiet now, which is what a silence rule
-  must see). Each forwarded event carries the watermark and ingest's id;
+- ingest keeps an ``IngestWatermark`` over the source partitions it reads.
+  Every check snapshots what has been read (positions, latest event time per
+  source) and asks the broker for the sources' end offsets. A source with
+  records past its snapshot position holds the watermark at the latest event
+  time read from it; a source read to its end does not (its device is quiet
+  now, which is what a silence rule must see). The end offsets must be
+  fresh: a client's cached high-water mark can be a second old while the
+  consumer catches up, long enough to call a device quiet whose events are
+  already in Kafka. Devices publish out of event-time order with each other
+  by up to ``device_skew_s`` (clocks, networks, producer batching), so the
+  stamped watermark stays that far behind. When every source is read to its
+  end and nothing has arrived for the idle allowance, time moves on with the
+  wall clock, so a silent device is noticed even when the whole fleet is
+  quiet: only then, only while ingest is sure it has read everything.
+- every record ingest forwards carries its watermark and ingest's id; an
+  idle ingest sends tick records with them, so quiet partitions hear it.
 - the customer actor keeps a ``PartitionClock`` per partition: the smallest
-  watermark of the ingest instances heard from recently. When nothing has
-  arrived for the idle allowance (wall clock), time moves on with the wall
-  clock from there, so a quiet partition still ages.
+  watermark of the ingest instances heard from recently. The actor never
+  ages time itself: while an ingest instance is down, failing over or
+  behind, its last watermark holds time back, so a partition that is being
+  failed over fires nothing early.
 
 >>> marks = SourceWatermarks()
 >>> marks.observe("fast", 500.0); marks.observe("slow", 100.0)
@@ -29,14 +43,23 @@ hours of event time behind another and would look silent. So:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass
 
 #: An ingest instance not heard from for this long no longer holds time back.
 SOURCE_SILENCE_S = 30.0
 
-#: Record headers ingest stamps on every forwarded event.
+#: Record headers ingest stamps on every forwarded event and tick.
 WATERMARK_HEADER = "iotcrm-wm"
 SOURCE_HEADER = "iotcrm-src"
+
+#: Key of the tick records ingest sends to customer-stream partitions it has
+#: nothing else for: they carry its watermark headers and no event.
+TICK_KEY = b"\x00tick"
+
+#: The stamp of an ingest that cannot vouch for any time yet (a source it
+#: has not read holds anything): it holds its partitions' time back.
+UNKNOWN = float("-inf")
 
 
 def time_headers(
@@ -69,13 +92,16 @@ class SourceWatermarks:
         if ts > self.latest.get(source, float("-inf")):
             self.latest[source] = ts
 
-    def advance(self, lagging: Iterable[Hashable]) -> float | None:
-        """The watermark, given the sources that still have unread records.
+    def advance(
+        self, lagging: Iterable[Hashable], latest: Mapping[Hashable, float] | None = None
+    ) -> float | None:
+        """The watermark, given the sources that still have unread records
+        and the latest event time read from each (default: as of now).
 
         A lagging source nothing was read from yet keeps the watermark where
         it is: its next event could be as old as anything.
         """
-        latest = self.latest
+        latest = self.latest if latest is None else latest
         bound: float | None = None
         for source in lagging:
             ts = latest.get(source)
@@ -89,28 +115,119 @@ class SourceWatermarks:
         return self.current
 
 
-class PartitionClock:
-    """Event time of one actor partition, for the timers of its idle keys.
+@dataclass(frozen=True)
+class EndCheck:
+    """What had been read when the end offsets were asked for."""
 
-    >>> wall = iter([0.0, 1.0, 2.0, 20.0]).__next__
+    positions: dict[Hashable, int]
+    latest: dict[Hashable, float]
+    asked_at: float
+
+
+class IngestWatermark:
+    """Ingest's watermark over the source partitions it reads, as stamped on
+    what it forwards (``stamp``).
+
+    >>> wall = [0.0]
+    >>> mark = IngestWatermark(device_skew_s=60.0, idle_allowance_s=5.0, clock=lambda: wall[0])
+    >>> mark.stamp()  # nothing known yet: hold time back
+    -inf
+    >>> mark.observe("d1", 1000.0); mark.observe("d2", 4000.0)
+    >>> check = mark.begin_check({"d1": 7, "d2": 3})
+    >>> mark.finish_check(check, ends={"d1": 9, "d2": 3})  # d1 has two unread records
+    >>> mark.stamp()
+    940.0
+    >>> mark.finish_check(mark.begin_check({"d1": 9, "d2": 3}), ends={"d1": 9, "d2": 3})
+    >>> mark.stamp()  # everything read: the newest event time, less the skew
+    3940.0
+    >>> wall[0] = 30.0  # nothing read for 30 s, and everything was read to its end
+    >>> mark.finish_check(mark.begin_check({"d1": 9, "d2": 3}), ends={"d1": 9, "d2": 3})
+    >>> mark.stamp()
+    3970.0
+    """
+
+    def __init__(
+        self,
+        device_skew_s: float,
+        idle_allowance_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sources = SourceWatermarks()
+        self.device_skew_s = device_skew_s
+        self.idle_allowance_s = idle_allowance_s
+        self._clock = clock
+        #: when a record was last read from any source
+        self.read_at = clock()
+        #: whether the last check found every source read to its end
+        self.caught_up = False
+        #: sources with unread records at the last check
+        self.lagging = 0
+
+    @property
+    def current(self) -> float | None:
+        """The watermark of what has been read (not aged, no skew)."""
+        return self.sources.current
+
+    def observe(self, source: Hashable, ts: float) -> None:
+        self.sources.observe(source, ts)
+
+    def note_read(self) -> None:
+        """A poll returned records (accepted or not): the sources are not quiet."""
+        self.read_at = self._clock()
+
+    def begin_check(self, positions: Mapping[Hashable, int]) -> EndCheck:
+        """Snapshot what has been read, before asking for the end offsets."""
+        return EndCheck(dict(positions), dict(self.sources.latest), self._clock())
+
+    def finish_check(self, check: EndCheck, ends: Mapping[Hashable, int]) -> None:
+        """Apply end offsets asked for after ``check`` was taken. A source
+        without a known end counts as lagging."""
+        lagging = [
+            source
+            for source, position in check.positions.items()
+            if position < ends.get(source, position + 1)
+        ]
+        self.sources.advance(lagging, check.latest)
+        self.lagging = len(lagging)
+        # Caught up only if nothing was read after the snapshot either.
+        self.caught_up = not lagging and self.read_at <= check.asked_at
+
+    def stamp(self) -> float:
+        """The time ingest vouches for: every record it has not forwarded yet
+        is at most ``device_skew_s`` older; ``UNKNOWN`` while it is not sure
+        of any time."""
+        base = self.sources.current
+        if base is None:
+            return UNKNOWN
+        if self.caught_up:
+            idle = self._clock() - self.read_at
+            if idle > self.idle_allowance_s:
+                base += idle
+        return base - self.device_skew_s
+
+
+class PartitionClock:
+    """Event time of one actor partition, for the timers of its idle keys:
+    the smallest watermark of the ingest instances heard from within
+    ``SOURCE_SILENCE_S`` (all of them, if none was heard that recently).
+
+    >>> wall = iter([0.0, 1.0, 2.0]).__next__
     >>> clock = PartitionClock(clock=wall)
     >>> clock.on_event(ts=1000.0, source="ingest-a", watermark=900.0)
-    >>> clock.now(idle_allowance_s=5.0)  # wall 2 s: not idle
+    >>> clock.on_event(ts=1010.0, source="ingest-b", watermark=950.0)
+    >>> clock.now()
     900.0
-    >>> clock.now(idle_allowance_s=5.0)  # wall 20 s: idle for 19 s
-    919.0
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         #: ingest instance -> (its latest watermark, when it was heard from)
         self.sources: dict[str, tuple[float, float]] = {}
-        self.arrived_at = clock()
 
     def on_event(self, ts: float, source: str | None, watermark: float | None) -> None:
-        """An event arrived; without a watermark its own time stands in for one."""
+        """A record arrived (events, or an ingest's tick); without a
+        watermark (not written by ingest) its own time stands in for one."""
         now = self._clock()
-        self.arrived_at = now
         key = source or ""
         mark = ts if watermark is None else watermark
         previous = self.sources.get(key)
@@ -119,13 +236,9 @@ class PartitionClock:
         else:
             self.sources[key] = (previous[0], now)
 
-    def now(self, idle_allowance_s: float) -> float | None:
+    def now(self) -> float | None:
         wall = self._clock()
         heard = [mark for mark, seen in self.sources.values() if wall - seen <= SOURCE_SILENCE_S]
         if not heard:
             heard = [mark for mark, _ in self.sources.values()]
-        if not heard:
-            return None
-        base = min(heard)
-        idle = wall - self.arrived_at
-        return base + idle if idle > idle_allowance_s else base
+        return min(heard) if heard else None

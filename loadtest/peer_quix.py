@@ -162,6 +162,7 @@ class PeerLogic:
         self.inspector = Inspector(
             settings.quality, self.registry, device_topic_prefix=options.device_topic_prefix
         )
+        self.device_skew_s = settings.quality.device_skew_s
         self.hygiene = StreamHygiene(settings.quality)
         self.rules = HandRules()
         self.models_path = options.models
@@ -232,7 +233,8 @@ class PeerLogic:
         # Before every lagging source was read once, no time is certain: 0, not the
         # event's own time (this consumer reads topic after topic, so one device
         # can be a day of event time ahead of another that has not been read yet).
-        mark = self.marks.current if self.marks.current is not None else 0.0
+        # Less the devices' skew, as the worker's ingest stamps it.
+        mark = self.marks.current - self.device_skew_s if self.marks.current is not None else 0.0
         return [(SOURCE_HEADER, self._source), (WATERMARK_HEADER, repr(mark).encode())]
 
     # customer stage ---------------------------------------------------------------------
@@ -341,7 +343,7 @@ class PeerLogic:
         self, work: PartitionWork, state: State, emitted_at: float, out: list[dict[str, Any]]
     ) -> None:
         """Fire the timers of every customer of the partition due by its time."""
-        now = work.clock.now(idle_allowance_s=float("inf"))
+        now = work.clock.now()
         heap = work.heap
         transaction = state._transaction  # other customers' state, same partition
         while heap and now is not None and heap[0][0] <= now:

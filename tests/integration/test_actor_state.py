@@ -39,8 +39,8 @@ import orjson
 import pytest
 from aiokafka import TopicPartition
 
-from agents.customer import TICK_KEY
 from engine.events import unpack_events
+from engine.watermark import TICK_KEY
 from loadtest.harness import WorkerProcess, wait_for
 from tests.integration.kit import Namespace, read_all, register
 from tests.integration.live_helpers import (

@@ -426,7 +426,12 @@ async def test_timers_of_an_idle_device_fire_with_the_wall_clock(
 ) -> None:
     (rules_dir / "idle.yaml").write_text(IDLE_RULES)
     await register(producer, namespace, {"d1": ("c1", "compressor")})
-    worker = await start_worker(namespace, customers=1, IOTCRM_WORKER_IDLE_ALLOWANCE_S="1")
+    worker = await start_worker(
+        namespace,
+        customers=1,
+        IOTCRM_WORKER_IDLE_ALLOWANCE_S="1",
+        IOTCRM_QUALITY_DEVICE_SKEW_S="0.5",
+    )
 
     async with ActionLog(namespace) as actions:
         ts = time.time()
@@ -441,7 +446,8 @@ async def test_timers_of_an_idle_device_fire_with_the_wall_clock(
     assert _actor(worker)["events"] == 1, "no event but the first one reached the actor"
     delays = [a["emitted_at"] - a["at"] for a in (held, *silences[:2])]
     print("timer firings after their due time: " + ", ".join(f"{d:.2f}s" for d in delays))
-    # Idle allowance (1 s) plus a tick (1 s) bounds the delay; 10 s leaves room for a busy host.
+    # Idle allowance (1 s), the devices' skew (0.5 s), ingest's check of the
+    # sources' ends and a tick (1 s) bound the delay; 10 s leaves room for a busy host.
     assert max(delays) < 10
     assert held["at"] == pytest.approx(ts + 2), "a timer's firing is stamped with its due time"
     assert held["evidence"]["event_ids"] == ["only"]

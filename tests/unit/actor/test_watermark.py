@@ -1,8 +1,30 @@
-"""Watermarks: a backlog on one source must not make other keys look idle."""
+"""Watermarks: time for idle keys moves only as far as what ingest has certainly read.
+
+A key's timers also fire on the partition's time (a silent device's watchdog);
+time that runs ahead of unread events invents actions (a silence for a device
+whose next event is already in Kafka), so every way time can run ahead is
+pinned here: a lagging or never-read source, stale end offsets, devices out of
+order with each other, the wall clock while something is unread, and an
+ingest instance that went away.
+"""
 
 from __future__ import annotations
 
-from engine.watermark import SOURCE_SILENCE_S, PartitionClock, SourceWatermarks
+from engine.watermark import (
+    SOURCE_SILENCE_S,
+    UNKNOWN,
+    IngestWatermark,
+    PartitionClock,
+    SourceWatermarks,
+)
+
+
+class Wall:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def test_a_lagging_source_holds_time_back_until_it_catches_up() -> None:
@@ -24,39 +46,101 @@ def test_an_unread_lagging_source_freezes_the_watermark() -> None:
     assert marks.advance(lagging=["new"]) == 50.0, "never backwards"
 
 
+def test_ingest_judges_sources_by_what_was_read_when_the_ends_were_asked_for() -> None:
+    # d2 looked read to its end when the ends were asked for; records read
+    # from d1 after that must not move time past d2's unread events.
+    wall = Wall()
+    mark = IngestWatermark(device_skew_s=0.0, idle_allowance_s=5.0, clock=wall)
+    mark.observe("d1", 100.0)
+    mark.observe("d2", 100.0)
+    mark.note_read()
+    check = mark.begin_check({"d1": 1, "d2": 1})
+    wall.now = 0.01
+    mark.observe("d1", 9000.0)  # read while the answer was on its way
+    mark.note_read()
+    mark.finish_check(check, ends={"d1": 1, "d2": 1})
+    assert mark.stamp() == 100.0
+    assert not mark.caught_up, "something was read after the snapshot"
+
+
+def test_a_source_whose_end_is_unknown_or_ahead_holds_time() -> None:
+    mark = IngestWatermark(device_skew_s=0.0, idle_allowance_s=5.0, clock=Wall())
+    mark.observe("d1", 100.0)
+    mark.observe("d2", 500.0)
+    mark.finish_check(mark.begin_check({"d1": 4, "d2": 9}), ends={"d2": 9})
+    assert mark.stamp() == 100.0, "d1's end was not answered: it may hold anything newer"
+    mark.finish_check(mark.begin_check({"d1": 4, "d2": 9}), ends={"d1": 5, "d2": 9})
+    assert mark.stamp() == 100.0
+    assert mark.lagging == 1
+
+
+def test_nothing_read_yet_is_unknown_time() -> None:
+    mark = IngestWatermark(device_skew_s=60.0, idle_allowance_s=5.0, clock=Wall())
+    assert mark.stamp() == UNKNOWN
+    mark.finish_check(mark.begin_check({"d1": 0}), ends={"d1": 3})
+    assert mark.stamp() == UNKNOWN
+
+
+def test_the_stamp_stays_the_devices_skew_behind() -> None:
+    mark = IngestWatermark(device_skew_s=60.0, idle_allowance_s=5.0, clock=Wall())
+    mark.observe("d1", 1000.0)
+    mark.finish_check(mark.begin_check({"d1": 3}), ends={"d1": 3})
+    assert mark.stamp() == 940.0
+
+
+def test_the_wall_clock_moves_time_only_when_everything_was_read_and_nothing_comes() -> None:
+    wall = Wall()
+    mark = IngestWatermark(device_skew_s=0.0, idle_allowance_s=5.0, clock=wall)
+    mark.observe("d1", 1000.0)
+    mark.observe("d2", 400.0)
+    mark.note_read()
+    wall.now = 1.0
+    mark.finish_check(mark.begin_check({"d1": 3, "d2": 2}), ends={"d1": 3, "d2": 5})
+    wall.now = 60.0
+    assert mark.stamp() == 400.0, "d2 has unread records: no ageing"
+
+    mark.finish_check(mark.begin_check({"d1": 3, "d2": 5}), ends={"d1": 3, "d2": 5})
+    wall.now = 64.0
+    mark.observe("d2", 900.0)
+    assert mark.stamp() == 1064.0, "all read, idle for 64 s > 5 s"
+    mark.note_read()
+    assert mark.stamp() == 1000.0, "a record came: back to event time"
+
+
 def test_the_slowest_recent_ingest_instance_sets_partition_time() -> None:
-    wall = [0.0]
-    clock = PartitionClock(clock=lambda: wall[0])
+    wall = Wall()
+    clock = PartitionClock(clock=wall)
     clock.on_event(ts=500.0, source="fast", watermark=480.0)
     clock.on_event(ts=100.0, source="slow", watermark=90.0)
-    assert clock.now(idle_allowance_s=5.0) == 90.0
-    wall[0] = 2.0
+    assert clock.now() == 90.0
+    wall.now = 2.0
     clock.on_event(ts=600.0, source="fast", watermark=590.0)
-    assert clock.now(idle_allowance_s=5.0) == 90.0
+    assert clock.now() == 90.0
     # The slow instance went away (rebalanced, stopped): it no longer holds time.
-    wall[0] = 2.0 + SOURCE_SILENCE_S + 1
+    wall.now = 2.0 + SOURCE_SILENCE_S + 1
     clock.on_event(ts=700.0, source="fast", watermark=690.0)
-    assert clock.now(idle_allowance_s=5.0) == 690.0
+    assert clock.now() == 690.0
 
 
-def test_a_quiet_partition_ages_with_the_wall_clock() -> None:
-    wall = [0.0]
-    clock = PartitionClock(clock=lambda: wall[0])
-    assert clock.now(idle_allowance_s=5.0) is None
-    clock.on_event(ts=100.0, source=None, watermark=None)
-    wall[0] = 4.0
-    assert clock.now(idle_allowance_s=5.0) == 100.0
-    wall[0] = 60.0
-    assert clock.now(idle_allowance_s=5.0) == 160.0
-    assert clock.now(idle_allowance_s=float("inf")) == 100.0
+def test_a_quiet_partition_never_ages_by_itself() -> None:
+    # While ingest is down or failing over, its partitions hear nothing: the
+    # last time it vouched for stays, however long the wall clock runs.
+    wall = Wall()
+    clock = PartitionClock(clock=wall)
+    assert clock.now() is None
+    clock.on_event(ts=100.0, source="ingest", watermark=90.0)
+    wall.now = 3600.0
+    assert clock.now() == 90.0
+    clock.on_event(ts=90.0, source=None, watermark=None)  # a record not written by ingest
+    assert clock.now() == 90.0
 
 
 def test_an_unknown_ingest_watermark_holds_partition_time_back() -> None:
-    wall = [0.0]
-    clock = PartitionClock(clock=lambda: wall[0])
-    clock.on_event(ts=5000.0, source="ingest", watermark=float("-inf"))
-    assert clock.now(idle_allowance_s=5.0) == float("-inf")
-    wall[0] = 60.0
-    assert clock.now(idle_allowance_s=5.0) == float("-inf"), "no timer can be due"
+    wall = Wall()
+    clock = PartitionClock(clock=wall)
+    clock.on_event(ts=5000.0, source="ingest", watermark=UNKNOWN)
+    assert clock.now() == UNKNOWN
+    wall.now = 60.0
+    assert clock.now() == UNKNOWN, "no timer can be due"
     clock.on_event(ts=5001.0, source="ingest", watermark=4990.0)
-    assert clock.now(idle_allowance_s=5.0) == 4990.0
+    assert clock.now() == 4990.0
