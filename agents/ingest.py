@@ -35,7 +35,6 @@ consumed, then followed between polls.
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import os
 import secrets
@@ -45,9 +44,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+)
 from confluent_kafka import TopicPartition as KafkaPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from engine.config import Settings
 from engine.events import EVENTS_PER_RECORD, PUBLISHED_HEADER, SourcePosition, pack_events
@@ -57,15 +62,14 @@ from engine.watermark import (
     SOURCE_HEADER,
     TICK_KEY,
     WATERMARK_HEADER,
-    EndCheck,
     IngestWatermark,
 )
 
 #: How often the sources' end offsets are asked for and the watermark
 #: recomputed (one ListOffsets request): the delay a quiet key's timers add.
 WATERMARK_INTERVAL_S = 0.05
-#: Longest wait for the end offsets before asking again.
-END_OFFSETS_TIMEOUT_S = 10.0
+#: Longest wait for the end offsets; without them time holds.
+END_OFFSETS_TIMEOUT_S = 5.0
 #: A customer-stream partition that ingest sent nothing to for this long gets
 #: a tick record: its watermark, for the timers of idle keys.
 TICK_INTERVAL_S = 1.0
@@ -215,8 +219,8 @@ class Ingest:
         self.watermark = IngestWatermark(
             device_skew_s=settings.quality.device_skew_s, idle_allowance_s=w.idle_allowance_s
         )
-        #: the end offsets asked for: (what had been read, answers, when asked)
-        self._asking: tuple[EndCheck, dict[tuple[str, int], Any], float] | None = None
+        #: committed offset of each assigned source not read yet (-1001: none)
+        self._start: dict[tuple[str, int], int] = {}
         #: customer-stream partition -> when ingest last sent it a record
         self._sent_at: dict[int, float] = {}
         self._next_offset: dict[tuple[str, int], int] = {}
@@ -233,8 +237,6 @@ class Ingest:
         self._stream_partitions = 0
         options = librdkafka_options(settings)
         self.producer = Producer(producer_options(settings))
-        #: asks for the sources' end offsets (``_update_watermark``)
-        self.admin = AdminClient(options)
         self.consumer = Consumer(
             {
                 **options,
@@ -338,7 +340,7 @@ class Ingest:
             # Until it is known, find it before stamping: an unknown watermark
             # holds the actor's idle-key time back, and a quiet stream would
             # leave it there.
-            self._update_watermark(wait=True)
+            self._update_watermark(force=True)
         produce = self.producer.produce
         on_delivery = self._on_delivery
         partitions = self._stream_partitions
@@ -475,6 +477,7 @@ class Ingest:
         self._assigned -= gone
         for tp in gone:
             self._next_offset.pop(tp, None)
+            self._start.pop(tp, None)
         self.metrics.subscribed_topics = len({topic for topic, _ in self._assigned})
 
     def _on_lost(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
@@ -493,78 +496,55 @@ class Ingest:
             (WATERMARK_HEADER, repr(self.watermark.stamp()).encode()),
         ]
 
-    def _update_watermark(self, wait: bool = False) -> None:
-        """Every ``WATERMARK_INTERVAL_S``: ask the broker for the end offsets
-        of every assigned source, and when they come, recompute the
-        watermark from what had been read when they were asked for
-        (``engine.watermark.IngestWatermark``). Asynchronous, so the loop
-        goes on meanwhile, unless ``wait``."""
-        if self._asking is not None and not self._collect_ends(wait):
-            return
+    def _update_watermark(self, force: bool = False) -> None:
+        """Every ``WATERMARK_INTERVAL_S``: the end offsets of every assigned
+        source (one ListOffsets request, a fraction of a millisecond), judged
+        against what had been read when they were asked for
+        (``engine.watermark.IngestWatermark``)."""
         now = time.monotonic()
-        if not wait and now - self._watermark_at < WATERMARK_INTERVAL_S:
+        if not force and now - self._watermark_at < WATERMARK_INTERVAL_S:
             return
         self._watermark_at = now
         if not self._assigned:
             return
         positions = self._positions()
         check = self.watermark.begin_check(positions)
-        futures = self.admin.list_offsets(
-            {KafkaPartition(*tp): OffsetSpec.latest() for tp in positions},
-            request_timeout=END_OFFSETS_TIMEOUT_S,
+        try:
+            answered = self.consumer.offsets_for_times(
+                [KafkaPartition(topic, partition, OFFSET_END) for topic, partition in positions],
+                timeout=END_OFFSETS_TIMEOUT_S,
+            )
+        except KafkaException as exc:
+            log.warning("ingest: end offsets of its sources not known (%s); time holds", exc)
+            return
+        # A source whose end is unknown counts as lagging: it holds time back.
+        ends = {(tp.topic, tp.partition): tp.offset for tp in answered if tp.error is None}
+        self.watermark.finish_check(check, ends)
+        self.metrics.watermark = self.watermark.current
+        self.metrics.lagging_sources = self.watermark.lagging
+        self.metrics.lag = sum(
+            max(0, end - positions[tp]) for tp, end in ends.items() if tp in positions
         )
-        self._asking = (check, {(tp.topic, tp.partition): f for tp, f in futures.items()}, now)
-        if wait:
-            self._collect_ends(wait=True)
-
-    def _collect_ends(self, wait: bool) -> bool:
-        """Apply the answer to the pending ask if it came (waiting for it if
-        ``wait``); False while it is still on its way."""
-        assert self._asking is not None
-        check, futures, asked_at = self._asking
-        if wait:
-            concurrent.futures.wait(futures.values(), timeout=END_OFFSETS_TIMEOUT_S)
-        if all(future.done() for future in futures.values()):
-            self._asking = None
-            self._apply_ends(check, futures)
-            return True
-        if time.monotonic() - asked_at > END_OFFSETS_TIMEOUT_S:
-            log.warning("ingest: end offsets not answered in %.0f s; asking again",
-                        END_OFFSETS_TIMEOUT_S)  # fmt: skip
-            self._asking = None
-            return True
-        return False
 
     def _positions(self) -> dict[tuple[str, int], int]:
         """Where reading stands in every assigned source: the next offset to
         read, or where reading will start (the committed offset, else the
         log's start as last known)."""
-        unread = [tp for tp in self._assigned if tp not in self._next_offset]
-        if unread:
-            for tp in self.consumer.committed([KafkaPartition(*tp) for tp in unread], timeout=10):
-                if tp.offset >= 0:
-                    self._next_offset[tp.topic, tp.partition] = tp.offset
+        unknown = [tp for tp in self._assigned
+                   if tp not in self._next_offset and tp not in self._start]  # fmt: skip
+        if unknown:
+            for tp in self.consumer.committed([KafkaPartition(*tp) for tp in unknown], timeout=10):
+                self._start[tp.topic, tp.partition] = tp.offset
         positions = {}
         for tp in self._assigned:
             position = self._next_offset.get(tp)
             if position is None:
-                low, _ = self.consumer.get_watermark_offsets(KafkaPartition(*tp), cached=True)
-                position = max(low, 0)
+                position = self._start.get(tp, -1)
+                if position < 0:  # nothing committed: reading starts at the log's start
+                    low, _ = self.consumer.get_watermark_offsets(KafkaPartition(*tp), cached=True)
+                    position = max(low, 0)
             positions[tp] = position
         return positions
-
-    def _apply_ends(self, check: EndCheck, futures: dict[tuple[str, int], Any]) -> None:
-        ends: dict[tuple[str, int], int] = {}
-        for tp, future in futures.items():
-            if future.exception() is None:
-                ends[tp] = future.result().offset
-        # A source whose end is unknown counts as lagging: it holds time back.
-        self.watermark.finish_check(check, ends)
-        self.metrics.watermark = self.watermark.current
-        self.metrics.lagging_sources = self.watermark.lagging
-        self.metrics.lag = sum(
-            max(0, end - check.positions[tp]) for tp, end in ends.items() if tp in check.positions
-        )
 
     def _tick_if_due(self) -> None:
         """A tick record to each partition of the customer stream this ingest
