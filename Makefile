@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SERVICES := $(PYTHON) deploy/local/services.py
 
-.PHONY: install demo test unit lint bench services-up services-down clean
+.PHONY: install demo test unit lint bench chaos services-up services-down clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,11 @@ lint: install
 
 bench: install
 	$(SERVICES) run -- $(BIN)/iotcrm bench
+
+# The fault suite (kills, rolling restart, broker and Cassandra outages): a
+# benchmark-like run of about 20 minutes, not a test; writes loadtest/results/chaos.md.
+chaos: install
+	$(SERVICES) run -- $(BIN)/iotcrm chaos
 
 services-up:
 	$(SERVICES) start

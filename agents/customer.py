@@ -171,7 +171,6 @@ class CustomerAgent:
         self.due_index_stale = True
         #: customer -> next timer as last written to the timers table
         self._written_due: dict[str, float | None] = {}
-        self._last_checkpoint: dict[int, float] = {}
         #: (topic, partition) -> offset expected next from the customer-event topic
         self._next_offset: dict[tuple[str, int], int] = {}
         #: partitions sought back after a hole, until its first record comes again
@@ -327,6 +326,8 @@ class CustomerAgent:
                 mark = watermark if watermark is not None else max(e["ts"] for e in events)
                 self.clocks[message.partition].on_event(mark, source, watermark)
         written: dict[str, tuple[faust.EventT, CustomerState]] = {}
+        #: partitions whose models learned in this batch: a record of each
+        learned: dict[int, faust.EventT] = {}
         out = ActorOutput()
         #: publication times of the records that carried the events actions answer
         triggered: list[float] = []
@@ -349,9 +350,11 @@ class CustomerAgent:
                 elif topic == k.outcomes_topic:
                     outcome = orjson.loads(record.value)
                     self._models(anchor.message.partition).observe_outcome(outcome)
+                    learned[anchor.message.partition] = anchor
                     self.stats.outcomes += 1
             if events:
                 models = self._models(anchor.message.partition)
+                learned[anchor.message.partition] = anchor
                 handled = self.rt.actor.handle_events(state, events, models, emitted_at)
                 if handled.actions:
                     triggered += trigger_publications(items, handled.actions)
@@ -375,7 +378,7 @@ class CustomerAgent:
         for customer_id, (anchor, state) in written.items():
             self._dirty[customer_id] = anchor
             self._index_due(anchor.message.partition, customer_id, state)
-        self._dirty_partitions.update(partitions)
+        self._dirty_partitions.update(learned)
         for record in held:
             # Faust acks each record after the batch; the extra reference keeps
             # it uncommitted until the checkpoint that makes its effects durable.
@@ -777,19 +780,19 @@ class CustomerAgent:
                 models.restore(blob)
                 log.info("partition %d: models restored from checkpoint", partition)
             self.rt.models_by_partition[partition] = models
-            self._last_checkpoint[partition] = time.monotonic()
         return models
 
     def _checkpoint_models(self, partitions: dict[int, faust.EventT]) -> None:
-        interval = self.rt.settings.worker.model_checkpoint_interval_s
-        now = time.monotonic()
+        """The models of every partition they learned in since the last
+        checkpoint, with the states: a replay after a crash starts both from
+        the same events, so the models learn each event once and in the order
+        an uninterrupted worker did."""
         for partition, anchor in partitions.items():
             models = self.rt.models_by_partition.get(partition)
-            if models is None or now - self._last_checkpoint.get(partition, 0.0) < interval:
+            if models is None:
                 continue
             set_current(anchor)
             self.rt.model_checkpoints[f"p{partition}"] = models.snapshot()
-            self._last_checkpoint[partition] = now
 
 
 def trigger_publications(

@@ -85,7 +85,6 @@ class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: How often changed customers' 360 summaries are published (at most once
     #: per customer per interval).
     summary_interval_s: float = 5.0
-    model_checkpoint_interval_s: float = 5.0
     #: Where ingest and the Cassandra sink run: a child process of the worker
     #: (a core of their own), elsewhere (``"off"``: ``iotcrm ingest`` /
     #: ``iotcrm sink`` started by the operator), or, for the sink only, the

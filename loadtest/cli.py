@@ -319,11 +319,36 @@ def run_bench(args: argparse.Namespace) -> int:
     return run_from_args(args, shlex.join(["iotcrm", *sys.argv[1:]]))
 
 
+def _add_chaos(subparsers: argparse._SubParsersAction) -> None:
+    from loadtest.chaos import __doc__ as chaos_doc
+    from loadtest.chaos import add_arguments
+
+    parser = subparsers.add_parser(
+        "chaos",
+        help="the engine under faults (kills, restarts, broker and Cassandra outages) "
+        "against an undisturbed run",
+        description=(chaos_doc or "").split("\n\n")[0]
+        + " Needs the local Kafka and Cassandra (it stops and starts them); writes "
+        "loadtest/results/chaos.md and chaos.json.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run_chaos)
+
+
+def run_chaos(args: argparse.Namespace) -> int:
+    import shlex
+
+    from loadtest.chaos import run_from_args
+
+    return run_from_args(args, shlex.join(["iotcrm", *sys.argv[1:]]))
+
+
 #: Subcommand registrars; add one to contribute another ``iotcrm`` command.
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_simulate,
     _add_score,
     _add_bench,
+    _add_chaos,
 )
 
 

@@ -71,9 +71,10 @@ from tables.state import (
     record_event,
 )
 
-MODEL_CHECKPOINT_S = 5.0
+#: As the worker: the models are checkpointed with the state, at every commit.
+MODEL_CHECKPOINT_S = 1.0
 #: As the worker's ingest: how often the watermark over the device topics is recomputed.
-WATERMARK_INTERVAL_S = 0.5
+WATERMARK_INTERVAL_S = 0.05
 WATERMARK_HEADER = "peer-wm"
 SOURCE_HEADER = "peer-src"
 _STATE_KEY = "s"

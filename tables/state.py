@@ -105,7 +105,12 @@ def record_event(state: CustomerState, device_state: dict[str, Any], event: dict
     if isinstance(event.get("level"), _NUMBER):
         _track_consumable(device_state, event, ts)
     state["counts"]["events"] += 1
-    state["last_event_at"] = ts
+    # The latest event time, not the time of the latest event: a customer's
+    # devices reach the actor interleaved as ingest read them, and what the
+    # views derive from it must not depend on that order.
+    last_event_at = state["last_event_at"]
+    if last_event_at is None or ts > last_event_at:
+        state["last_event_at"] = ts
     usage_min = event.get("usage_min")
     if isinstance(usage_min, _NUMBER):
         _add_usage(state["usage"], ts, float(usage_min))

@@ -49,7 +49,6 @@ class Namespace:
             "IOTCRM_WORKER_STATE_DIR": str(tmp / "worker"),
             "IOTCRM_WORKER_BATCH_WITHIN_S": "0.02",
             "IOTCRM_WORKER_COMMIT_INTERVAL_S": "0.5",
-            "IOTCRM_WORKER_MODEL_CHECKPOINT_INTERVAL_S": "1.0",
             "IOTCRM_RULES_PATH": str(rules if Path(rules).is_absolute() else REPO / rules),
             "IOTCRM_RULES_RELOAD_INTERVAL_S": "0.5",
             "IOTCRM_MODELS_PATH": str(REPO / "models" / "models.yaml"),

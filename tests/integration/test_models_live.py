@@ -164,7 +164,7 @@ async def test_learning_survives_a_crash_up_to_the_last_checkpoint(
         found = await checkpoints(namespace, models)
         return bool(found) and found[-1]["n"] >= n
 
-    # Checkpoints are written at most every second, also while idle (ticks).
+    # The models are checkpointed with the states, once per checkpoint interval.
     await wait_for(lambda: checkpointed(first), timeout=30, what=f"a checkpoint at n={first}")
     await send(namespace, events[first:second])
     at_kill = await wait_learned(worker, second)
@@ -193,18 +193,16 @@ async def test_learning_survives_a_crash_up_to_the_last_checkpoint(
 
     # The model learned the checkpoint's events, then every event the restored
     # customer state had not seen (the rest is replayed, and dropped as
-    # duplicates); between the two lies the learning lost with the crash.
+    # duplicates). Models and states are checkpointed together, so the two
+    # resume from the same event: nothing is learned twice, nothing is lost,
+    # and the result is the uninterrupted worker's, to the last bit.
     state_seen = n_checkpoint + ROWS - final["n"]
-    assert n_checkpoint <= state_seen <= second, "an event is never learned twice"
-    lost = state_seen - n_checkpoint
-    expected = backtest(models, events[:n_checkpoint] + events[state_seen:], tmp_path)
-    assert final == expected["metrics"]
+    assert state_seen == n_checkpoint, "the models resume where the customer state does"
     uninterrupted = backtest(models, events, tmp_path)["metrics"]
-    assert (final == uninterrupted) == (lost == 0)
+    assert final == uninterrupted
     print(
         f"checkpoint at n={n_checkpoint} (killed at n={second}); first seen after restart "
-        f"n={resumed['n']}; the restored state had seen {state_seen} events; learning lost: "
-        f"{lost} events; final {final}; uninterrupted {uninterrupted}"
+        f"n={resumed['n']}; final {final}"
     )
 
     status = iotcrm("models", "status", "--url", replacement.url + "/models/status")
