@@ -30,6 +30,7 @@ from agents.customer import CustomerAgent, records_per_batch
 from agents.faust_fixes import (
     SeekFirstTableManager,
     allow_table_write_bursts,
+    survive_commit_failures,
 )
 from agents.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 from agents.prometheus import Latencies, exposition
@@ -104,6 +105,7 @@ class Runtime:
         Path(w.state_dir).mkdir(parents=True, exist_ok=True)
         # A checkpoint writes every changed customer (state and timer).
         allow_table_write_bursts(max(10_000, 4 * w.state_cache_size))
+        survive_commit_failures(self._on_commit_failure)
         self.app = faust.App(
             w.app_id,
             broker=[f"kafka://{host}" for host in k.bootstrap.split(",")],
@@ -157,6 +159,15 @@ class Runtime:
         self.action_counts: dict[str, int] = {}
         self._wire()
 
+    def _on_commit_failure(self, exc: BaseException) -> None:
+        self.agent_logic.stats.commit_failures += 1
+        log.warning(
+            "offset commit failed (%s: %s); the next commit carries it, or the "
+            "partition's new owner reads the records again",
+            type(exc).__name__,
+            exc,
+        )
+
     def new_models(self) -> ModelSet:
         return load_models(self.models_path)
 
@@ -202,6 +213,7 @@ class Runtime:
             # Partitions may move: models are reloaded from their checkpoints and
             # the timer index is rebuilt from the timers table on the next batch.
             self.models_by_partition.clear()
+            self.agent_logic.stats.rebalances += 1
             self.agent_logic.drop_uncheckpointed()
             self.agent_logic.due_index_stale = True
             self.agent_logic.forget_offsets()

@@ -83,6 +83,7 @@ from agents.faust_fixes import (
 from engine.actor import ActorOutput
 from engine.erasure import ERASURE_HEADER, ErasureReport, decode_request, encode_report
 from engine.events import EVENTS_PER_RECORD, published_at, unpack_events
+from engine.loop_lag import Pauses
 from engine.watermark import TICK_KEY, PartitionClock, time_headers
 from tables.state import (
     CustomerState,
@@ -121,6 +122,10 @@ class ActorStats:
     #: customers erased (GDPR), and events of erased customers dropped since
     erasures: int = 0
     erased_events_dropped: int = 0
+    #: partitions taken away (a rebalance: a replica came, went or stalled)
+    rebalances: int = 0
+    #: commits the group refused or the broker did not answer (committed later)
+    commit_failures: int = 0
     last_batch_at: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -527,7 +532,13 @@ class CustomerAgent:
         dirty_partitions, self._dirty_partitions = self._dirty_partitions, {}
         held, self._held = self._held, []
         customers = self.rt.tables.customers
+        # Thousands of changed customers take long: let heartbeats and fetches
+        # through meanwhile (no batch can run: the caller holds the lock).
+        pauses = Pauses()
         for customer_id, anchor in dirty.items():
+            if await pauses.maybe() and generation != self._generation:
+                self._give_back(held)  # revoked meanwhile: the new owner replays them
+                return
             state = self._states[customer_id]
             set_current(anchor)
             customers[customer_id] = encode_state(state)

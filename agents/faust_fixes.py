@@ -37,6 +37,14 @@ stopped), which failed about one run in ten before them.
    (seen as ``KeyError`` in ``Fetcher.fetched_records``, which crashes the
    worker). ``seek`` does it inside the consumer's thread.
 
+5. **A refused commit crashes the worker.** Faust's aiokafka driver calls
+   ``crash`` on any commit error but one ("already rebalanced"): the group
+   rebalancing under a slow worker, the coordinator moving, the broker
+   restarting. Each takes the whole worker down, though nothing is lost: the
+   offsets not committed are committed with the next commit, or the records
+   come again to whoever owns them after the rebalance (at least once).
+   ``survive_commit_failures`` counts the refusal, logs it, and goes on.
+
 Besides the repairs, ``checkpoint_before_wait_empty`` lets the actor make
 its work durable before Faust's last commit on a rebalance or a clean stop
 (Faust waits for every record to be acked there, and at a stop gives up at
@@ -54,6 +62,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from faust.tables import TableManager
@@ -288,3 +297,37 @@ def allow_table_write_bursts(max_buffered: int) -> None:
     from faust.transport.producer import ProducerBuffer
 
     ProducerBuffer.max_messages = max_buffered
+
+
+def survive_commit_failures(on_failure: Callable[[BaseException], None]) -> None:
+    """Faust's worker consumer treats a refused commit as what it is: the
+    offsets stay uncommitted (the next commit carries them, or a rebalance
+    hands the records to their new owner), ``on_failure`` is told, the
+    worker goes on. Idempotent; applies to consumers created before or after."""
+    from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+    from faust.transport.drivers.aiokafka import (
+        AIOKafkaConsumerThread,
+        OffsetAndMetadata,
+        ensure_aiokafka_TP,
+    )
+
+    async def commit(self: Any, offsets: Mapping[Any, int]) -> bool:
+        consumer = self._ensure_consumer()
+        committable = {tp: offset for tp, offset in offsets.items() if tp in self.assignment()}
+        try:
+            self.tp_last_committed_at.update(dict.fromkeys(committable, time.monotonic()))
+            await consumer.commit(
+                {
+                    ensure_aiokafka_TP(tp): OffsetAndMetadata(offset, "")
+                    for tp, offset in committable.items()
+                }
+            )
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            on_failure(exc)
+            return False
+        return True
+
+    commit._iotcrm_original = getattr(  # type: ignore[attr-defined]
+        AIOKafkaConsumerThread._commit, "_iotcrm_original", AIOKafkaConsumerThread._commit
+    )
+    AIOKafkaConsumerThread._commit = commit

@@ -186,6 +186,8 @@ class IngestMetrics:
         self.batches = 0
         #: commits refused (the group rebalanced under a batch): re-delivered, deduplicated
         self.commit_failures = 0
+        #: times device partitions were taken away (revoked) or lost
+        self.rebalances = 0
         #: produce attempts the broker refused or timed out, retried
         self.send_retries = 0
         self.subscribed_topics = 0
@@ -468,6 +470,8 @@ class Ingest:
         self.metrics.subscribed_topics = len({topic for topic, _ in self._assigned})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
+        if partitions:
+            self.metrics.rebalances += 1
         # Their records are acknowledged downstream: commit them while they are ours.
         self._commit({(tp.topic, tp.partition) for tp in partitions})
         self._forget(partitions)
@@ -482,6 +486,7 @@ class Ingest:
 
     def _on_lost(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         # Already someone else's: their uncommitted records are read again there.
+        self.metrics.rebalances += 1
         for tp in partitions:
             self._acknowledged.pop((tp.topic, tp.partition), None)
         self._forget(partitions)

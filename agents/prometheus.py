@@ -33,6 +33,7 @@ COUNTERS: dict[str, dict[str, str]] = {
         "deadlettered": "Records sent to the dead-letter topic.",
         "records_sent": "Packed records of the customer stream.",
         "commit_failures": "Ingest commits refused (the records come again).",
+        "rebalances": "Times ingest's device partitions were taken away or lost.",
         "send_retries": "Ingest produce attempts retried.",
         "restarts": "Times the worker restarted its ingest process.",
     },
@@ -47,6 +48,8 @@ COUNTERS: dict[str, dict[str, str]] = {
         "offset_gaps": "Customer-stream records repaired after a hole.",
         "erasures": "Customers erased (GDPR) by the actor.",
         "erased_events_dropped": "Events of erased customers dropped.",
+        "rebalances": "Times the actor's partitions were taken away (a rebalance).",
+        "commit_failures": "Actor commits refused or unanswered (committed later).",
     },
     "sink": {
         "written": "Actions written to Cassandra.",

@@ -25,6 +25,35 @@ log = logging.getLogger(__name__)
 
 #: A wake-up later than this counts as a stall (and is logged).
 STALL_S = 0.5
+#: Longest run of work between two chances for the loop to run its other
+#: callbacks (heartbeats, fetch hand-overs, the web views).
+WORK_BUDGET_S = 0.05
+
+
+class Pauses:
+    """Long work that yields to the event loop once every ``budget_s``.
+
+    >>> import asyncio
+    >>> async def work() -> int:
+    ...     pauses, yielded = Pauses(budget_s=0.0), 0
+    ...     for _ in range(3):
+    ...         yielded += await pauses.maybe()
+    ...     return yielded
+    >>> asyncio.run(work())
+    3
+    """
+
+    def __init__(self, budget_s: float = WORK_BUDGET_S) -> None:
+        self.budget_s = budget_s
+        self._since = time.monotonic()
+
+    async def maybe(self) -> bool:
+        """Yield if the budget is spent; True if it did (the world may have moved)."""
+        if time.monotonic() - self._since < self.budget_s:
+            return False
+        await asyncio.sleep(0)
+        self._since = time.monotonic()
+        return True
 
 
 class LoopLag:

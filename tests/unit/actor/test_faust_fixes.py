@@ -341,3 +341,82 @@ async def test_on_a_clean_stop_records_the_actor_never_got_are_given_back(stoppi
         assert all(message.acked for message in buffered), "their own ack changes nothing"
     else:  # a rebalance: the stream goes on and delivers them
         assert consumer._unacked_messages == set(buffered)
+
+
+class RefusingKafkaConsumer:
+    """aiokafka's consumer as Faust's thread holds it: every commit refused."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        self.asked: list[dict[Any, Any]] = []
+
+    async def commit(self, offsets: dict[Any, Any]) -> None:
+        self.asked.append(offsets)
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "CommitFailedError('generation moved on')",
+        "NodeNotReadyError('coordinator')",
+        "RequestTimedOutError()",
+        "IllegalStateError('not assigned')",
+    ],
+)
+async def test_a_refused_commit_is_counted_not_a_crash(error: str) -> None:
+    from aiokafka import errors
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from agents.faust_fixes import survive_commit_failures
+
+    exc = eval(error, vars(errors))  # one of aiokafka's own errors
+    original = AIOKafkaConsumerThread._commit
+    failures: list[BaseException] = []
+    try:
+        survive_commit_failures(failures.append)
+        kafka = RefusingKafkaConsumer(exc)
+        crashed: list[BaseException] = []
+
+        async def crash(reason: BaseException) -> None:
+            crashed.append(reason)
+
+        thread = SimpleNamespace(
+            _ensure_consumer=lambda: kafka,
+            assignment=lambda: {STREAM_TP},
+            tp_last_committed_at={},
+            crash=crash,
+        )
+        committed = await AIOKafkaConsumerThread._commit(thread, {STREAM_TP: 42})
+    finally:
+        AIOKafkaConsumerThread._commit = original
+    assert committed is False
+    assert failures == [exc] and crashed == []
+    assert [{tp.partition: meta.offset for tp, meta in asked.items()} for asked in kafka.asked] == [
+        {0: 42}
+    ]
+
+
+async def test_faust_itself_crashes_on_a_refused_commit() -> None:
+    # The flaw the repair exists for: when an upgrade fixes it upstream, this
+    # test fails and survive_commit_failures can go.
+    from aiokafka.errors import CommitFailedError
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    crashed: list[BaseException] = []
+
+    async def crash(reason: BaseException) -> None:
+        crashed.append(reason)
+
+    kafka = RefusingKafkaConsumer(CommitFailedError("generation moved on"))
+    thread = SimpleNamespace(
+        _ensure_consumer=lambda: kafka,
+        assignment=lambda: {STREAM_TP},
+        tp_last_committed_at={},
+        crash=crash,
+        log=SimpleNamespace(exception=lambda *a, **k: None),
+    )
+    commit = AIOKafkaConsumerThread._commit
+    faust_commit = getattr(commit, "_iotcrm_original", commit)  # the repair may be in place
+    assert await faust_commit(thread, {STREAM_TP: 42}) is False
+    assert len(crashed) == 1

@@ -1,0 +1,79 @@
+"""The actor's checkpoint without a broker: it must not hold the event loop.
+
+A checkpoint writes every customer changed since the last one; with thousands
+of them that is seconds of synchronous work, during which heartbeats, fetch
+hand-overs and the web views would wait (issue 10.2: never more than 0.5 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+from typing import Any
+
+
+class Anchor:
+    """A record of a customer's partition (weak-referenceable, as Faust's events are)."""
+
+    def __init__(self, partition: int) -> None:
+        self.message = SimpleNamespace(partition=partition)
+
+
+class SlowTable(dict):
+    """A table whose every write takes ``write_s`` of synchronous work."""
+
+    def __init__(self, write_s: float) -> None:
+        super().__init__()
+        self.write_s = write_s
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        time.sleep(self.write_s)  # stands for encoding and RocksDB: it blocks the loop
+        super().__setitem__(key, value)
+
+
+async def test_a_checkpoint_of_many_customers_lets_the_loop_breathe() -> None:
+    from agents.customer import CustomerAgent
+    from engine.loop_lag import WORK_BUDGET_S
+    from tables.state import new_customer_state
+
+    customers = SlowTable(write_s=0.01)
+    runtime = SimpleNamespace(
+        settings=SimpleNamespace(
+            worker=SimpleNamespace(checkpoint_interval_s=1.0, state_cache_size=1000)
+        ),
+        tables=SimpleNamespace(customers=customers),
+        timers={},
+        models_by_partition={},
+        model_checkpoints={},
+        app=SimpleNamespace(consumer=SimpleNamespace(_unacked_messages=set())),
+        actor=SimpleNamespace(next_due=lambda state: None),
+    )
+    agent = CustomerAgent(runtime)
+    anchor = Anchor(partition=0)
+    for n in range(30):  # 30 x 10 ms = 300 ms of writes
+        customer_id = f"c{n}"
+        agent._states[customer_id] = new_customer_state(customer_id)
+        agent._dirty[customer_id] = anchor
+
+    gaps: list[float] = []
+
+    async def heartbeat() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    beating = asyncio.ensure_future(heartbeat())
+    await asyncio.sleep(0)
+    try:
+        await agent.checkpoint()
+    finally:
+        beating.cancel()
+        if agent._releasing is not None:
+            agent._releasing.cancel()
+        await asyncio.gather(beating, agent._releasing, return_exceptions=True)
+    assert len(customers) == 30
+    assert max(gaps) < WORK_BUDGET_S + 0.03, f"the loop waited {max(gaps):.3f} s at once"
