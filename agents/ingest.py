@@ -251,6 +251,9 @@ class Ingest:
                 "fetch.min.bytes": w.fetch_min_bytes,
                 "fetch.wait.max.ms": w.fetch_max_wait_ms,
                 "session.timeout.ms": int(w.session_timeout_s * 1000),
+                # Incremental rebalances: when a replica comes or goes, the
+                # others go on reading the partitions they keep.
+                "partition.assignment.strategy": "cooperative-sticky",
                 "heartbeat.interval.ms": int(max(1.0, w.session_timeout_s / 4) * 1000),
             }
         )

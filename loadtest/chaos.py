@@ -432,7 +432,7 @@ class ChaosRun:
             if key is not None:
                 states[key.decode()] = value
         rows = await asyncio.to_thread(_cassandra_rows, settings)
-        _recovery(self.record)
+        _recovery(self.record, self.options.rate)
         return {
             "record": self.record,
             "actions": actions,
@@ -482,13 +482,16 @@ def _cassandra_rows(settings: Any) -> dict[str, Any]:
         cluster.shutdown()
 
 
-def _recovery(record: RunRecord) -> None:
+def _recovery(record: RunRecord, rate: float) -> None:
     """For each fault, seconds from its end until the backlog was back to its
-    level before it (twice the median of the 10 s before, at least 100 records)."""
+    level before it: twice the median of the 10 s before, or two seconds of
+    the stream (commits come once a second, so the committed backlog swings
+    by that much without anything wrong)."""
     samples = [(t, ingest + actor) for t, ingest, actor in record.backlog]
+    floor = 2 * rate
     for fault in record.faults:
         before = [lag for t, lag in samples if fault.at - 10 <= t < fault.at]
-        level = max(100, 2 * statistics.median(before)) if before else 100
+        level = max(floor, 2 * statistics.median(before)) if before else floor
         after = [t for t, lag in samples if t >= fault.until and lag <= level]
         fault.recovered_after_s = round(after[0] - fault.until, 1) if after else None
 
@@ -526,6 +529,8 @@ def compare(reference: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     )
     rows = run["rows"]
     return {
+        "lost_by_rule": dict(Counter(by_id[i]["rule"]["id"] for i in lost)),
+        "invented_by_rule": dict(Counter(by_id[i]["rule"]["id"] for i in invented)),
         "actions": len(run_ids),
         "reference_actions": len(ref_ids),
         "lost": len(lost),
@@ -766,7 +771,22 @@ def report(document: dict[str, Any]) -> str:
         )
     ]
     if differences:
-        lines += ["## Differences from the reference", ""]
+        lines += [
+            "## Differences from the reference",
+            "",
+            "By rule, lost / invented: "
+            + "; ".join(
+                f"{name}: "
+                + ", ".join(
+                    f"{rule} {cmp['lost_by_rule'].get(rule, 0)} / "
+                    f"{cmp['invented_by_rule'].get(rule, 0)}"
+                    for rule in sorted(cmp["lost_by_rule"].keys() | cmp["invented_by_rule"].keys())
+                )
+                for name, cmp in differences
+                if cmp["lost"] or cmp["invented"]
+            ),
+            "",
+        ]
         for name, cmp in differences:
             for example in cmp["lost_examples"]:
                 lines.append(f"- {name}, lost: {example}")

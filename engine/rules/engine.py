@@ -98,7 +98,7 @@ class RuleEngine:
     # state ---------------------------------------------------------------------
     def new_state(self) -> dict[str, Any]:
         """A fresh state for one customer actor (plain, serialisable data)."""
-        return {"v": STATE_VERSION, "sig": self.signature, "seq": 0, "device": {}, "customer": {}}
+        return {"v": STATE_VERSION, "sig": self.signature, "device": {}, "customer": {}}
 
     def _key_state(self, state: dict[str, Any], kind: str, key: str, ts: float) -> dict[str, Any]:
         keys = state[kind]
@@ -125,8 +125,6 @@ class RuleEngine:
         if state.get("sig") != self.signature:
             self.adopt(state)
         ts = event["ts"]
-        seq = state["seq"] + 1
-        state["seq"] = seq
         customer = EMPTY if customer is None else customer
         device = EMPTY if device is None else device
         device_ks = customer_ks = None
@@ -180,6 +178,7 @@ class RuleEngine:
                 if device_run is None:
                     if device_ks is None:
                         continue
+                    seq = device_ks["s"] = device_ks.get("s", 0) + 1
                     device_run = Run(
                         device_ks, "device", device_key, customer, device, late, scope, out, seq
                     )
@@ -188,6 +187,7 @@ class RuleEngine:
                 if customer_run is None:
                     if customer_ks is None:
                         continue
+                    seq = customer_ks["s"] = customer_ks.get("s", 0) + 1
                     customer_run = Run(
                         customer_ks,
                         "customer",

@@ -29,7 +29,9 @@ MAX_EVIDENCE_IDS = 100
 
 
 def new_key_state(ts: float | None) -> dict[str, Any]:
-    return {"t": ts, "m": None, "due": {}, "r": {}, "cd": {}, "a": {}}
+    # "s": the key's own arrival counter, which orders events of equal time
+    # in its windows (a device's counter depends on its events alone).
+    return {"t": ts, "m": None, "due": {}, "r": {}, "cd": {}, "a": {}, "s": 0}
 
 
 def append_id(ids: list[Any], event_id: Any) -> None:
