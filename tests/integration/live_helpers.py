@@ -19,7 +19,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from loadtest.harness import ConditionTimeout, WorkerProcess, wait_for
-from tests.integration.kit import REPO, Namespace, read_all
+from tests.integration.kit import REPO, Namespace, TopicReader, read_all
 
 #: Action types of the downstream contract, one topic each.
 ACTION_TYPES = ("coupon", "maintenance_booking", "retention_offer", "support_case")
@@ -164,6 +164,18 @@ HOT_RULE = """\
     payload:
       reason: "temperature {{ round(event.temperature, 1) }} C"
 """
+
+
+async def support_actions(ns: Namespace, at_least: int) -> list[dict[str, Any]]:
+    """The support-case actions on Kafka, once there are at least ``at_least``."""
+    async with TopicReader(ns.settings.kafka.bootstrap, [ns.action_topic("support_case")]) as r:
+
+        async def enough() -> list[Any] | None:
+            records = await r.poll()
+            return records if len(records) >= at_least else None
+
+        records = await wait_for(enough, timeout=120, what=f"{at_least} actions on Kafka")
+    return [orjson.loads(record.value) for record in records]
 
 
 def hot_rules_in(tmp_path: Path) -> Path:

@@ -17,18 +17,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from confluent_kafka.admin import AdminClient
 
 from loadtest.harness import wait_for
-from tests.integration.kit import Namespace, TopicReader, register
+from tests.integration.kit import Namespace, register
 from tests.integration.live_helpers import (
     hot_events,
     hot_rules_in,
     idempotent_producer,
     publish,
     rows_reach,
+    support_actions,
 )
 
 BEFORE, DURING, AFTER = 5, 5, 5
@@ -47,17 +47,6 @@ def group_state(admin: Any, group: str) -> str:
     except Exception as exc:
         return f"no answer ({exc})"
     return f"{described.state.name} with {len(described.members)} members"
-
-
-async def support_actions(ns: Namespace, at_least: int) -> list[dict[str, Any]]:
-    async with TopicReader(ns.settings.kafka.bootstrap, [ns.action_topic("support_case")]) as r:
-
-        async def enough() -> list[Any] | None:
-            records = await r.poll()
-            return records if len(records) >= at_least else None
-
-        records = await wait_for(enough, timeout=120, what=f"{at_least} actions on Kafka")
-    return [orjson.loads(record.value) for record in records]
 
 
 async def test_a_worker_stalled_past_its_session_timeout_rejoins_and_loses_nothing(

@@ -16,13 +16,11 @@ import asyncio
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
 
 from loadtest.harness import wait_for
-from tests.integration.kit import REPO, Namespace, TopicReader, register
+from tests.integration.kit import REPO, Namespace, register
 from tests.integration.live_helpers import (
     hot_events,
     hot_rules_in,
@@ -30,6 +28,7 @@ from tests.integration.live_helpers import (
     local_service,
     publish,
     rows_reach,
+    support_actions,
 )
 
 sys.path.insert(0, str(REPO / "deploy" / "local"))
@@ -47,17 +46,6 @@ def hot_rules(tmp_path: Path) -> Path:
 
 async def kafka(command: str) -> None:
     await local_service(command, "kafka")
-
-
-async def support_actions(ns: Namespace, at_least: int) -> list[dict[str, Any]]:
-    async with TopicReader(ns.settings.kafka.bootstrap, [ns.action_topic("support_case")]) as r:
-
-        async def enough() -> list[Any] | None:
-            records = await r.poll()
-            return records if len(records) >= at_least else None
-
-        records = await wait_for(enough, timeout=120, what=f"{at_least} actions on Kafka")
-    return [orjson.loads(record.value) for record in records]
 
 
 async def test_the_worker_outlives_a_broker_restart_and_loses_nothing(
