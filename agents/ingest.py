@@ -461,10 +461,15 @@ class Ingest:
             )
         except KafkaException as exc:
             # Every record of the batch is already acknowledged downstream; the
-            # group moved on (a rebalance), so whoever owns the partitions now
-            # reads them again and the actor's dedup drops the repeats.
+            # group moved on (a rebalance). Partitions this ingest keeps (an
+            # incremental rebalance keeps most) are committed with the next
+            # commit; those it loses are read again by their new owner, and the
+            # actor's dedup drops the repeats.
+            for tp, offset in offsets.items():
+                if tp in self._assigned:
+                    self._acknowledged[tp] = max(offset, self._acknowledged.get(tp, offset))
             self.metrics.commit_failures += 1
-            log.warning("ingest offset commit failed, the batch will be re-delivered: %s", exc)
+            log.warning("ingest offset commit failed (%s); committed again next time", exc)
 
     # ------------------------------------------------------------ rebalances
 
@@ -485,13 +490,12 @@ class Ingest:
         for tp in gone:
             self._next_offset.pop(tp, None)
             self._start.pop(tp, None)
+            self._acknowledged.pop(tp, None)
         self.metrics.subscribed_topics = len({topic for topic, _ in self._assigned})
 
     def _on_lost(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         # Already someone else's: their uncommitted records are read again there.
         self.metrics.rebalances += 1
-        for tp in partitions:
-            self._acknowledged.pop((tp.topic, tp.partition), None)
         self._forget(partitions)
 
     # ------------------------------------------------------------ watermark

@@ -115,6 +115,8 @@ class RunRecord:
     published: int = 0
     publish_s: float = 0.0
     drained_s: float | None = None
+    #: what was still not committed when the run gave up waiting (None: drained)
+    undrained: str | None = None
     faults: list[Fault] = field(default_factory=list)
     #: (seconds since start, records not yet committed by ingest, by the actor)
     backlog: list[tuple[float, int, int]] = field(default_factory=list)
@@ -400,14 +402,21 @@ class ChaosRun:
             self.record.loop_stalls = sum(s for s, _ in self._worker_peaks.values())
             self.record.stage_restarts = sum(r for _, r in self._worker_peaks.values())
 
-    async def _wait_drained(self, timeout_s: float = 600.0) -> None:
-        """Until ingest, the actor and the sink committed everything, several samples running."""
+    async def _wait_drained(self, timeout_s: float = 300.0) -> None:
+        """Until ingest, the actor and the sink committed everything, several
+        samples running. A run that never gets there is a finding, not an
+        abort: what it delivered is compared all the same."""
         quiet = 0
         deadline = time.monotonic() + timeout_s
         while quiet < DRAINED_SAMPLES:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.scenario}: not drained in {timeout_s:.0f} s")
             ingest, actor, sink = await self._sample_backlog()
+            if time.monotonic() > deadline:
+                self.record.undrained = (
+                    f"after {timeout_s:.0f} s, not committed: {ingest} device records "
+                    f"(ingest), {actor} customer-stream records (actor), {sink} actions (sink)"
+                )
+                _log(f"{self.scenario}: never drained; {self.record.undrained}")
+                return
             # Ingest ticks quiet partitions once a second: a few records may
             # stay ahead of the actor's last commit.
             settled = ingest == 0 and sink == 0 and actor is not None
@@ -733,6 +742,10 @@ def report(document: dict[str, Any]) -> str:
             ),
         ),
         (
+            "every run drained",
+            all(not s["run"]["undrained"] for s in document["scenarios"].values()),
+        ),
+        (
             "0 self-crashes",
             all(
                 not s["run"]["self_crashes"] and s["run"]["stage_restarts"] == 0
@@ -745,7 +758,7 @@ def report(document: dict[str, Any]) -> str:
     lines += ["", "## Faults", ""]
     for name, scenario in document["scenarios"].items():
         run = scenario["run"]
-        if not run["faults"] and not run["self_crashes"]:
+        if not run["faults"] and not run["self_crashes"] and not run["undrained"]:
             continue
         lines.append(
             f"**{name}** (published in {run['publish_s']} s, drained at {run['drained_s']} s):"
@@ -759,6 +772,8 @@ def report(document: dict[str, Any]) -> str:
                 + (f"{recovered} s later" if recovered is not None else "never")
             )
         lines += [f"- self-crash: {crash}" for crash in run["self_crashes"]]
+        if run["undrained"]:
+            lines.append(f"- never drained: {run['undrained']}")
         lines.append("")
     differences = [
         (name, s["comparison"])

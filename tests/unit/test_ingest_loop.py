@@ -67,6 +67,11 @@ class FakeConsumer:
     def committed(self, partitions: list[KafkaPartition], timeout: float) -> list[KafkaPartition]:
         return []
 
+    def offsets_for_times(
+        self, partitions: list[KafkaPartition], timeout: float
+    ) -> list[KafkaPartition]:
+        return [KafkaPartition(tp.topic, tp.partition, 0) for tp in partitions]
+
 
 class FakeProducer:
     def __init__(self) -> None:
@@ -172,3 +177,27 @@ def test_revoked_partitions_are_committed_at_once_and_lost_ones_never(ingest) ->
     ingest._on_lost(consumer, [KafkaPartition("iot.device.d-1", 0)])
     ingest._commit()
     assert consumer.commits == [{("iot.device.d-1", 1): 8}]
+
+
+def test_a_refused_commit_is_tried_again_for_the_partitions_ingest_keeps(ingest) -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    ingest, consumer, clock = ingest
+    ingest._assigned = {("iot.device.d-1", 0), ("iot.device.d-1", 1)}
+    refusals = [KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION))]
+    committed = consumer.commit
+
+    def refuse_once(offsets: list[KafkaPartition], asynchronous: bool) -> None:
+        if refusals:
+            raise refusals.pop()
+        committed(offsets, asynchronous)
+
+    consumer.commit = refuse_once
+    ingest.ingest([telemetry(0), telemetry(4, partition=1)])
+    ingest._commit()
+    assert consumer.commits == [] and ingest.metrics.commit_failures == 1
+    # An incremental rebalance took partition 1 away; partition 0 stays.
+    ingest._on_revoke(consumer, [KafkaPartition("iot.device.d-1", 1)])
+    clock.now += ingest.settings.worker.commit_interval_s
+    ingest._commit_if_due()
+    assert consumer.commits == [{("iot.device.d-1", 1): 5}, {("iot.device.d-1", 0): 1}]
