@@ -306,7 +306,7 @@ class ChaosRun:
             await _services("stop", "kafka")
             await _services("start", "kafka")
             self.record.faults.append(
-                Fault("kafka restart", round(at, 1), round(self.elapsed(), 1))
+                Fault("kafka restart", round(at, 1), round(self.elapsed(), 1), "stop, then start")
             )
         elif scenario == "cassandra":
             await asyncio.sleep(total_s / 4)
@@ -766,9 +766,10 @@ def report(document: dict[str, Any]) -> str:
         lines.append("")
         for fault in run["faults"]:
             recovered = fault["recovered_after_s"]
+            detail = f" ({fault['detail']})" if fault["detail"] else ""
             lines.append(
-                f"- {fault['kind']} at {fault['at']} s, over at {fault['until']} s "
-                f"({fault['detail']}); backlog back to its level "
+                f"- {fault['kind']} at {fault['at']} s, over at {fault['until']} s{detail}; "
+                "backlog back to its level "
                 + (f"{recovered} s later" if recovered is not None else "never")
             )
         lines += [f"- self-crash: {crash}" for crash in run["self_crashes"]]
