@@ -291,7 +291,7 @@ class CustomerAgent:
                 ticked[message.partition] = record
                 source, watermark = time_headers(message.headers)
                 if watermark is not None:
-                    self.clocks[message.partition].on_event(watermark, source, watermark)
+                    self.clocks[message.partition].heard(source, watermark)
             elif from_stream:
                 events = unpack_events(record.value)
                 packed.append((record, events))

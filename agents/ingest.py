@@ -191,7 +191,7 @@ class IngestMetrics:
         #: produce attempts the broker refused or timed out, retried
         self.send_retries = 0
         self.subscribed_topics = 0
-        #: device records not yet read (end offsets as last fetched), every half second
+        #: device records not yet read, at the last check of the sources' ends
         self.lag = 0
         self.last_batch_at: float | None = None
         #: event time read so far, as of the last check of the sources' ends
@@ -570,12 +570,14 @@ class Ingest:
             if now - self._sent_at.get(partition, 0.0) < TICK_INTERVAL_S:
                 continue
             headers = headers or self._headers()
+            # A tick that never arrives is made good by the next one: its
+            # delivery is not awaited, and a failure of it fails nothing.
             self._produce(
                 self.producer.produce,
                 self.settings.kafka.customer_events_topic,
                 orjson.dumps({"wall": time.time()}),
                 TICK_KEY,
-                self._on_delivery,
+                None,
                 partition=partition,
                 headers=headers,
             )

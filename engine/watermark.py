@@ -225,14 +225,17 @@ class PartitionClock:
         self.sources: dict[str, tuple[float, float]] = {}
 
     def on_event(self, ts: float, source: str | None, watermark: float | None) -> None:
-        """A record arrived (events, or an ingest's tick); without a
-        watermark (not written by ingest) its own time stands in for one."""
+        """A record of events arrived; without a watermark (not written by
+        ingest) its own time stands in for one."""
+        self.heard(source, ts if watermark is None else watermark)
+
+    def heard(self, source: str | None, watermark: float) -> None:
+        """An ingest instance vouched for ``watermark`` (on a record or a tick)."""
         now = self._clock()
         key = source or ""
-        mark = ts if watermark is None else watermark
         previous = self.sources.get(key)
-        if previous is None or mark > previous[0]:
-            self.sources[key] = (mark, now)
+        if previous is None or watermark > previous[0]:
+            self.sources[key] = (watermark, now)
         else:
             self.sources[key] = (previous[0], now)
 

@@ -235,8 +235,9 @@ class ChaosRun:
         #: workers told to stop or killed on purpose, until they are started again
         self._expected_down: set[int] = set()
         self._lag = GroupLag(bootstrap)
-        #: (replica, its start) -> the most stalls and stage restarts it reported
-        self._worker_peaks: dict[tuple[int, int], tuple[int, int]] = {}
+        #: worker process id -> the most stalls and stage restarts it reported
+        #: (its counters start at 0 in every process)
+        self._worker_peaks: dict[int, tuple[int, int]] = {}
         settings = self.engine.settings
         app = settings.worker.app_id
         self._groups = {
@@ -396,7 +397,8 @@ class ChaosRun:
             restarts = sum(
                 (metrics.get(stage) or {}).get("restarts", 0) or 0 for stage in ("ingest", "sink")
             )
-            key = (index, self.record.worker_starts)
+            assert worker.process is not None
+            key = worker.process.pid
             seen_stalls, seen_restarts = self._worker_peaks.get(key, (0, 0))
             self._worker_peaks[key] = (max(stalls, seen_stalls), max(restarts, seen_restarts))
             self.record.loop_stalls = sum(s for s, _ in self._worker_peaks.values())
