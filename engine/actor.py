@@ -32,8 +32,16 @@ from tables.state import (
 
 
 class Scorer(Protocol):
+    @property
+    def per_device(self) -> bool: ...
+
     def process(
-        self, event: Mapping[str, Any], *, customer: Mapping[str, Any], device: Mapping[str, Any]
+        self,
+        event: Mapping[str, Any],
+        *,
+        customer: Mapping[str, Any],
+        device: Mapping[str, Any],
+        device_models: dict[str, Any] | None = None,
     ) -> dict[str, float]: ...
 
 
@@ -123,11 +131,21 @@ class CustomerActor:
                 admitted.append((event, device_state))
         admitted.sort(key=_admitted_ts)
         rules = self.rules
+        per_device = models is not None and models.per_device
         for event, device_state in admitted:
             record_event(state, device_state, event)
             customer = customer_view(state)
             device = device_view(device_state)
-            scores = models.process(event, customer=customer, device=device) if models else {}
+            if models is None:
+                scores = {}
+            elif per_device:
+                # a device's own models are part of its state (see tables.state)
+                held = device_state.get("models")
+                if held is None:
+                    held = device_state["models"] = {}
+                scores = models.process(event, customer=customer, device=device, device_models=held)
+            else:
+                scores = models.process(event, customer=customer, device=device)
             firings = rules.process(
                 rules_state, event, customer=customer, device=device, score=scores
             )

@@ -10,7 +10,8 @@ What a careful team would write with Quix Streams and no rule engine:
 - **customer stage** (one dataframe over ``--events-topic``): per customer
   a state in Quix's state store (RocksDB with a changelog topic), the same
   stream hygiene (dedup, lateness), aggregates (``tables.state``) and models
-  (``engine.models.ModelSet``, one per partition, checkpointed every 5 s),
+  (``engine.models.ModelSet``, one per partition, holding the per-device
+  anomaly models by device id, checkpointed at every commit),
   the shipped rules hand-coded (``loadtest.peer_rules``), and timers of idle
   customers advanced with their partition's time, as the worker does: from
   ingest's event-time watermark over the device topics (``engine.watermark``,

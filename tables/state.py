@@ -9,6 +9,10 @@ value of the ``customers`` table, written once per batch:
 ``events``, and consumable tracking); ``usage`` (minutes of use per UTC day of
 event time, the running day, and a baseline over the last full days);
 ``rules`` (the rule engine's per-key state); ``counts``; ``recent_actions``.
+A device's own models (``scope: device``, see ``engine.models``) sit in its
+state under ``models`` (name -> [fingerprint, estimator]); an estimator is
+stored as a msgpack extension holding a model snapshot, and one that cannot
+be read back (a snapshot format of another version) starts over.
 
 >>> state = new_customer_state("c-1")
 >>> device = state["devices"].setdefault("d-1", {})
@@ -22,11 +26,14 @@ True
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import msgspec
 
 from engine.durations import DAY_S, HOUR_S
+
+log = logging.getLogger(__name__)
 
 CustomerState = dict[str, Any]
 
@@ -52,8 +59,30 @@ _NUMBER = (int, float)
 #: An empty mapping to read from, never handed out (so never changed).
 _NOTHING: dict[str, Any] = {}
 
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder()
+#: msgpack extension code of a device's model: ``engine.models.snapshot`` bytes.
+MODEL_EXT = 1
+
+
+def _encode_model(model: Any) -> msgspec.msgpack.Ext:
+    from engine.models import snapshot  # River comes with it: only when states hold models
+
+    return msgspec.msgpack.Ext(MODEL_EXT, snapshot.dumps({"model": model}))
+
+
+def _decode_model(code: int, data: memoryview) -> Any:
+    from engine.models import snapshot
+
+    if code != MODEL_EXT:
+        raise ValueError(f"unknown msgpack extension {code} in a customer state")
+    try:
+        return snapshot.loads(bytes(data))["model"]
+    except snapshot.SnapshotError as exc:
+        log.warning("a device model could not be read and starts over: %s", exc)
+        return None
+
+
+_encoder = msgspec.msgpack.Encoder(enc_hook=_encode_model)
+_decoder = msgspec.msgpack.Decoder(ext_hook=_decode_model)
 
 
 def new_customer_state(customer_id: str) -> CustomerState:

@@ -65,6 +65,34 @@ MAX_CACHED_CELLS = 4096
 
 Feature = Hashable
 
+#: Forests kept for sharing (distinct model declarations x first feature sets).
+MAX_SHARED_FORESTS = 256
+
+
+class _Forest:
+    """What a seeded forest's instances share: the trees (split features and
+    thresholds), the random state after planting them, and, once built, the
+    lookup tables that depend on the trees alone. A model per device keeps
+    one copy of these for the whole fleet, and a restored instance does not
+    plant its trees again."""
+
+    __slots__ = ("features", "rng_state", "tables", "thresholds")
+
+    def __init__(self, features: list[Feature], thresholds: list[float], rng_state: Any) -> None:
+        self.features = features
+        self.thresholds = thresholds
+        self.rng_state = rng_state
+        self.tables: _Derived | None = None
+
+
+#: (n_trees, height, seed, ((feature, limits), ...)) -> its forest
+_FORESTS: dict[tuple[Any, ...], _Forest] = {}
+
+
+@functools.lru_cache(maxsize=64)
+def _fresh_rng_state(seed: int) -> Any:
+    return random.Random(seed).getstate()
+
 
 def _count(leaves: list[int], n: int) -> np.ndarray:
     """How often each of ``n`` leaf ids occurs in ``leaves``."""
@@ -104,6 +132,26 @@ class _Derived:
         # score_one and the learn_one after it usually see the same values
         self.last_values: tuple[Any, ...] | None = None
         self.last_leaves: Sequence[int] = ()
+
+
+def _flatten(trees: list[Any], height: int) -> tuple[list[Any], list[float], list[int], list[int]]:
+    """River's object trees as (split features, thresholds) in heap order,
+    tree-major, the leaves' r_mass, and a leaf id per observation learned."""
+    features: list[Feature] = []
+    thresholds: list[float] = []
+    r_leaves: list[int] = []
+    learned: list[int] = []
+    n_leaves = 1 << height
+    for t, root in enumerate(trees):
+        level = [root]
+        for _ in range(height):
+            features += [node.feature for node in level]
+            thresholds += [node.threshold for node in level]
+            level = [child for node in level for child in node.children]
+        for j, leaf in enumerate(level):
+            r_leaves.append(leaf.r_mass)
+            learned += [t * n_leaves + j] * leaf.l_mass
+    return features, thresholds, r_leaves, learned
 
 
 class HalfSpaceTrees(anomaly.HalfSpaceTrees):
@@ -173,6 +221,8 @@ class HalfSpaceTrees(anomaly.HalfSpaceTrees):
         # global leaf id of every (observation, tree) learned in this window
         self._learned: list[int] = []
         self._derived: _Derived | None = None
+        # the key of the shared forest these trees are (None: trees of its own)
+        self._forest_key: tuple[Any, ...] | None = None
 
     # River's interface -----------------------------------------------------------
 
@@ -209,38 +259,46 @@ class HalfSpaceTrees(anomaly.HalfSpaceTrees):
     # the trees -----------------------------------------------------------------
 
     def _plant(self, x: Mapping[Feature, Any]) -> None:
-        """River's trees for the first observation, flattened."""
-        trees = [
-            make_padded_tree(
-                limits={i: self.limits[i] for i in sorted(x)},
-                height=self.height,
-                padding=0.15,
-                rng=self.rng,
-                r_mass=0,
-                l_mass=0,
-            )
-            for _ in range(self.n_trees)
-        ]
-        self._adopt(trees)
+        """River's trees for the first observation, flattened. A seeded
+        forest is shared by every instance of the same parameters, seed and
+        features: they would all grow the same trees."""
+        limits = {i: self.limits[i] for i in sorted(x)}
+        if self.seed is not None and self.rng.getstate() == _fresh_rng_state(self.seed):
+            bounds = tuple((feature, tuple(limit)) for feature, limit in limits.items())
+            key = (self.n_trees, self.height, self.seed, bounds)
+            self._join(key)
+            self._r_leaves = [0] * (self.n_trees << self.height)
+            self._learned = []
+            return
+        self._adopt([self._grow(limits, self.rng) for _ in range(self.n_trees)])
+
+    def _grow(self, limits: dict[Feature, Any], rng: random.Random) -> Any:
+        return make_padded_tree(
+            limits=limits, height=self.height, padding=0.15, rng=rng, r_mass=0, l_mass=0
+        )
+
+    def _join(self, key: tuple[Any, ...]) -> None:
+        """Take the trees and the post-planting random state of forest ``key``,
+        growing it first if this process has not yet."""
+        forest = _FORESTS.get(key)
+        if forest is None:
+            rng = random.Random(self.seed)
+            trees = [self._grow(dict(key[3]), rng) for _ in range(self.n_trees)]
+            features, thresholds, _, _ = _flatten(trees, self.height)
+            if len(_FORESTS) >= MAX_SHARED_FORESTS:
+                _FORESTS.clear()
+            forest = _FORESTS[key] = _Forest(features, thresholds, rng.getstate())
+        self._split_features, self._thresholds = forest.features, forest.thresholds
+        self.rng.setstate(forest.rng_state)
+        self._forest_key = key
+        self._derived = None
 
     def _adopt(self, trees: list[Any]) -> None:
-        features: list[Feature] = []
-        thresholds: list[float] = []
-        r_leaves: list[int] = []
-        learned: list[int] = []
-        n_leaves = 1 << self.height
-        for t, root in enumerate(trees):
-            level = [root]
-            for _ in range(self.height):
-                features += [node.feature for node in level]
-                thresholds += [node.threshold for node in level]
-                level = [child for node in level for child in node.children]
-            for j, leaf in enumerate(level):
-                r_leaves.append(leaf.r_mass)
-                learned += [t * n_leaves + j] * leaf.l_mass
+        features, thresholds, r_leaves, learned = _flatten(trees, self.height)
         self._split_features, self._thresholds = features, thresholds
         self._r_leaves, self._learned = r_leaves, learned
         self._derived = None
+        self._forest_key = None
 
     def _pivot(self, derived: _Derived) -> None:
         """End of a window: this window's masses become the reference."""
@@ -274,14 +332,29 @@ class HalfSpaceTrees(anomaly.HalfSpaceTrees):
     def _derive(self) -> _Derived:
         """The lookup tables of the current trees and masses."""
         derived = _Derived()
+        derived.max_score = self._max_score
+        derived.leaf_scores = self._leaf_scores()
+        self._derived = derived
+        forest = None if self._forest_key is None else _FORESTS.get(self._forest_key)
+        if forest is not None and forest.tables is not None:
+            shared = forest.tables
+        else:
+            shared = self._tables()
+            if forest is not None:
+                forest.tables = shared
+        # shared by the forest's instances: the cell cache too (a function of the trees)
+        derived.offsets, derived.features = shared.offsets, shared.features
+        derived.grid, derived.rows, derived.cells = shared.grid, shared.rows, shared.cells
+        return derived
+
+    def _tables(self) -> _Derived:
+        """The lookup tables that depend on the trees alone."""
+        derived = _Derived()
         height, n_trees = self.height, self.n_trees
         n_leaves, n_inner = 1 << height, (1 << height) - 1
         derived.offsets = tuple(t * n_leaves - 1 for t in range(n_trees))
-        derived.max_score = self._max_score
-        derived.leaf_scores = self._leaf_scores()
         features = tuple(dict.fromkeys(self._split_features))
         derived.features = features
-        self._derived = derived
         thresholds = self._thresholds
         if not features or not all(isinstance(t, float) and not math.isnan(t) for t in thresholds):
             return derived  # a single leaf, or no total order to bisect: walk
@@ -478,8 +551,24 @@ class HalfSpaceTrees(anomaly.HalfSpaceTrees):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_derived"] = None  # rebuilt on first use
+        if self._forest_key is not None:
+            # a shared forest is named by its key: a model per device would
+            # otherwise store the fleet's one set of trees once per device
+            del state["_split_features"], state["_thresholds"], state["rng"]
+        # the window's leaves as a count per leaf (their order means nothing):
+        # a few bytes per leaf instead of a few per observation and tree
+        del state["_learned"]
+        state["_learned_counts"] = _count(self._learned, self.n_trees << self.height).tolist()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        counts = state.pop("_learned_counts", None)
+        self._forest_key = None  # earlier snapshots have neither key nor counts
         self.__dict__.update(state)
         self._derived = None
+        if counts is not None:
+            self._learned = np.repeat(np.arange(len(counts)), counts).tolist()
+        if "_split_features" not in state:
+            self.rng = random.Random()
+            self._join(state["_forest_key"])

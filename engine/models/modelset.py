@@ -90,6 +90,11 @@ class ModelSet:
     def names(self) -> tuple[str, ...]:
         return tuple(self._by_name)
 
+    @property
+    def per_device(self) -> bool:
+        """Whether a model has ``scope: device`` (see ``process``'s ``device_models``)."""
+        return any(model.spec.scope == "device" for model in self._models)
+
     # the hot path -------------------------------------------------------------------
 
     def process(
@@ -98,11 +103,15 @@ class ModelSet:
         *,
         customer: Mapping[str, Any] = _EMPTY,
         device: Mapping[str, Any] = _EMPTY,
+        device_models: dict[str, Any] | None = None,
     ) -> dict[str, float]:
         """Score ``event`` with every model it applies to, then learn from it.
 
         Returns ``{model name: score}`` for the rules' ``score`` namespace; a
         model that does not apply, or cannot predict yet, has no entry.
+        ``device_models`` holds the ``scope: device`` models of the event's
+        device (a worker keeps it in the device's state, so they move, are
+        checkpointed and erased with it); without it this set keeps them.
         """
         raw_ts = event.get("ts")
         # event_time's first case, inlined: a finite float
@@ -114,7 +123,7 @@ class ModelSet:
         scores: dict[str, float] = {}
         for model, name in self._named:
             try:
-                score = model.process(event, customer, device, ts)
+                score = model.process(event, customer, device, ts, device_models)
             except Exception:
                 self._failed(model, "event", event.get("id"))
                 continue
@@ -134,8 +143,9 @@ class ModelSet:
 
     def forget(self, keys: Collection[str]) -> int:
         """Drop every model's pending predictions joined by any of ``keys``
-        (a GDPR erasure); returns how many. What the models learned is not
-        per customer (their scopes are global, device type or segment)."""
+        (a GDPR erasure); returns how many. A worker's ``scope: device``
+        models live in the device states and go with them; what the wider
+        scopes learned is not per customer."""
         return sum(model.forget(keys) for model in self._models)
 
     def bind_action(self, action_id: str, *, customer_id: str) -> None:

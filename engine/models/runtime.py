@@ -70,6 +70,8 @@ class OnlineModel:
         # The declaration, unpacked once: process() runs for every event.
         self._kind = spec.kind
         self._scope = spec.scope
+        self._name = spec.name
+        self._fingerprint = spec.fingerprint
         rule = spec.applies_to
         self._kinds, self._device_types, self._segments = (
             rule.kinds,
@@ -128,6 +130,8 @@ class OnlineModel:
             return GLOBAL_SCOPE
         if scope == "device_type":
             return event.get("device_type") or device.get("device_type")
+        if scope == "device":
+            return event.get("device_id")
         return customer.get("segment")
 
     def applies(
@@ -183,8 +187,13 @@ class OnlineModel:
         customer: Mapping[str, Any],
         device: Mapping[str, Any],
         ts: float | None,
+        device_models: dict[str, Any] | None = None,
     ) -> float | None:
-        """Predict, then learn what can be learned now; the score or ``None``."""
+        """Predict, then learn what can be learned now; the score or ``None``.
+
+        ``device_models`` is where the event's device keeps its own models
+        (``scope: device``; its state in a worker); without it they are kept
+        here, by device id."""
         if not self._applies_to_all and not self._applies(event, customer, device):
             return None
         scope = self._scope
@@ -194,6 +203,8 @@ class OnlineModel:
         else:
             if scope == "device_type":
                 scope_key = event.get("device_type") or device.get("device_type")
+            elif scope == "device":
+                scope_key = event.get("device_id")
             else:
                 scope_key = customer.get("segment")
             if not isinstance(scope_key, str) or not scope_key:
@@ -201,9 +212,12 @@ class OnlineModel:
         x = self._extract(event, customer, device)
         if not x:
             return None
-        model = self.instances.get(scope_key)
-        if model is None:
-            model = self.instances[scope_key] = self.spec.pipeline.build()
+        if scope == "device" and device_models is not None:
+            model = self._device_model(device_models)
+        else:
+            model = self.instances.get(scope_key)
+            if model is None:
+                model = self.instances[scope_key] = self.spec.pipeline.build()
         kind = self._kind
         score: float | None
         if kind == "binary":
@@ -242,6 +256,16 @@ class OnlineModel:
         elif self._outcome is not None:
             self._remember(event, customer, device, _pending(Pending, (ts, scope_key, x, y_pred)))
         return score
+
+    def _device_model(self, device_models: dict[str, Any]) -> Any:
+        """This model's instance among a device's, as ``[fingerprint, model]``:
+        one learned under another declaration starts over."""
+        held = device_models.get(self._name)
+        if held is not None and held[0] == self._fingerprint and held[1] is not None:
+            return held[1]
+        model = self.spec.pipeline.build()
+        device_models[self._name] = [self._fingerprint, model]
+        return model
 
     def _field_label_value(
         self, event: Mapping[str, Any], customer: Mapping[str, Any], device: Mapping[str, Any]
@@ -308,6 +332,9 @@ class OnlineModel:
     def forget(self, keys: Collection[str]) -> int:
         """Drop the pending predictions joined by any of ``keys`` (a customer's
         id, its devices' and its actions' ids); returns how many."""
+        if self._scope == "device":  # models kept here rather than in device states
+            for key in keys:
+                self.instances.pop(key, None)
         dropped = 0
         for store in (self.pending, self.candidates):
             for key in [key for key in keys if key in store]:

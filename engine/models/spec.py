@@ -35,7 +35,7 @@ from engine.models.errors import ModelConfigError
 from engine.models.pipeline import PipelineError, PipelineRecipe, parse_pipeline
 
 KINDS = ("binary", "regression", "anomaly")
-SCOPES = ("global", "device_type", "customer_segment")
+SCOPES = ("global", "device_type", "customer_segment", "device")
 JOINS = ("customer", "device", "action")
 SOURCES = ("event", "customer", "device")
 #: Event fields that identify or route an event; never features under ``event.*``.

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from engine.actor import CustomerActor
 from engine.config import load_settings
+from engine.models import load_models
 from engine.quality import StreamHygiene
 from engine.rules import RuleEngine, compile_rules, load_ruleset
 from tables.state import (
@@ -131,6 +134,8 @@ def test_models_score_before_rules(tmp_path: Path) -> None:
     seen: list[dict] = []
 
     class Risk:
+        per_device = False
+
         def process(self, ev: dict, *, customer: dict, device: dict) -> dict[str, float]:
             seen.append({"event": ev["id"], "events_before": device["events"]})
             return {"risk": 0.9}
@@ -250,3 +255,76 @@ def test_lateness_does_not_depend_on_batch_boundaries(actor: CustomerActor) -> N
     assert [e["id"] for e, _ in together.late] == ["old"]
     assert [e["id"] for out in split for e, _ in out.late] == ["old"]
     assert together.processed == sum(out.processed for out in split) == 3
+
+
+class RecordingScorer:
+    """The shipped models, remembering every event's scores."""
+
+    def __init__(self) -> None:
+        self.models = load_models(Path(__file__).resolve().parents[3] / "models" / "models.yaml")
+        self.per_device = self.models.per_device
+        self.scores: dict[str, dict[str, float]] = {}
+
+    def process(self, ev: dict, **context: Any) -> dict[str, float]:
+        scores = self.models.process(ev, **context)
+        self.scores[ev["id"]] = scores
+        return scores
+
+
+def test_device_models_travel_in_the_state_and_ignore_interleaving(
+    actor: CustomerActor,
+) -> None:
+    """The shipped anomaly model is a device's own: in its state, through an
+    encode/decode (a checkpoint restored elsewhere), and not swayed by how the
+    customer's other device's events are interleaved with it."""
+    rng = random.Random(8)
+    streams = [
+        [
+            event(f"{device}-{i}", 60.0 * i, device, vibration=rng.gauss(0.3, 0.05),
+                  temperature=rng.gauss(45.0, 3.0), power=rng.gauss(800.0, 60.0))
+            for i in range(600)
+        ]
+        for device in ("d1", "d2")
+    ]  # fmt: skip
+    round_robin = [e for pair in zip(*streams, strict=True) for e in pair]
+    shuffled = []
+    pending = [list(stream) for stream in streams]
+    while any(pending):
+        shuffled.append(rng.choice([left for left in pending if left]).pop(0))
+
+    seen = []
+    for order, restore_every in ((round_robin, None), (shuffled, 97)):
+        scorer, state = RecordingScorer(), new_customer_state("c1")
+        for start in range(0, len(order), 13):
+            actor.handle_events(state, order[start : start + 13], scorer, 0.0)
+            if restore_every and start % restore_every == 0:
+                state = decode_state(encode_state(state))
+        seen.append(scorer.scores)
+        assert set(state["devices"]["d1"]["models"]) == {"anomaly"}
+
+    assert seen[0] == seen[1]
+    assert sum(s.get("anomaly", 0.0) > 0 for s in seen[0].values()) > 500
+
+
+def test_an_unreadable_device_model_starts_over(caplog: pytest.LogCaptureFixture) -> None:
+    scorer, state = RecordingScorer(), new_customer_state("c1")
+    device = state["devices"].setdefault("d1", {})
+    scorer.models.process(
+        event("e1", 0.0, vibration=0.3, temperature=45.0, power=800.0),
+        device_models=device.setdefault("models", {}),
+    )
+    blob = encode_state(state)
+    # another snapshot format version inside the model's extension
+    index = blob.index(b"iotcrm-models\x00") + len(b"iotcrm-models\x00")
+    tampered = blob[:index] + b"\xff\xff" + blob[index + 2 :]
+
+    restored = decode_state(tampered)
+
+    assert restored["devices"]["d1"]["models"]["anomaly"][1] is None
+    assert "starts over" in caplog.text
+    scores = scorer.models.process(
+        event("e2", 60.0, vibration=0.3, temperature=45.0, power=800.0),
+        device_models=restored["devices"]["d1"]["models"],
+    )
+    fresh = restored["devices"]["d1"]["models"]["anomaly"][1]
+    assert scores["anomaly"] == 0.0 and fresh["HalfSpaceTrees"].counter == 1

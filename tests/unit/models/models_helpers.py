@@ -19,14 +19,17 @@ DEVICE_TYPES = ("washer", "compressor", "vehicle", "wearable")
 SEGMENTS = ("family", "single", "business")
 
 
-def synthetic_stream(n: int, seed: int = 11) -> Iterator[tuple[str, dict, dict, dict]]:
-    """Events with customer/device state, and now and then an outcome.
+def synthetic_stream(
+    n: int, seed: int = 11, customers: int = 40
+) -> Iterator[tuple[str, dict, dict, dict]]:
+    """Events with customer/device state, and now and then an outcome; each
+    customer has one device of every type (``<customer>-<type>``).
 
     Yields ``("event", event, customer, device)`` or ``("outcome", outcome, {}, {})``.
     """
     rng = random.Random(seed)
     for i in range(n):
-        customer_id = f"c{rng.randrange(40)}"
+        customer_id = f"c{rng.randrange(customers)}"
         device_type = DEVICE_TYPES[rng.randrange(len(DEVICE_TYPES))]
         device_id = f"{customer_id}-{device_type}"
         ts = 1_763_700_000.0 + i * 30.0

@@ -128,6 +128,7 @@ def test_detector_matches_river_for_other_shapes_and_missing_features(
 
 def test_the_walk_without_masks_matches_river(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fast_hst, "MAX_MASK_ENTRIES", 0)  # a forest too big for masks
+    monkeypatch.setattr(fast_hst, "_FORESTS", {})  # not the tables built with masks
     xs = list(telemetry(2000, missing=0.05))
     fast = compose.Pipeline(MinMaxScaler(), HalfSpaceTrees(**SHIPPED))
     river = compose.Pipeline(preprocessing.MinMaxScaler(), anomaly.HalfSpaceTrees(**SHIPPED))
@@ -218,7 +219,8 @@ def test_the_pipeline_text_builds_the_fast_classes() -> None:
 
 
 def _anomaly_inputs(stream: list) -> list[tuple[str, dict[str, float]]]:
-    """(device type, features) of the events the shipped anomaly model scores."""
+    """(device id: the model's scope, features) of the events the shipped
+    anomaly model scores."""
     inputs = []
     for what, event, _customer, _device in stream:
         if what != "event" or event["kind"] != "telemetry":
@@ -226,7 +228,7 @@ def _anomaly_inputs(stream: list) -> list[tuple[str, dict[str, float]]]:
         if event["device_type"] not in ("washer", "compressor"):
             continue
         x = {name: event[name] for name in ("vibration", "temperature", "power")}
-        inputs.append((event["device_type"], x))
+        inputs.append((event["device_id"], x))
     return inputs
 
 
@@ -234,10 +236,10 @@ def _river_reference(stream: list) -> list[float]:
     """The shipped anomaly model's scores, by unmodified River objects."""
     detectors: dict[str, compose.Pipeline] = {}
     scores = []
-    for device_type, x in _anomaly_inputs(stream):
-        model = detectors.get(device_type)
+    for device_id, x in _anomaly_inputs(stream):
+        model = detectors.get(device_id)
         if model is None:
-            model = detectors[device_type] = compose.Pipeline(
+            model = detectors[device_id] = compose.Pipeline(
                 preprocessing.MinMaxScaler(), anomaly.HalfSpaceTrees(**SHIPPED)
             )
         scores.append(float(model.score_one(x)))
@@ -249,8 +251,13 @@ def _anomaly_scores(scores: list[dict[str, float]]) -> list[float]:
     return [s["anomaly"] for s in scores if "anomaly" in s]
 
 
+#: Customers of the anomaly streams: few enough that each device's detector
+#: (``scope: device``) fills several windows.
+FEW_CUSTOMERS = 2
+
+
 def test_shipped_models_across_a_snapshot_match_river() -> None:
-    stream = list(synthetic_stream(8000))
+    stream = list(synthetic_stream(8000, customers=FEW_CUSTOMERS))
     half = len(stream) // 2
     expected = _river_reference(stream)
 
@@ -269,7 +276,7 @@ def test_shipped_models_across_a_snapshot_match_river() -> None:
 def test_a_snapshot_written_with_river_classes_restores_into_the_fast_ones(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    stream = list(synthetic_stream(6000))
+    stream = list(synthetic_stream(6000, customers=FEW_CUSTOMERS))
     half = len(stream) // 2
     expected = _river_reference(stream)
     uninterrupted = load_models(SHIPPED_MODELS)
@@ -284,13 +291,13 @@ def test_a_snapshot_written_with_river_classes_restores_into_the_fast_ones(
         old = load_models(SHIPPED_MODELS)
         before = feed(old, stream[:half])
         blob = old.snapshot()
-    assert type(old._by_name["anomaly"].instances["washer"]["HalfSpaceTrees"]) is (
+    assert type(old._by_name["anomaly"].instances["c0-washer"]["HalfSpaceTrees"]) is (
         anomaly.HalfSpaceTrees
     )
 
     new = load_models(SHIPPED_MODELS)
     assert new.restore(blob) == ["anomaly", "churn", "depletion_days"]
-    instance = new._by_name["anomaly"].instances["washer"]
+    instance = new._by_name["anomaly"].instances["c0-washer"]
     assert [type(step) for step in instance.steps.values()] == [MinMaxScaler, HalfSpaceTrees]
     after = feed(new, stream[half:])
 
@@ -345,3 +352,53 @@ def test_the_pipeline_calls_its_steps_as_river_does() -> None:
     restored = pickle.loads(pickle.dumps(classifier[0]))
     probe = {"a": 1.0, "b": 0.5}
     assert restored.predict_proba_one(probe) == classifier[1].predict_proba_one(probe)
+
+
+def test_a_pickled_detector_names_its_shared_trees_and_continues_exactly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A seeded forest is stored by its key (a model per device would
+    otherwise store the same trees once per device); unpickled in a process
+    that has not grown it, it grows the same trees and random state."""
+    xs = [x for _, x in _anomaly_inputs(list(synthetic_stream(3000, customers=1)))]
+    fast, river = HalfSpaceTrees(**SHIPPED), anomaly.HalfSpaceTrees(**SHIPPED)
+    sibling = HalfSpaceTrees(**SHIPPED)
+    for x in xs[:400]:
+        fast.learn_one(x)
+        river.learn_one(x)
+    sibling.learn_one(xs[0])
+    assert sibling._split_features is fast._split_features  # one forest, shared
+
+    blob = pickle.dumps(fast)
+    assert len(blob) < 6_000
+    monkeypatch.setattr(fast_hst, "_FORESTS", {})  # as in another process
+    restored = pickle.loads(blob)
+
+    assert restored.rng.getstate() == river.rng.getstate()
+    for x in xs[400:]:
+        assert restored.score_one(x) == river.score_one(x)
+        restored.learn_one(x)
+        river.learn_one(x)
+    assert_same_detector(restored, river)
+
+
+def test_a_detector_pickled_before_shared_forests_still_loads() -> None:
+    """The layout of earlier snapshots: the trees themselves and a leaf id per
+    observation and tree, no forest key."""
+    xs = [x for _, x in _anomaly_inputs(list(synthetic_stream(3000, customers=1)))]
+    river = anomaly.HalfSpaceTrees(**SHIPPED)
+    for x in xs[:300]:
+        river.learn_one(x)
+    fast = HalfSpaceTrees.from_river(river)  # trees of its own: the old layout
+    old_layout = fast.__dict__.copy()
+    del old_layout["_forest_key"]
+    old_layout["_derived"] = None
+
+    restored = HalfSpaceTrees.__new__(HalfSpaceTrees)
+    restored.__setstate__(old_layout)
+
+    for x in xs[300:]:
+        assert restored.score_one(x) == river.score_one(x)
+        restored.learn_one(x)
+        river.learn_one(x)
+    assert_same_detector(restored, river)

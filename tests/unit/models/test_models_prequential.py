@@ -249,3 +249,65 @@ def test_a_failing_model_is_counted_and_the_others_still_score(
 
     assert set(scores) == {"clf"}
     assert models.metrics()["anomaly"]["errors"] == 1
+
+
+PER_DEVICE = ANOMALY.replace("scope: device_type", "scope: device")
+
+
+def test_a_device_scope_model_depends_on_its_device_alone() -> None:
+    """Two devices' events interleaved in any order give each the scores a
+    model of its own events alone gives."""
+    rng = random.Random(5)
+    streams = {
+        device: [
+            {**telemetry(i, "washer", rng.uniform(0.1, 0.3)), "device_id": device}
+            for i in range(120)
+        ]
+        for device in ("d1", "d2")
+    }
+    alone = {}
+    for device, stream in streams.items():
+        solo = model_set(PER_DEVICE)
+        alone[device] = [solo.process(event)["anomaly"] for event in stream]
+    assert any(score > 0 for scores in alone.values() for score in scores)
+
+    for seed in (1, 2):
+        order = random.Random(seed)
+        pending = {device: list(stream) for device, stream in streams.items()}
+        models = model_set(PER_DEVICE)
+        got: dict[str, list[float]] = {"d1": [], "d2": []}
+        while any(pending.values()):
+            device = order.choice([d for d, left in pending.items() if left])
+            got[device].append(models.process(pending[device].pop(0))["anomaly"])
+        assert got == alone
+        assert models.metrics()["anomaly"]["instances"] == 2
+
+
+def test_device_models_can_live_with_the_caller() -> None:
+    """A worker keeps a device's models in the device's state: [fingerprint, model]."""
+    models = model_set(PER_DEVICE)
+    held: dict = {}
+    event = {**telemetry(0, "washer", 0.2), "device_id": "d1"}
+
+    models.process(event, device_models=held)
+
+    fingerprint, model = held["anomaly"]
+    assert fingerprint == models.specs[0].fingerprint
+    assert type(model).__name__ == "HalfSpaceTrees" and model.counter == 1
+    assert models.metrics()["anomaly"]["instances"] == 0  # none kept in the set
+    models.process(event, device_models=held)
+    assert held["anomaly"][1] is model and model.counter == 2
+
+    held["anomaly"][0] = "another declaration"
+    models.process(event, device_models=held)
+    assert held["anomaly"][1] is not model and held["anomaly"][1].counter == 1
+
+
+def test_forgetting_a_device_drops_the_models_kept_for_it() -> None:
+    models = model_set(PER_DEVICE)
+    for device in ("d1", "d2"):
+        models.process({**telemetry(0, "washer", 0.2), "device_id": device})
+
+    models.forget({"c1", "d1"})
+
+    assert set(models._by_name["anomaly"].instances) == {"d2"}

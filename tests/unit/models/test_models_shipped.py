@@ -20,7 +20,7 @@ def test_shipped_models_load_with_the_names_rules_use() -> None:
     assert models.names == ("anomaly", "churn", "depletion_days")
     kinds = {spec.name: (spec.kind, spec.scope) for spec in models.specs}
     assert kinds == {
-        "anomaly": ("anomaly", "device_type"),
+        "anomaly": ("anomaly", "device"),
         "churn": ("binary", "global"),
         "depletion_days": ("regression", "device_type"),
     }
