@@ -170,7 +170,11 @@ class CustomerAgent:
     def __init__(self, runtime: Any) -> None:
         self.rt = runtime  # agents.app.Runtime
         self.stats = ActorStats()
-        self.clocks: dict[int, PartitionClock] = defaultdict(PartitionClock)
+        #: each partition's time for its idle keys, as of the records processed
+        #: (checkpointed with the states: a replay starts from the time it had)
+        self.clocks: dict[int, PartitionClock] = {}
+        #: partitions whose time moved since the last checkpoint: a record of each
+        self._moved_clocks: dict[int, faust.EventT] = {}
         #: partition -> customer_id -> earliest pending timer.
         self.due: dict[int, dict[str, float]] = defaultdict(dict)
         self.due_index_stale = True
@@ -289,9 +293,6 @@ class CustomerAgent:
             key = record.key
             if key == TICK_KEY:
                 ticked[message.partition] = record
-                source, watermark = time_headers(message.headers)
-                if watermark is not None:
-                    self.clocks[message.partition].heard(source, watermark)
             elif from_stream:
                 events = unpack_events(record.value)
                 packed.append((record, events))
@@ -322,6 +323,10 @@ class CustomerAgent:
 
         emitted_at = time.time()
         self._batch_open = True
+        for partition, record in ticked.items():
+            source, watermark = time_headers(record.message.headers)
+            if watermark is not None:
+                self._clock(partition, record).heard(source, watermark)
         for record, events in packed:
             if events:
                 message = record.message
@@ -329,7 +334,7 @@ class CustomerAgent:
                 # Without a watermark (records not written by ingest) the
                 # record's latest event time stands in for one.
                 mark = watermark if watermark is not None else max(e["ts"] for e in events)
-                self.clocks[message.partition].on_event(mark, source, watermark)
+                self._clock(message.partition, record).on_event(mark, source, watermark)
         written: dict[str, tuple[faust.EventT, CustomerState]] = {}
         #: partitions whose models learned in this batch: a record of each
         learned: dict[int, faust.EventT] = {}
@@ -370,7 +375,7 @@ class CustomerAgent:
         partitions = {anchor.message.partition: anchor for anchor, _ in written.values()}
         partitions.update(ticked)
         for partition, anchor in partitions.items():
-            now = self.clocks[partition].now()
+            now = self._clock(partition, anchor).now()
             if now is not None:
                 out.extend(self._advance_partition(partition, anchor, now, written, emitted_at))
 
@@ -544,6 +549,8 @@ class CustomerAgent:
             customers[customer_id] = encode_state(state)
             self._write_due(anchor.message.partition, customer_id)
         self._checkpoint_models(dirty_partitions)
+        moved_clocks, self._moved_clocks = self._moved_clocks, {}
+        self._checkpoint_clocks(moved_clocks)
         counted, self._uncounted = self._uncounted, ActorOutput()
         self._releasing = asyncio.ensure_future(
             self._release(self._releasing, held, counted, generation)
@@ -589,6 +596,10 @@ class CustomerAgent:
         decoded state; the records behind it were never released, so they come again."""
         self._generation += 1
         self._states.clear()
+        # Time too goes back to the checkpoint: the replayed records move it
+        # again as they did, and no timer fires ahead of its events.
+        self.clocks.clear()
+        self._moved_clocks.clear()
         self._dirty.clear()
         self._dirty_partitions.clear()
         self._give_back(self._held)
@@ -779,6 +790,28 @@ class CustomerAgent:
             if next_due is not None:
                 self.due[partition][customer_id] = next_due
         self.due_index_stale = False
+
+    # ----------------------------------------------------------- time
+
+    def _clock(self, partition: int, record: faust.EventT) -> PartitionClock:
+        """The partition's clock, as the last checkpoint left it if this
+        process has none (after a start or a rebalance); ``record`` (of that
+        partition) marks it for the next checkpoint."""
+        clock = self.clocks.get(partition)
+        if clock is None:
+            clock = self.clocks[partition] = PartitionClock()
+            blob = self.rt.model_checkpoints.get(f"clock-p{partition}")
+            if blob is not None:
+                clock.restore(orjson.loads(blob))
+        self._moved_clocks[partition] = record
+        return clock
+
+    def _checkpoint_clocks(self, partitions: dict[int, faust.EventT]) -> None:
+        for partition, anchor in partitions.items():
+            clock = self.clocks.get(partition)
+            if clock is not None:
+                set_current(anchor)
+                self.rt.model_checkpoints[f"clock-p{partition}"] = orjson.dumps(clock.snapshot())
 
     # ----------------------------------------------------------- models
 

@@ -475,6 +475,7 @@ class Ingest:
 
     def _on_assign(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        self.watermark.take_back((tp.topic, tp.partition) for tp in partitions)
         self.metrics.subscribed_topics = len({topic for topic, _ in self._assigned})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
@@ -486,6 +487,10 @@ class Ingest:
 
     def _forget(self, partitions: list[KafkaPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
+        # Until their new owner is heard, they hold this instance's time back.
+        self.watermark.hand_over(
+            {tp: self._next_offset.get(tp, self._start.get(tp, -1)) for tp in gone}
+        )
         self._assigned -= gone
         for tp in gone:
             self._next_offset.pop(tp, None)
@@ -499,6 +504,18 @@ class Ingest:
         self._forget(partitions)
 
     # ------------------------------------------------------------ watermark
+
+    def _settle_hand_overs(self) -> None:
+        """How far the new owners of the sources handed over have committed."""
+        try:
+            sources = [KafkaPartition(topic, part) for topic, part in self.watermark.handed_over]
+            committed = self.consumer.committed(sources, timeout=END_OFFSETS_TIMEOUT_S)
+        except KafkaException as exc:
+            log.warning("ingest: committed offsets of sources handed over not known (%s)", exc)
+            return
+        self.watermark.settle(
+            {(tp.topic, tp.partition): tp.offset for tp in committed if tp.error is None}
+        )
 
     def _headers(self) -> list[tuple[str, bytes]]:
         # Unknown (a lagging source has yielded no valid event yet) holds time
@@ -517,6 +534,8 @@ class Ingest:
         if not force and now - self._watermark_at < WATERMARK_INTERVAL_S:
             return
         self._watermark_at = now
+        if self.watermark.handed_over:
+            self._settle_hand_overs()
         if not self._assigned:
             return
         positions = self._positions()

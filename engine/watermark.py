@@ -49,6 +49,13 @@ from dataclasses import dataclass
 #: An ingest instance not heard from for this long no longer holds time back.
 SOURCE_SILENCE_S = 30.0
 
+#: A source handed to another ingest instance holds this one's time back until
+#: the new owner has forwarded past what this one read of it, and this long
+#: more (its first ticks reach every partition of the customer stream)...
+HANDOVER_GRACE_S = 2.0
+#: ...or, for a source nothing new arrives on, this long after the hand-over.
+HANDOVER_HOLD_S = SOURCE_SILENCE_S
+
 #: Record headers ingest stamps on every forwarded event and tick.
 WATERMARK_HEADER = "iotcrm-wm"
 SOURCE_HEADER = "iotcrm-src"
@@ -162,6 +169,9 @@ class IngestWatermark:
         self.caught_up = False
         #: sources with unread records at the last check
         self.lagging = 0
+        #: sources another instance reads now: the offset this one had read
+        #: them to, when it gave them up, when the new owner was seen past it
+        self.handed_over: dict[Hashable, tuple[int, float, float | None]] = {}
 
     @property
     def current(self) -> float | None:
@@ -181,16 +191,47 @@ class IngestWatermark:
 
     def finish_check(self, check: EndCheck, ends: Mapping[Hashable, int]) -> None:
         """Apply end offsets asked for after ``check`` was taken. A source
-        without a known end counts as lagging."""
+        without a known end counts as lagging, and so does one handed over."""
         lagging = [
             source
             for source, position in check.positions.items()
             if position < ends.get(source, position + 1)
         ]
-        self.sources.advance(lagging, check.latest)
         self.lagging = len(lagging)
+        self.sources.advance([*lagging, *self.handed_over], check.latest)
         # Caught up only if nothing was read after the snapshot either.
-        self.caught_up = not lagging and self.read_at <= check.asked_at
+        self.caught_up = not lagging and not self.handed_over and self.read_at <= check.asked_at
+
+    def hand_over(self, read_to: Mapping[Hashable, int]) -> None:
+        """Sources now another ingest instance's (a rebalance), with the offset
+        this one had read each to. Until the new owner is heard everywhere,
+        this one's watermark would vouch for events only the new owner will
+        forward: so they keep holding it back at what this one read of them
+        (``settle`` says when they stop)."""
+        now = self._clock()
+        for source, offset in read_to.items():
+            self.handed_over[source] = (offset, now, None)
+
+    def take_back(self, sources: Iterable[Hashable]) -> None:
+        """Sources assigned to this instance again."""
+        for source in sources:
+            self.handed_over.pop(source, None)
+
+    def settle(self, committed: Mapping[Hashable, int]) -> None:
+        """The group's committed offsets of the handed-over sources. A source
+        stops holding time back ``HANDOVER_GRACE_S`` after its new owner
+        committed past what this instance had read (it forwarded something
+        new, and its ticks follow every commit), or ``HANDOVER_HOLD_S`` after
+        the hand-over if nothing new came."""
+        now = self._clock()
+        for source, (offset, since, passed) in list(self.handed_over.items()):
+            if passed is None and committed.get(source, -1) > offset:
+                passed = now
+                self.handed_over[source] = (offset, since, passed)
+            if now - since >= HANDOVER_HOLD_S or (
+                passed is not None and now - passed >= HANDOVER_GRACE_S
+            ):
+                del self.handed_over[source]
 
     def stamp(self) -> float:
         """The time ingest vouches for: every record it has not forwarded yet
@@ -238,6 +279,21 @@ class PartitionClock:
             self.sources[key] = (watermark, now)
         else:
             self.sources[key] = (previous[0], now)
+
+    def snapshot(self) -> dict[str, float]:
+        """Each ingest instance's latest watermark, for a checkpoint."""
+        return {source: mark for source, (mark, _) in self.sources.items()}
+
+    def restore(self, marks: Mapping[str, float]) -> None:
+        """Resume from a checkpoint's ``snapshot``, every instance heard just now.
+
+        >>> clock = PartitionClock(clock=lambda: 5.0)
+        >>> clock.restore({"ingest-a": 900.0, "ingest-b": 950.0})
+        >>> clock.now(), clock.snapshot() == {"ingest-a": 900.0, "ingest-b": 950.0}
+        (900.0, True)
+        """
+        now = self._clock()
+        self.sources = {source: (mark, now) for source, mark in marks.items()}
 
     def now(self) -> float | None:
         wall = self._clock()

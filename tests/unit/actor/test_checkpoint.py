@@ -12,6 +12,8 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
+
 
 class Anchor:
     """A record of a customer's partition (weak-referenceable, as Faust's events are)."""
@@ -77,3 +79,39 @@ async def test_a_checkpoint_of_many_customers_lets_the_loop_breathe() -> None:
         await asyncio.gather(beating, agent._releasing, return_exceptions=True)
     assert len(customers) == 30
     assert max(gaps) < WORK_BUDGET_S + 0.03, f"the loop waited {max(gaps):.3f} s at once"
+
+
+async def test_a_partitions_time_is_checkpointed_and_a_rebalance_goes_back_to_it() -> None:
+    """Time for idle keys moves with the records processed; a rebalance
+    replays the records since the last checkpoint, so the time must go back
+    to what that checkpoint saw, or timers fire ahead of replayed events
+    (the chaos suite saw silences invented that way)."""
+    from agents.customer import CustomerAgent
+    from tables.state import new_customer_state
+
+    runtime = SimpleNamespace(
+        settings=SimpleNamespace(
+            worker=SimpleNamespace(checkpoint_interval_s=1.0, state_cache_size=1000)
+        ),
+        tables=SimpleNamespace(customers={}),
+        timers={},
+        models_by_partition={},
+        model_checkpoints={},
+        app=SimpleNamespace(consumer=SimpleNamespace(_unacked_messages=set())),
+        actor=SimpleNamespace(next_due=lambda state: None),
+    )
+    agent = CustomerAgent(runtime)
+    record = Anchor(partition=3)
+    agent._clock(3, record).heard("ingest-a", 1000.0)
+    agent._states["c1"] = new_customer_state("c1")
+    agent._dirty["c1"] = record
+    await agent.checkpoint()
+    if agent._releasing is not None:
+        agent._releasing.cancel()
+        await asyncio.gather(agent._releasing, return_exceptions=True)
+    assert orjson.loads(runtime.model_checkpoints["clock-p3"]) == {"ingest-a": 1000.0}
+
+    agent._clock(3, record).heard("ingest-a", 5000.0)  # records a rebalance will replay
+    agent.drop_uncheckpointed()
+
+    assert agent._clock(3, record).now() == 1000.0

@@ -4,13 +4,15 @@ A key's timers also fire on the partition's time (a silent device's watchdog);
 time that runs ahead of unread events invents actions (a silence for a device
 whose next event is already in Kafka), so every way time can run ahead is
 pinned here: a lagging or never-read source, stale end offsets, devices out of
-order with each other, the wall clock while something is unread, and an
-ingest instance that went away.
+order with each other, the wall clock while something is unread, an ingest
+instance that went away, and sources handed to an instance not heard yet.
 """
 
 from __future__ import annotations
 
 from engine.watermark import (
+    HANDOVER_GRACE_S,
+    HANDOVER_HOLD_S,
     SOURCE_SILENCE_S,
     UNKNOWN,
     IngestWatermark,
@@ -144,3 +146,63 @@ def test_an_unknown_ingest_watermark_holds_partition_time_back() -> None:
     assert clock.now() == UNKNOWN, "no timer can be due"
     clock.on_event(ts=5001.0, source="ingest", watermark=4990.0)
     assert clock.now() == 4990.0
+
+
+def caught_up_check(mark: IngestWatermark, read_to: dict[str, int]) -> None:
+    mark.finish_check(mark.begin_check(read_to), ends=read_to)
+
+
+def test_a_source_handed_over_holds_time_until_its_new_owner_forwarded_past_it() -> None:
+    """A rebalance gives d2 to another ingest instance, which partitions of
+    the customer stream may not have heard from yet: this instance's time
+    must not run past d2's events on their way through the other one (the
+    chaos suite saw silences invented for devices just handed over)."""
+    wall = Wall()
+    mark = IngestWatermark(device_skew_s=0.0, idle_allowance_s=5.0, clock=wall)
+    mark.observe("d1", 100.0)
+    mark.observe("d2", 100.0)
+    caught_up_check(mark, {"d1": 5, "d2": 7})
+    mark.hand_over({"d2": 7})
+    mark.observe("d1", 9000.0)
+    caught_up_check(mark, {"d1": 9})
+    assert mark.stamp() == 100.0 and not mark.caught_up
+
+    wall.now = 1.0
+    mark.settle({"d2": 7})  # only what this one had read (its own commit)
+    caught_up_check(mark, {"d1": 9})
+    assert mark.stamp() == 100.0
+    mark.settle({"d2": 8})  # the new owner forwarded a record of its own
+    wall.now = 1.0 + HANDOVER_GRACE_S - 0.1
+    mark.settle({"d2": 9})
+    caught_up_check(mark, {"d1": 9})
+    assert mark.stamp() == 100.0, "its ticks may not have reached every partition yet"
+    wall.now = 1.0 + HANDOVER_GRACE_S
+    mark.settle({"d2": 9})
+    caught_up_check(mark, {"d1": 9})
+    assert mark.stamp() == 9000.0 and not mark.handed_over
+
+
+def test_a_quiet_source_handed_over_holds_time_for_a_while_only() -> None:
+    wall = Wall()
+    mark = IngestWatermark(device_skew_s=0.0, idle_allowance_s=5.0, clock=wall)
+    mark.observe("d1", 100.0)
+    mark.hand_over({"d2": -1001})  # never read here
+    mark.observe("d1", 500.0)
+    caught_up_check(mark, {"d1": 3})
+    assert mark.stamp() == UNKNOWN, "a source never read may hold anything"
+    wall.now = HANDOVER_HOLD_S
+    mark.note_read()  # d1 still flowing: no wall-clock ageing
+    mark.settle({})
+    caught_up_check(mark, {"d1": 3})
+    assert mark.stamp() == 500.0
+
+
+def test_a_source_assigned_back_is_read_here_again() -> None:
+    wall = Wall()
+    mark = IngestWatermark(device_skew_s=0.0, idle_allowance_s=5.0, clock=wall)
+    mark.observe("d1", 100.0)
+    mark.observe("d2", 50.0)
+    mark.hand_over({"d2": 4})
+    mark.take_back(["d2"])
+    caught_up_check(mark, {"d1": 1, "d2": 4})
+    assert mark.stamp() == 100.0 and mark.caught_up
