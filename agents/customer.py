@@ -277,6 +277,7 @@ class CustomerAgent:
         #: (a packed record carries several, maybe of several customers) or None
         groups: dict[str, list[tuple[faust.EventT, dict[str, Any] | None]]] = {}
         ticked: dict[int, faust.EventT] = {}
+        ticks: list[faust.EventT] = []
         #: partition -> (offset to fetch again from, whether the hole is new)
         rewinds: dict[int, tuple[int, bool]] = {}
         held: list[faust.EventT] = []
@@ -293,6 +294,7 @@ class CustomerAgent:
             key = record.key
             if key == TICK_KEY:
                 ticked[message.partition] = record
+                ticks.append(record)
             elif from_stream:
                 events = unpack_events(record.value)
                 packed.append((record, events))
@@ -323,10 +325,10 @@ class CustomerAgent:
 
         emitted_at = time.time()
         self._batch_open = True
-        for partition, record in ticked.items():
+        for record in ticks:  # every one: each ingest instance ticks
             source, watermark = time_headers(record.message.headers)
             if watermark is not None:
-                self._clock(partition, record).heard(source, watermark)
+                self._clock(record.message.partition, record).heard(source, watermark)
         for record, events in packed:
             if events:
                 message = record.message

@@ -284,16 +284,22 @@ class PartitionClock:
         """Each ingest instance's latest watermark, for a checkpoint."""
         return {source: mark for source, (mark, _) in self.sources.items()}
 
-    def restore(self, marks: Mapping[str, float]) -> None:
-        """Resume from a checkpoint's ``snapshot``, every instance heard just now.
+    def restore(self, marks: Mapping[str, float | None]) -> None:
+        """Resume from a checkpoint's ``snapshot``, every instance heard just
+        now; ``None`` is ``UNKNOWN`` (JSON has no infinity).
 
         >>> clock = PartitionClock(clock=lambda: 5.0)
         >>> clock.restore({"ingest-a": 900.0, "ingest-b": 950.0})
         >>> clock.now(), clock.snapshot() == {"ingest-a": 900.0, "ingest-b": 950.0}
         (900.0, True)
+        >>> clock.restore({"ingest-a": 900.0, "ingest-c": None})
+        >>> clock.now()
+        -inf
         """
         now = self._clock()
-        self.sources = {source: (mark, now) for source, mark in marks.items()}
+        self.sources = {
+            source: (UNKNOWN if mark is None else mark, now) for source, mark in marks.items()
+        }
 
     def now(self) -> float | None:
         wall = self._clock()

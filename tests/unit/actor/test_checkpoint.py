@@ -115,3 +115,16 @@ async def test_a_partitions_time_is_checkpointed_and_a_rebalance_goes_back_to_it
     agent.drop_uncheckpointed()
 
     assert agent._clock(3, record).now() == 1000.0
+
+
+def test_an_unknown_watermark_survives_the_checkpoint() -> None:
+    """An ingest that knows no time yet stamps -inf (it holds time back);
+    JSON writes it as null, and the restored clock still holds."""
+    from engine.watermark import UNKNOWN, PartitionClock
+
+    clock = PartitionClock(clock=lambda: 0.0)
+    clock.heard("ingest-a", 900.0)
+    clock.heard("ingest-b", UNKNOWN)
+    again = PartitionClock(clock=lambda: 0.0)
+    again.restore(orjson.loads(orjson.dumps(clock.snapshot())))
+    assert again.now() == UNKNOWN
