@@ -55,7 +55,9 @@ def _die_with_parent() -> None:
 
 def write_status(path: Path, status: dict[str, Any]) -> None:
     """Replace ``path`` atomically, so a reader never sees half a document."""
-    partial = path.with_suffix(".partial")
+    # A name of this process's own: a stage shutting down (its worker killed)
+    # and its successor write the same status at the same time.
+    partial = path.with_suffix(f".{os.getpid()}.partial")
     partial.write_bytes(orjson.dumps(status))
     os.replace(partial, path)
 

@@ -513,6 +513,32 @@ def _recovery(record: RunRecord, rate: float) -> None:
 # ----------------------------------------------------------------------------- comparing
 
 
+def plain(value: Any) -> Any:
+    """``value`` as nested plain data, objects as their class and state, so
+    that two runs' device models compare by what they learned.
+
+    >>> from engine.models.hst import HalfSpaceTrees
+    >>> a, b = HalfSpaceTrees(seed=1), HalfSpaceTrees(seed=1)
+    >>> a.learn_one({"x": 0.3}); b.learn_one({"x": 0.3})
+    >>> a == b, plain(a) == plain(b)
+    (False, True)
+    """
+    if value is None or isinstance(value, bool | int | float | str | bytes):
+        return value
+    if isinstance(value, dict):
+        return {plain(key): plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    if isinstance(value, set | frozenset):
+        return sorted(map(repr, value))
+    if isinstance(value, random.Random):
+        return plain(value.getstate())
+    state = value.__getstate__() if hasattr(value, "__getstate__") else vars(value)
+    if not isinstance(state, dict):
+        return [type(value).__qualname__, plain(state)]
+    return {"__class__": type(value).__qualname__, **plain(state)}
+
+
 def normalised_state(blob: bytes) -> dict[str, Any]:
     """A customer's state without what differs by design between two runs of
     the same input: wall-clock stamps, and the duplicate and late counters
@@ -524,6 +550,9 @@ def normalised_state(blob: bytes) -> dict[str, Any]:
         for name in VOLATILE_DEVICE_FIELDS:
             device.pop(name, None)
         device.pop("seen", None)
+        models = device.get("models")
+        if models:  # estimators compare by identity: compare what they learned
+            device["models"] = {name: plain(held) for name, held in models.items()}
     for action in state.get("recent_actions", []):
         action.pop("emitted_at", None)
     return state
