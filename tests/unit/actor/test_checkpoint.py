@@ -34,13 +34,9 @@ class SlowTable(dict):
         super().__setitem__(key, value)
 
 
-async def test_a_checkpoint_of_many_customers_lets_the_loop_breathe() -> None:
-    from agents.customer import CustomerAgent
-    from engine.loop_lag import WORK_BUDGET_S
-    from tables.state import new_customer_state
-
-    customers = SlowTable(write_s=0.01)
-    runtime = SimpleNamespace(
+def fake_runtime(customers: dict) -> Any:
+    """What the customer agent reads of the worker's runtime, without Faust."""
+    return SimpleNamespace(
         settings=SimpleNamespace(
             worker=SimpleNamespace(checkpoint_interval_s=1.0, state_cache_size=1000)
         ),
@@ -51,6 +47,15 @@ async def test_a_checkpoint_of_many_customers_lets_the_loop_breathe() -> None:
         app=SimpleNamespace(consumer=SimpleNamespace(_unacked_messages=set())),
         actor=SimpleNamespace(next_due=lambda state: None),
     )
+
+
+async def test_a_checkpoint_of_many_customers_lets_the_loop_breathe() -> None:
+    from agents.customer import CustomerAgent
+    from engine.loop_lag import WORK_BUDGET_S
+    from tables.state import new_customer_state
+
+    customers = SlowTable(write_s=0.01)
+    runtime = fake_runtime(customers)
     agent = CustomerAgent(runtime)
     anchor = Anchor(partition=0)
     for n in range(30):  # 30 x 10 ms = 300 ms of writes
@@ -89,17 +94,7 @@ async def test_a_partitions_time_is_checkpointed_and_a_rebalance_goes_back_to_it
     from agents.customer import CustomerAgent
     from tables.state import new_customer_state
 
-    runtime = SimpleNamespace(
-        settings=SimpleNamespace(
-            worker=SimpleNamespace(checkpoint_interval_s=1.0, state_cache_size=1000)
-        ),
-        tables=SimpleNamespace(customers={}),
-        timers={},
-        models_by_partition={},
-        model_checkpoints={},
-        app=SimpleNamespace(consumer=SimpleNamespace(_unacked_messages=set())),
-        actor=SimpleNamespace(next_due=lambda state: None),
-    )
+    runtime = fake_runtime({})
     agent = CustomerAgent(runtime)
     record = Anchor(partition=3)
     agent._clock(3, record).heard("ingest-a", 1000.0)
