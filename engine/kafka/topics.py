@@ -4,6 +4,12 @@ Co-partitioning matters: the customer actor consumes the customer-keyed event
 stream, ``crm.customers``, ``crm.outcomes`` and the erasure requests together, so all must
 have ``kafka.partitions`` partitions and be keyed by customer_id. ``ensure_topics``
 refuses to run against topics that exist with another partition count.
+
+The worker's table changelogs are declared here too, before Faust starts: a
+topic Faust creates itself right before it subscribes can be missing from the
+broker's metadata at the group's first assignment. Its partitions are then
+left unassigned and every write to that table fails (``PartitionsMismatch``)
+until the consumer next refreshes its metadata, minutes later.
 """
 
 from __future__ import annotations
@@ -32,10 +38,24 @@ class TopicSpec:
     strict: bool = False
 
 
+#: The worker's Faust tables, each backed by a compacted changelog topic
+#: co-partitioned with the customer-keyed stream (see tables/definitions.py).
+TABLE_NAMES = ("customers", "timers", "model-checkpoints")
+
+
+def changelog_topic(settings: Settings, table: str) -> str:
+    """The changelog topic Faust names for ``table`` (``<app id>-<table>-changelog``)."""
+    return f"{settings.worker.app_id}-{table}-changelog"
+
+
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     k = settings.kafka
     compacted = {"cleanup.policy": "compact"}
     return [
+        *(
+            TopicSpec(changelog_topic(settings, table), k.partitions, compacted, strict=True)
+            for table in TABLE_NAMES
+        ),
         TopicSpec(k.registry_topic, k.partitions, compacted),
         TopicSpec(k.customers_topic, k.partitions, compacted, strict=True),
         TopicSpec(k.customer_events_topic, k.partitions, strict=True),
