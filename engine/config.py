@@ -52,6 +52,10 @@ class CassandraSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     customer_360_ttl_s: int = 0
     device_registry_ttl_s: int = 0
     username: str = ""
+    #: Connect over TLS, the nodes' certificates verified against ``ssl_cafile``
+    #: (a PEM bundle; "": the system's CAs) and their address.
+    tls: bool = False
+    ssl_cafile: str = ""
 
 
 StageMode = Literal["process", "inline", "off"]

@@ -216,23 +216,59 @@ def _cql_read(sock: socket.socket) -> tuple[int, bytes]:
     return opcode, _recv_exact(sock, length)
 
 
-def cassandra_release_version(port: int, timeout: float = 3.0) -> str:
-    """Run ``SELECT release_version FROM system.local`` over the CQL v4 protocol."""
+class CqlError(ConnectionError):
+    """The server answered a CQL request with an error (or a login was refused)."""
+
+
+def _cql_connect(port: int, login: tuple[str, str] | None, timeout: float) -> socket.socket:
+    """A CQL v4 connection, logged in with ``login`` (SASL PLAIN) if the server asks."""
     startup = struct.pack(">H", 1) + b"".join(
         struct.pack(">H", len(s)) + s for s in (b"CQL_VERSION", b"3.0.0")
     )
-    query = b"SELECT release_version FROM system.local"
-    query_body = struct.pack(">i", len(query)) + query + struct.pack(">HB", 0x0001, 0)
-    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+    sock = socket.create_connection((HOST, port), timeout=timeout)
+    try:
         sock.sendall(_cql_frame(0x01, startup, 1))
-        opcode, _ = _cql_read(sock)
-        if opcode != 0x02:  # READY
-            raise ConnectionError(f"CQL STARTUP answered opcode {opcode}")
-        sock.sendall(_cql_frame(0x07, query_body, 2))
         opcode, body = _cql_read(sock)
+        if opcode == 0x03:  # AUTHENTICATE
+            if login is None:
+                raise CqlError("the server asks for a login")
+            token = b"\0" + login[0].encode() + b"\0" + login[1].encode()
+            sock.sendall(_cql_frame(0x0F, struct.pack(">i", len(token)) + token, 2))
+            opcode, body = _cql_read(sock)
+            if opcode != 0x10:  # AUTH_SUCCESS
+                raise CqlError(f"login as {login[0]} refused: {_error_message(opcode, body)}")
+        elif opcode != 0x02:  # READY
+            raise CqlError(f"CQL STARTUP answered {_error_message(opcode, body)}")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _cql_query(sock: socket.socket, query: str, stream: int = 3) -> bytes:
+    """Run one statement; the RESULT body."""
+    text = query.encode()
+    sock.sendall(
+        _cql_frame(0x07, struct.pack(">i", len(text)) + text + struct.pack(">HB", 1, 0), stream)
+    )
+    opcode, body = _cql_read(sock)
     if opcode != 0x08:  # RESULT
-        raise ConnectionError(f"CQL query answered opcode {opcode}")
-    return _first_text_value(body)
+        raise CqlError(f"{query.split(' WITH ')[0]}: {_error_message(opcode, body)}")
+    return body
+
+
+def _error_message(opcode: int, body: bytes) -> str:
+    if opcode != 0x00 or len(body) < 6:  # not an ERROR: [int code][string message]
+        return f"opcode {opcode}"
+    return body[6 : 6 + struct.unpack(">H", body[4:6])[0]].decode(errors="replace")
+
+
+def cassandra_release_version(
+    port: int, timeout: float = 3.0, login: tuple[str, str] | None = None
+) -> str:
+    """Run ``SELECT release_version FROM system.local`` over the CQL v4 protocol."""
+    with _cql_connect(port, login, timeout) as sock:
+        return _first_text_value(_cql_query(sock, "SELECT release_version FROM system.local"))
 
 
 class _Reader:
@@ -279,12 +315,82 @@ def is_ready(service: Service) -> bool:
             return kafka_broker_count(service.port) >= 1 and kafka_coordinator_ready(service.port)
         if service is MQTT:
             return mqtt_accepts(service.port)
-        return bool(cassandra_release_version(service.port))
+        return bool(cassandra_release_version(service.port, login=_cassandra_login(service)))
     except (OSError, struct.error):
         return False
 
 
 # --------------------------------------------------------------------------- configs
+
+
+#: The role iotcrm logs in to the local Cassandra with (its password:
+#: ``cassandra_secret_files``); the server's first superuser ``cassandra``
+#: keeps its well-known password only until the role exists.
+CASSANDRA_ROLE = "iotcrm"
+_CASSANDRA_FIRST_LOGIN = ("cassandra", "cassandra")
+
+
+def cassandra_secret_files(service: Service = CASSANDRA) -> dict[str, Path]:
+    """The local Cassandra's passwords, random, kept with its data: the role
+    iotcrm uses (``IOTCRM_CASSANDRA_PASSWORD_FILE``) and the superuser's."""
+    auth = service.home / "auth"
+    return {"dir": auth, "password": auth / "password", "admin": auth / "admin-password"}
+
+
+def client_environment() -> dict[str, str]:
+    """What a client of these servers needs from the environment: the file
+    holding the Cassandra password (the user, ``iotcrm``, is in iotcrm.toml)."""
+    return {"IOTCRM_CASSANDRA_PASSWORD_FILE": str(cassandra_secret_files()["password"])}
+
+
+def _cassandra_login(service: Service) -> tuple[str, str]:
+    """The role's login once it has a password, before that the first superuser's."""
+    password = cassandra_secret_files(service)["password"]
+    if password.exists():
+        return CASSANDRA_ROLE, password.read_text().strip()
+    return _CASSANDRA_FIRST_LOGIN
+
+
+def _add_cassandra_role(service: Service) -> None:
+    """Once per node: the ``iotcrm`` role with a random password and every
+    permission on every keyspace, and a random password for the superuser.
+    The passwords are written first, so a run cut short is finished by the next."""
+    try:
+        _cql_connect(service.port, None, timeout=10.0).close()
+    except CqlError:
+        pass  # it asks for a login, as configured
+    else:
+        raise ServiceError(
+            f"cassandra on {HOST}:{service.port} lets clients in without a login: it was "
+            "started with an earlier configuration; restart it (services.py stop cassandra)"
+        )
+    files = cassandra_secret_files(service)
+    if files["password"].exists():
+        try:
+            cassandra_release_version(service.port, login=_cassandra_login(service))
+            return
+        except CqlError:
+            pass  # the role was not created yet
+    files["dir"].mkdir(parents=True, exist_ok=True)
+    for name in ("password", "admin"):
+        if not files[name].exists():
+            files[name].touch(mode=0o600)
+            files[name].write_text(base64.urlsafe_b64encode(os.urandom(24)).decode() + "\n")
+    password = files["password"].read_text().strip()
+    admin = files["admin"].read_text().strip()
+    try:
+        sock = _cql_connect(service.port, ("cassandra", admin), timeout=10.0)
+    except CqlError:
+        sock = _cql_connect(service.port, _CASSANDRA_FIRST_LOGIN, timeout=10.0)
+    with sock:
+        for statement in (
+            f"CREATE ROLE IF NOT EXISTS {CASSANDRA_ROLE} WITH PASSWORD = '{password}' "
+            "AND LOGIN = true",
+            f"ALTER ROLE {CASSANDRA_ROLE} WITH PASSWORD = '{password}'",
+            f"GRANT ALL PERMISSIONS ON ALL KEYSPACES TO {CASSANDRA_ROLE}",
+            f"ALTER ROLE cassandra WITH PASSWORD = '{admin}'",
+        ):
+            _cql_query(sock, statement)
 
 
 #: The secured listener's SCRAM user (its password: ``kafka_secure_files``).
@@ -476,6 +582,10 @@ def _write_cassandra_config(service: Service) -> Path:
     conf = service.home / "conf"
     conf.mkdir(parents=True, exist_ok=True)
     storage_port = service.port + 10
+    # TLS with the local CA's certificate for 127.0.0.1 (the Kafka listener's),
+    # optional: clients may also speak plain CQL on the same port.
+    _write_tls_material(KAFKA)
+    keystore = kafka_secure_files(KAFKA)["keystore"]
     (conf / "cassandra.yaml").write_text(
         f"""cluster_name: iotcrm-local
 num_tokens: 1
@@ -497,8 +607,15 @@ commitlog_directory: {data}/commitlog
 saved_caches_directory: {data}/saved_caches
 hints_directory: {data}/hints
 cdc_raw_directory: {data}/cdc_raw
-authenticator: AllowAllAuthenticator
-authorizer: AllowAllAuthorizer
+authenticator: PasswordAuthenticator
+authorizer: CassandraAuthorizer
+role_manager: CassandraRoleManager
+client_encryption_options:
+  enabled: true
+  optional: true
+  ssl_context_factory:
+    class_name: org.apache.cassandra.security.PEMBasedSslContextFactory
+  keystore: {keystore}
 concurrent_compactors: 1
 # Test namespaces are dropped after each test; no snapshot of them is wanted.
 auto_snapshot: false
@@ -599,6 +716,8 @@ def start(service: Service) -> bool:
     """Start the server unless it already answers; return True if this call started it."""
     if is_ready(service):
         log(f"{service.name} already running on {HOST}:{service.port}")
+        if service is CASSANDRA:
+            _add_cassandra_role(service)  # a start cut short may have left it undone
         return False
     process: subprocess.Popen[bytes] | None = None
     if _pid(service) is None:
@@ -624,6 +743,8 @@ def start(service: Service) -> bool:
         if is_ready(service):
             if service is KAFKA:
                 _add_scram_user(service)
+            if service is CASSANDRA:
+                _add_cassandra_role(service)
             log(f"{service.name} ready on {HOST}:{service.port}")
             return True
         # poll() reaps a child of ours that died, which kill(pid, 0) would still see as a zombie.
@@ -738,7 +859,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("run needs a command")
         started = start_all(list(SERVICES.values()))
         try:
-            return subprocess.call(command)
+            return subprocess.call(command, env={**client_environment(), **os.environ})
         finally:
             for service in started:
                 stop(service)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -96,7 +97,8 @@ def build_cluster(settings: Settings, *, request_timeout_s: float = 10.0) -> Clu
     """A driver ``Cluster`` for the settings (not connected yet).
 
     Credentials: ``cassandra.username`` from the settings, the password only
-    from the environment (``IOTCRM_CASSANDRA_PASSWORD``).
+    from the environment (``IOTCRM_CASSANDRA_PASSWORD``). With
+    ``cassandra.tls``, TLS verified against ``cassandra.ssl_cafile``.
     """
     cfg = settings.cassandra
     auth = None
@@ -111,10 +113,15 @@ def build_cluster(settings: Settings, *, request_timeout_s: float = 10.0) -> Clu
         request_timeout=request_timeout_s,
         row_factory=dict_factory,
     )
+    tls = None
+    if cfg.tls:
+        # check_hostname: the driver names each node's address as the server name
+        tls = ssl.create_default_context(cafile=cfg.ssl_cafile or None)
     return Cluster(
         contact_points=[p.strip() for p in cfg.contact_points.split(",") if p.strip()],
         port=cfg.port,
         auth_provider=auth,
+        ssl_context=tls,
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         # Cassandra 4 and 5 speak v5; saying so skips the driver's downgrade dance.
         protocol_version=ProtocolVersion.V5,

@@ -11,6 +11,7 @@ read each other's records and can run against long-lived servers.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,6 +25,10 @@ sys.path.insert(0, str(REPO / "deploy" / "local"))
 import services
 
 pytestmark = pytest.mark.integration
+
+# As `services.py run` does for `make test`: pytest started on its own finds the login too.
+for _name, _value in services.client_environment().items():
+    os.environ.setdefault(_name, _value)
 
 
 @pytest.fixture(scope="session", autouse=True)

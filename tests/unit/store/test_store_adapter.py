@@ -461,6 +461,7 @@ def test_keyspace_must_be_a_plain_identifier() -> None:
 
 def test_password_comes_only_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("IOTCRM_CASSANDRA_PASSWORD", raising=False)
+    monkeypatch.delenv("IOTCRM_CASSANDRA_PASSWORD_FILE", raising=False)
     assert build_cluster(Settings()).auth_provider is None
     with pytest.raises(StoreConfigError, match="IOTCRM_CASSANDRA_PASSWORD"):
         build_cluster(settings_with(username="iotcrm"))
