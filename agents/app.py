@@ -41,6 +41,7 @@ from engine.durations import DAY_S, HOUR_S
 from engine.kafka.clients import ssl_context
 from engine.loop_lag import LoopLag, watch_loop
 from engine.models import ModelSet, load_models
+from engine.pseudonyms import pseudonyms_for
 from engine.quality import StreamHygiene
 from engine.rules import RuleEngine
 from engine.rules_watch import RulesWatcher
@@ -142,7 +143,10 @@ class Runtime:
         self.rules_watcher = RulesWatcher(settings.rules.path)
         ruleset = self.rules_watcher.load_initial()
         self.actor = CustomerActor(
-            RuleEngine(ruleset), StreamHygiene(settings.quality), settings.action_topic
+            RuleEngine(ruleset),
+            StreamHygiene(settings.quality),
+            settings.action_topic,
+            pseudonyms_for(settings),  # refuses to start without its key
         )
         self.models_path = settings.models.path
         load_models(self.models_path)  # refuse to start on a broken model file

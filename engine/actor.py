@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engine.actions import build_action
+from engine.pseudonyms import Pseudonyms
 from engine.quality import StreamHygiene
 from engine.rules.compiler import DEFAULT_TOPICS as DEFAULT_ACTION_TOPICS
 from tables.state import (
@@ -75,11 +76,17 @@ class CustomerActor:
     """
 
     def __init__(
-        self, rules: Any, hygiene: StreamHygiene, action_topic: Callable[[str], str] | None = None
+        self,
+        rules: Any,
+        hygiene: StreamHygiene,
+        action_topic: Callable[[str], str] | None = None,
+        pseudonyms: Pseudonyms | None = None,
     ) -> None:
         self.rules = rules
         self.hygiene = hygiene
         self._action_topic = action_topic
+        #: with privacy.pseudonymise_actions: the ids of emitted actions are replaced
+        self.pseudonyms = pseudonyms
 
     def topic_for(self, firing: Any) -> str:
         """Where a firing's action goes: a topic the rule names explicitly, else
@@ -188,7 +195,9 @@ class CustomerActor:
                 device_id=firing.device_id,
                 emitted_at=emitted_at,
             )
-            note_action(state, action)
+            note_action(state, action)  # the customer's own state keeps the real ids
+            if self.pseudonyms is not None:
+                action = self.pseudonyms.action(action)
             out.actions.append((self.topic_for(firing), action))
 
 

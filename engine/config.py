@@ -158,6 +158,13 @@ class MqttSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     username: str = ""
 
 
+class PrivacySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    #: Actions on the downstream topics (and so the action log) carry keyed
+    #: pseudonyms of customer and device ids (``engine.pseudonyms``); the key
+    #: only from IOTCRM_PSEUDONYM_KEY (or the file IOTCRM_PSEUDONYM_KEY_FILE names).
+    pseudonymise_actions: bool = False
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
     cassandra: CassandraSettings = msgspec.field(default_factory=CassandraSettings)
@@ -166,6 +173,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     models: ModelsSettings = msgspec.field(default_factory=ModelsSettings)
     quality: QualitySettings = msgspec.field(default_factory=QualitySettings)
     mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
+    privacy: PrivacySettings = msgspec.field(default_factory=PrivacySettings)
 
     @staticmethod
     def secret(name: str, environ: Mapping[str, str] | None = None) -> str | None:
@@ -206,7 +214,7 @@ ACTION_TOPIC_SUFFIX: dict[str, str] = {
 
 
 #: Read by ``Settings.secret`` only, never settings: no file or override holds them.
-SECRETS = frozenset({"KAFKA_SASL_PASSWORD", "CASSANDRA_PASSWORD", "MQTT_PASSWORD"})
+SECRETS = frozenset({"KAFKA_SASL_PASSWORD", "CASSANDRA_PASSWORD", "MQTT_PASSWORD", "PSEUDONYM_KEY"})
 _SECRET_VARIABLES = frozenset(
     f"IOTCRM_{name}{suffix}" for name in SECRETS for suffix in ("", "_FILE")
 )

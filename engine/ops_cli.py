@@ -144,6 +144,9 @@ def run_worker(args: argparse.Namespace) -> int:
     except ModelConfigError as exc:
         print(f"iotcrm worker: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:  # e.g. pseudonyms asked for without their key
+        print(f"iotcrm worker: {exc}", file=sys.stderr)
+        return 2
     from faust.worker import Worker
 
     worker = Worker(runtime.app, loglevel=args.loglevel, quiet=True, override_logging=False)

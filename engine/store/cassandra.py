@@ -47,6 +47,7 @@ from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStat
 
 from engine.config import Settings
 from engine.erasure import ErasureReport
+from engine.pseudonyms import pseudonyms_for
 from engine.store.migrations import apply_migrations, check_identifier
 from engine.store.rows import (
     ACTION_COLUMNS,
@@ -156,6 +157,8 @@ class CassandraStore:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
         self._settings = settings
+        #: the ids actions are published, and so logged, under (privacy.pseudonymise_actions)
+        self._pseudonyms = pseudonyms_for(settings)
         self._keyspace = check_identifier(keyspace or settings.cassandra.keyspace)
         self._migrate = migrate
         self._request_timeout_s = request_timeout_s
@@ -512,7 +515,8 @@ class CassandraStore:
         """Delete every row of the customer (GDPR): its action log and the
         copies by id, its customer-360 row, its devices' registry rows; returns
         the rows deleted per table."""
-        rows = await self._execute("read_action_ids", (customer_id,))
+        logged_as = self._logged_as(customer_id)
+        rows = await self._execute("read_action_ids", (logged_as,))
         action_ids = sorted({row["action_id"] for row in rows})
         stamp = int(_now_ms() + 1000 * (self._settings.quality.max_future_skew_s + 1)) * 1000
         statements = self._statements
@@ -520,7 +524,7 @@ class CassandraStore:
             (statements["delete_action_by_id"], (stamp, action_id)) for action_id in action_ids
         ]
         requests += [(statements["delete_device_row"], (stamp, d)) for d in device_ids]
-        requests.append((statements["delete_action_log"], (stamp, customer_id)))
+        requests.append((statements["delete_action_log"], (stamp, logged_as)))
         requests.append((statements["delete_customer_360"], (stamp, customer_id)))
         await self._execute_all(requests)
         return {
@@ -556,13 +560,18 @@ class CassandraStore:
             for name, value in rows[0].items()
         }
 
+    def _logged_as(self, customer_id: str) -> str:
+        """The id a customer's actions are logged under: that of the action topics."""
+        return customer_id if self._pseudonyms is None else self._pseudonyms.of(customer_id)
+
     # -- reads --------------------------------------------------------------
 
     async def read_actions(self, customer_id: str, limit: int = 50) -> list[dict[str, Any]]:
-        """A customer's actions, newest first (by event time ``at``)."""
+        """A customer's actions, newest first (by event time ``at``), as
+        published (with their pseudonyms, if actions carry them)."""
         if not 1 <= limit <= _MAX_READ_LIMIT:
             raise ValueError(f"limit must be in [1, {_MAX_READ_LIMIT}]")
-        rows = await self._execute("read_actions", (customer_id, limit))
+        rows = await self._execute("read_actions", (self._logged_as(customer_id), limit))
         return [action_from_row(row) for row in rows]
 
     async def read_action(self, action_id: str) -> dict[str, Any] | None:
@@ -604,7 +613,7 @@ class CassandraStore:
 
     async def count_actions(self, customer_id: str) -> int:
         """Rows in one customer's ``action_log`` partition."""
-        (row,) = await self._execute("count_actions", (customer_id,))
+        (row,) = await self._execute("count_actions", (self._logged_as(customer_id),))
         return int(row["n"])
 
     async def count_rows(self, table: str) -> int:
