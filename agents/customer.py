@@ -277,7 +277,8 @@ class CustomerAgent:
         #: (a packed record carries several, maybe of several customers) or None
         groups: dict[str, list[tuple[faust.EventT, dict[str, Any] | None]]] = {}
         ticked: dict[int, faust.EventT] = {}
-        ticks: list[faust.EventT] = []
+        #: records that carry time (ticks and packed events), in stream order
+        timed: list[faust.EventT] = []
         #: partition -> (offset to fetch again from, whether the hole is new)
         rewinds: dict[int, tuple[int, bool]] = {}
         held: list[faust.EventT] = []
@@ -294,10 +295,11 @@ class CustomerAgent:
             key = record.key
             if key == TICK_KEY:
                 ticked[message.partition] = record
-                ticks.append(record)
+                timed.append(record)
             elif from_stream:
                 events = unpack_events(record.value)
                 packed.append((record, events))
+                timed.append(record)
                 for event in events:
                     groups.setdefault(event["customer_id"], []).append((record, event))
             elif key is None:
@@ -325,18 +327,15 @@ class CustomerAgent:
 
         emitted_at = time.time()
         self._batch_open = True
-        for record in ticks:  # every one: each ingest instance ticks
-            source, watermark = time_headers(record.message.headers)
+        unpacked = dict(packed)
+        for record in timed:  # every one, in order: each ingest instance ticks
+            message = record.message
+            source, watermark = time_headers(message.headers)
+            if watermark is None and record.key != TICK_KEY and unpacked[record]:
+                # A record not written by ingest: its latest event time stands in.
+                watermark = max(event["ts"] for event in unpacked[record])
             if watermark is not None:
-                self._clock(record.message.partition, record).heard(source, watermark)
-        for record, events in packed:
-            if events:
-                message = record.message
-                source, watermark = time_headers(message.headers)
-                # Without a watermark (records not written by ingest) the
-                # record's latest event time stands in for one.
-                mark = watermark if watermark is not None else max(e["ts"] for e in events)
-                self._clock(message.partition, record).on_event(mark, source, watermark)
+                self._clock(message.partition, record).heard(source, watermark, message.timestamp)
         written: dict[str, tuple[faust.EventT, CustomerState]] = {}
         #: partitions whose models learned in this batch: a record of each
         learned: dict[int, faust.EventT] = {}

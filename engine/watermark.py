@@ -24,11 +24,18 @@ not read yet:
   quiet: only then, only while ingest is sure it has read everything.
 - every record ingest forwards carries its watermark and ingest's id; an
   idle ingest sends tick records with them, so quiet partitions hear it.
+- an ingest instance that is given sources another one read (a rebalance,
+  or the other one died) vouches for nothing past what it has read of them
+  until it has read them to their end: its older sources may be far ahead
+  of theirs.
 - the customer actor keeps a ``PartitionClock`` per partition: the smallest
-  watermark of the ingest instances heard from recently. The actor never
-  ages time itself: while an ingest instance is down, failing over or
-  behind, its last watermark holds time back, so a partition that is being
-  failed over fires nothing early.
+  watermark of the ingest instances heard from recently, where *recently*
+  is measured in the stream (the records' produce times), not by the
+  actor's wall clock. The actor never ages time itself: while an ingest
+  instance is down, failing over or behind, its last watermark holds time
+  back, so a partition that is being failed over fires nothing early, and
+  an actor replaying a backlog after a failover sees time move exactly as
+  it did the first time.
 
 >>> marks = SourceWatermarks()
 >>> marks.observe("fast", 500.0); marks.observe("slow", 100.0)
@@ -45,8 +52,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-#: An ingest instance not heard from for this long no longer holds time back.
+#: An ingest instance no record was produced by for this long (by the
+#: produce times of the records of the others) no longer holds time back.
+#: Longer than a dead instance's sources take to reach a new owner (the
+#: session timeout, then a rebalance).
 SOURCE_SILENCE_S = 30.0
 
 #: A source handed to another ingest instance holds this one's time back until
@@ -172,6 +183,9 @@ class IngestWatermark:
         #: sources another instance reads now: the offset this one had read
         #: them to, when it gave them up, when the new owner was seen past it
         self.handed_over: dict[Hashable, tuple[int, float, float | None]] = {}
+        #: sources taken over while this instance vouched for a time, not yet
+        #: read to their end: they hold the stamp at what was read of them
+        self.joining: set[Hashable] = set()
 
     @property
     def current(self) -> float | None:
@@ -199,6 +213,8 @@ class IngestWatermark:
         ]
         self.lagging = len(lagging)
         self.sources.advance([*lagging, *self.handed_over], check.latest)
+        # A source assigned after the snapshot was not judged: it stays joining.
+        self.joining.difference_update(set(check.positions).difference(lagging))
         # Caught up only if nothing was read after the snapshot either.
         self.caught_up = not lagging and not self.handed_over and self.read_at <= check.asked_at
 
@@ -213,9 +229,15 @@ class IngestWatermark:
             self.handed_over[source] = (offset, now, None)
 
     def take_back(self, sources: Iterable[Hashable]) -> None:
-        """Sources assigned to this instance again."""
+        """Sources assigned to this instance (again, or taken over from one
+        that gave them up or died). Once this instance vouches for a time,
+        its other sources may be far ahead of the ones it is given: until a
+        check finds them read to their end, they hold the stamp at the
+        latest event time read from them (unknown before the first)."""
         for source in sources:
             self.handed_over.pop(source, None)
+            if self.sources.current is not None:
+                self.joining.add(source)
 
     def settle(self, committed: Mapping[Hashable, int]) -> None:
         """The group's committed offsets of the handed-over sources. A source
@@ -240,6 +262,11 @@ class IngestWatermark:
         base = self.sources.current
         if base is None:
             return UNKNOWN
+        if self.joining:
+            latest = self.sources.latest
+            if any(source not in latest for source in self.joining):
+                return UNKNOWN
+            base = min(base, *(latest[source] for source in self.joining))
         if self.caught_up:
             idle = self._clock() - self.read_at
             if idle > self.idle_allowance_s:
@@ -249,61 +276,69 @@ class IngestWatermark:
 
 class PartitionClock:
     """Event time of one actor partition, for the timers of its idle keys:
-    the smallest watermark of the ingest instances heard from within
-    ``SOURCE_SILENCE_S`` (all of them, if none was heard that recently).
+    the smallest watermark of the ingest instances that produced a record
+    within ``SOURCE_SILENCE_S`` of the newest one heard (by the records'
+    produce times, so an actor replaying a backlog ages nothing: time moves
+    as the stream says, however late the actor reads it).
 
-    >>> wall = iter([0.0, 1.0, 2.0]).__next__
-    >>> clock = PartitionClock(clock=wall)
-    >>> clock.on_event(ts=1000.0, source="ingest-a", watermark=900.0)
-    >>> clock.on_event(ts=1010.0, source="ingest-b", watermark=950.0)
+    >>> clock = PartitionClock()
+    >>> clock.heard("ingest-a", watermark=900.0, produced_at=0.0)
+    >>> clock.heard("ingest-b", watermark=950.0, produced_at=1.0)
     >>> clock.now()
     900.0
+    >>> clock.heard("ingest-b", watermark=990.0, produced_at=31.0)  # a is gone
+    >>> clock.now()
+    990.0
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        #: ingest instance -> (its latest watermark, when it was heard from)
+    def __init__(self) -> None:
+        #: ingest instance -> (its latest watermark, when that record was produced)
         self.sources: dict[str, tuple[float, float]] = {}
 
-    def on_event(self, ts: float, source: str | None, watermark: float | None) -> None:
-        """A record of events arrived; without a watermark (not written by
-        ingest) its own time stands in for one."""
-        self.heard(source, ts if watermark is None else watermark)
-
-    def heard(self, source: str | None, watermark: float) -> None:
-        """An ingest instance vouched for ``watermark`` (on a record or a tick)."""
-        now = self._clock()
+    def heard(self, source: str | None, watermark: float, produced_at: float) -> None:
+        """An ingest instance vouched for ``watermark`` on a record (an event's
+        or a tick) it produced at ``produced_at``. Records of one instance
+        reach a partition in the order it produced them, so its latest word
+        counts, also when it takes time back (it was given sources that are
+        behind the others it reads)."""
         key = source or ""
         previous = self.sources.get(key)
-        if previous is None or watermark > previous[0]:
-            self.sources[key] = (watermark, now)
-        else:
-            self.sources[key] = (previous[0], now)
+        if previous is None or produced_at >= previous[1]:
+            self.sources[key] = (watermark, produced_at)
 
-    def snapshot(self) -> dict[str, float]:
-        """Each ingest instance's latest watermark, for a checkpoint."""
-        return {source: mark for source, (mark, _) in self.sources.items()}
+    def snapshot(self) -> dict[str, list[float]]:
+        """Each ingest instance's latest watermark and its record's produce
+        time, for a checkpoint (JSON: an unknown watermark becomes null)."""
+        return {source: [mark, produced] for source, (mark, produced) in self.sources.items()}
 
-    def restore(self, marks: Mapping[str, float | None]) -> None:
-        """Resume from a checkpoint's ``snapshot``, every instance heard just
-        now; ``None`` is ``UNKNOWN`` (JSON has no infinity).
+    def restore(self, marks: Mapping[str, Any]) -> None:
+        """Resume from a checkpoint's ``snapshot``; ``None`` is ``UNKNOWN``
+        (JSON has no infinity). A bare watermark (an older checkpoint, without
+        produce times) counts as produced long ago: the next record of any
+        instance decides whether it still holds time.
 
-        >>> clock = PartitionClock(clock=lambda: 5.0)
-        >>> clock.restore({"ingest-a": 900.0, "ingest-b": 950.0})
-        >>> clock.now(), clock.snapshot() == {"ingest-a": 900.0, "ingest-b": 950.0}
+        >>> clock = PartitionClock()
+        >>> clock.restore({"ingest-a": [900.0, 10.0], "ingest-b": [950.0, 12.0]})
+        >>> clock.now(), clock.snapshot() == {"ingest-a": [900.0, 10.0], "ingest-b": [950.0, 12.0]}
         (900.0, True)
-        >>> clock.restore({"ingest-a": 900.0, "ingest-c": None})
+        >>> clock.restore({"ingest-a": [900.0, 10.0], "ingest-c": [None, 11.0]})
         >>> clock.now()
         -inf
         """
-        now = self._clock()
-        self.sources = {
-            source: (UNKNOWN if mark is None else mark, now) for source, mark in marks.items()
-        }
+        self.sources = {}
+        for source, entry in marks.items():
+            mark, produced = entry if isinstance(entry, list) else (entry, None)
+            self.sources[source] = (
+                UNKNOWN if mark is None else mark,
+                UNKNOWN if produced is None else produced,
+            )
 
     def now(self) -> float | None:
-        wall = self._clock()
-        heard = [mark for mark, seen in self.sources.values() if wall - seen <= SOURCE_SILENCE_S]
-        if not heard:
-            heard = [mark for mark, _ in self.sources.values()]
-        return min(heard) if heard else None
+        if not self.sources:
+            return None
+        newest = max(produced for _, produced in self.sources.values())
+        return min(
+            mark
+            for mark, produced in self.sources.values()
+            if produced >= newest - SOURCE_SILENCE_S
+        )

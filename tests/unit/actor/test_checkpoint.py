@@ -97,16 +97,17 @@ async def test_a_partitions_time_is_checkpointed_and_a_rebalance_goes_back_to_it
     runtime = fake_runtime({})
     agent = CustomerAgent(runtime)
     record = Anchor(partition=3)
-    agent._clock(3, record).heard("ingest-a", 1000.0)
+    agent._clock(3, record).heard("ingest-a", 1000.0, produced_at=10.0)
     agent._states["c1"] = new_customer_state("c1")
     agent._dirty["c1"] = record
     await agent.checkpoint()
     if agent._releasing is not None:
         agent._releasing.cancel()
         await asyncio.gather(agent._releasing, return_exceptions=True)
-    assert orjson.loads(runtime.model_checkpoints["clock-p3"]) == {"ingest-a": 1000.0}
+    assert orjson.loads(runtime.model_checkpoints["clock-p3"]) == {"ingest-a": [1000.0, 10.0]}
 
-    agent._clock(3, record).heard("ingest-a", 5000.0)  # records a rebalance will replay
+    # records a rebalance will replay
+    agent._clock(3, record).heard("ingest-a", 5000.0, produced_at=11.0)
     agent.drop_uncheckpointed()
 
     assert agent._clock(3, record).now() == 1000.0
@@ -117,9 +118,9 @@ def test_an_unknown_watermark_survives_the_checkpoint() -> None:
     JSON writes it as null, and the restored clock still holds."""
     from engine.watermark import UNKNOWN, PartitionClock
 
-    clock = PartitionClock(clock=lambda: 0.0)
-    clock.heard("ingest-a", 900.0)
-    clock.heard("ingest-b", UNKNOWN)
-    again = PartitionClock(clock=lambda: 0.0)
+    clock = PartitionClock()
+    clock.heard("ingest-a", 900.0, produced_at=1.0)
+    clock.heard("ingest-b", UNKNOWN, produced_at=2.0)
+    again = PartitionClock()
     again.restore(orjson.loads(orjson.dumps(clock.snapshot())))
     assert again.now() == UNKNOWN

@@ -110,42 +110,69 @@ def test_the_wall_clock_moves_time_only_when_everything_was_read_and_nothing_com
 
 
 def test_the_slowest_recent_ingest_instance_sets_partition_time() -> None:
-    wall = Wall()
-    clock = PartitionClock(clock=wall)
-    clock.on_event(ts=500.0, source="fast", watermark=480.0)
-    clock.on_event(ts=100.0, source="slow", watermark=90.0)
+    clock = PartitionClock()
+    clock.heard("fast", 480.0, produced_at=0.0)
+    clock.heard("slow", 90.0, produced_at=1.0)
     assert clock.now() == 90.0
-    wall.now = 2.0
-    clock.on_event(ts=600.0, source="fast", watermark=590.0)
+    clock.heard("fast", 590.0, produced_at=2.0)
     assert clock.now() == 90.0
-    # The slow instance went away (rebalanced, stopped): it no longer holds time.
-    wall.now = 2.0 + SOURCE_SILENCE_S + 1
-    clock.on_event(ts=700.0, source="fast", watermark=690.0)
+    # The slow instance went away (rebalanced, stopped, killed): once the
+    # stream has gone on without it long enough, it no longer holds time.
+    clock.heard("fast", 680.0, produced_at=1.0 + SOURCE_SILENCE_S)
+    assert clock.now() == 90.0
+    clock.heard("fast", 690.0, produced_at=1.5 + SOURCE_SILENCE_S)
     assert clock.now() == 690.0
+
+
+def test_an_actor_far_behind_ages_no_instance_out_by_its_own_wall_clock() -> None:
+    """After a failover the new owner replays minutes of records in seconds,
+    or reads them long after they were produced: an instance's silence is
+    measured in the stream (produce times), so time moves as it did live,
+    however late the records are read."""
+    clock = PartitionClock()
+    clock.heard("dead", 100.0, produced_at=1000.0)  # its last word before a kill
+    clock.heard("survivor", 5000.0, produced_at=1001.0)
+    # However long the actor takes to get here, the stream says 1 s passed.
+    assert clock.now() == 100.0
+
+
+def test_an_instance_taking_time_back_is_believed() -> None:
+    """An ingest instance given sources that are behind its others stamps a
+    smaller time from then on (see IngestWatermark.take_back); its records
+    come in the order it produced them, so its latest word counts."""
+    clock = PartitionClock()
+    clock.heard("survivor", 5000.0, produced_at=1.0)
+    clock.heard("survivor", 120.0, produced_at=2.0)
+    assert clock.now() == 120.0
+    clock.heard("survivor", 5000.0, produced_at=1.5)  # an older record, read late
+    assert clock.now() == 120.0
 
 
 def test_a_quiet_partition_never_ages_by_itself() -> None:
     # While ingest is down or failing over, its partitions hear nothing: the
     # last time it vouched for stays, however long the wall clock runs.
-    wall = Wall()
-    clock = PartitionClock(clock=wall)
+    clock = PartitionClock()
     assert clock.now() is None
-    clock.on_event(ts=100.0, source="ingest", watermark=90.0)
-    wall.now = 3600.0
-    assert clock.now() == 90.0
-    clock.on_event(ts=90.0, source=None, watermark=None)  # a record not written by ingest
+    clock.heard("ingest", 90.0, produced_at=0.0)
     assert clock.now() == 90.0
 
 
 def test_an_unknown_ingest_watermark_holds_partition_time_back() -> None:
-    wall = Wall()
-    clock = PartitionClock(clock=wall)
-    clock.on_event(ts=5000.0, source="ingest", watermark=UNKNOWN)
-    assert clock.now() == UNKNOWN
-    wall.now = 60.0
+    clock = PartitionClock()
+    clock.heard("ingest", UNKNOWN, produced_at=0.0)
     assert clock.now() == UNKNOWN, "no timer can be due"
-    clock.on_event(ts=5001.0, source="ingest", watermark=4990.0)
+    clock.heard("ingest", 4990.0, produced_at=1.0)
     assert clock.now() == 4990.0
+
+
+def test_a_checkpoint_of_an_older_layout_still_restores() -> None:
+    """Checkpoints written before produce times were kept hold bare
+    watermarks: they count as heard long ago."""
+    clock = PartitionClock()
+    clock.restore({"ingest-a": 900.0, "ingest-b": None})
+    assert clock.now() == UNKNOWN
+    clock.heard("ingest-a", 950.0, produced_at=5.0)
+    assert clock.now() == 950.0
 
 
 def caught_up_check(mark: IngestWatermark, read_to: dict[str, int]) -> None:
@@ -195,6 +222,36 @@ def test_a_quiet_source_handed_over_holds_time_for_a_while_only() -> None:
     mark.settle({})
     caught_up_check(mark, {"d1": 3})
     assert mark.stamp() == 500.0
+
+
+def test_sources_taken_over_hold_time_at_what_was_read_of_them() -> None:
+    """An instance given the sources of one that died (no hand-over from a
+    SIGKILLed process) is already far ahead on its own sources: until it has
+    read the new ones to their end, it vouches for no more than it read of
+    them (the chaos suite's kills invented silences for their devices)."""
+    wall = Wall()
+    mark = IngestWatermark(device_skew_s=0.0, idle_allowance_s=5.0, clock=wall)
+    mark.observe("d1", 9000.0)
+    caught_up_check(mark, {"d1": 5})
+    assert mark.stamp() == 9000.0
+    mark.take_back(["d2"])  # the other instance died; d2 is ours now
+    assert mark.stamp() == UNKNOWN, "d2's next event may be as old as anything"
+    mark.observe("d2", 300.0)
+    mark.finish_check(mark.begin_check({"d1": 5, "d2": 2}), ends={"d1": 5, "d2": 40})
+    assert mark.stamp() == 300.0
+    mark.observe("d2", 8000.0)
+    caught_up_check(mark, {"d1": 5, "d2": 40})
+    assert mark.stamp() == 9000.0 and not mark.joining
+
+
+def test_the_first_assignment_is_not_a_take_over() -> None:
+    mark = IngestWatermark(device_skew_s=0.0, idle_allowance_s=5.0)
+    mark.take_back(["d1", "d2"])
+    assert not mark.joining
+    mark.observe("d1", 10.0)
+    mark.observe("d2", 20.0)
+    caught_up_check(mark, {"d1": 1, "d2": 1})
+    assert mark.stamp() == 20.0
 
 
 def test_a_source_assigned_back_is_read_here_again() -> None:
