@@ -59,7 +59,10 @@ COUNTERS: dict[str, dict[str, str]] = {
         "restarts": "Times the worker restarted its sink process.",
         "erasures": "Customers whose Cassandra rows an erasure deleted.",
     },
-    "event_loop": {"stalls": "Event-loop wake-ups more than 0.5 s late."},
+    "event_loop": {
+        "stalls": "Event-loop wake-ups more than 0.5 s late.",
+        "busy_stalls": "Stalls the loop's thread spent running (work that did not yield).",
+    },
 }
 
 #: (section, key) -> (gauge name, help)

@@ -3,14 +3,25 @@
 A loop blocked by a long batch, a slow synchronous call or a starved CPU
 delays everything on it: heartbeats, fetches, timers, the web views. The
 monitor sleeps ``interval_s`` again and again and records how much later
-than asked it woke up.
+than asked it woke up, and how much CPU the loop's thread used meanwhile: a
+stall the thread spent running is work on the loop that did not yield (the
+code's fault); one it spent mostly off the CPU is a machine that did not
+give it one (or a blocking call waiting on I/O).
 
 >>> lag = LoopLag(window_s=10.0)
 >>> lag.record(at=100.0, lag_s=0.002)
->>> lag.record(at=101.0, lag_s=0.750)
+False
+>>> lag.record(at=101.0, lag_s=0.750, cpu_s=0.05)  # starved
+False
+>>> lag.record(at=102.0, lag_s=0.600, cpu_s=0.58)  # busy
+True
 >>> lag.record(at=115.0, lag_s=0.004)
->>> lag.as_dict()["max_s"], lag.as_dict()["recent_max_s"], lag.as_dict()["stalls"]
-(0.75, 0.004, 1)
+False
+>>> summary = lag.as_dict()
+>>> summary["max_s"], summary["recent_max_s"], summary["stalls"], summary["busy_stalls"]
+(0.75, 0.004, 2, 1)
+>>> summary["busy_max_s"]
+0.6
 """
 
 from __future__ import annotations
@@ -25,6 +36,9 @@ log = logging.getLogger(__name__)
 
 #: A wake-up later than this counts as a stall (and is logged).
 STALL_S = 0.5
+#: A stall during which the loop's thread was on the CPU for at least this
+#: share of the time is the loop's own work (a *busy* stall).
+BUSY_SHARE = 0.5
 #: Longest run of work between two chances for the loop to run its other
 #: callbacks (heartbeats, fetch hand-overs, the web views).
 WORK_BUDGET_S = 0.05
@@ -65,19 +79,30 @@ class LoopLag:
         self.max_s = 0.0
         self.last_s = 0.0
         self.stalls = 0
+        #: stalls the loop's thread spent running (work that did not yield)
+        self.busy_stalls = 0
+        self.busy_max_s = 0.0
         self.samples = 0
         self._recent: collections.deque[tuple[float, float]] = collections.deque()
 
-    def record(self, at: float, lag_s: float) -> None:
+    def record(self, at: float, lag_s: float, cpu_s: float | None = None) -> bool:
+        """Add a sample (``cpu_s``: the loop thread's CPU time over the
+        sample's whole wait, if known); True if it was a busy stall."""
         self.samples += 1
         self.last_s = lag_s
         self.max_s = max(self.max_s, lag_s)
+        busy = False
         if lag_s > STALL_S:
             self.stalls += 1
+            if cpu_s is not None and cpu_s >= BUSY_SHARE * lag_s:
+                busy = True
+                self.busy_stalls += 1
+                self.busy_max_s = max(self.busy_max_s, lag_s)
         recent = self._recent
         recent.append((at, lag_s))
         while recent and recent[0][0] < at - self.window_s:
             recent.popleft()
+        return busy
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +111,8 @@ class LoopLag:
             "recent_window_s": self.window_s,
             "last_s": round(self.last_s, 4),
             "stalls": self.stalls,
+            "busy_stalls": self.busy_stalls,
+            "busy_max_s": round(self.busy_max_s, 4),
             "stall_threshold_s": STALL_S,
             "samples": self.samples,
         }
@@ -93,12 +120,22 @@ class LoopLag:
 
 async def watch_loop(lag: LoopLag, interval_s: float = 0.1) -> None:
     """Sample the running loop's lag into ``lag`` until cancelled; log each stall."""
-    clock = time.monotonic
+    clock, cpu = time.monotonic, time.thread_time
     while True:
-        asked = clock()
+        asked, ran = clock(), cpu()
         await asyncio.sleep(interval_s)
         woke = clock()
         late = max(0.0, woke - asked - interval_s)
-        lag.record(woke, late)
+        # The sleep's own interval may hold work too: count only what could
+        # have run during the lateness.
+        cpu_s = max(0.0, cpu() - ran - interval_s)
+        busy = lag.record(woke, late, cpu_s)
         if late > STALL_S:
-            log.warning("the event loop was blocked for %.2f s", late)
+            log.warning(
+                "the event loop was blocked for %.2f s; its thread ran %.2f s of it (%s)",
+                late,
+                cpu_s,
+                "work on the loop that did not yield"
+                if busy
+                else "it waited for a CPU, or in a blocking call",
+            )

@@ -502,11 +502,17 @@ def _event_loop(results: dict[str, Any]) -> list[str]:
         f"Over the main row (warm-up, backlog, latency phase), the engine worker's event loop "
         f"woke up at most {lag['max_s'] * 1000:,.0f} ms late (sampled every 100 ms; "
         f"{lag['recent_max_s'] * 1000:,.0f} ms at most in its last {lag['recent_window_s']:g} s), "
-        f"with {lag['stalls']} stalls of more than {lag['stall_threshold_s'] * 1000:,.0f} ms. "
-        "The bench freezes the worker (SIGSTOP) while it publishes the backlog, and the first "
+        f"with {lag['stalls']} stalls of more than {lag['stall_threshold_s'] * 1000:,.0f} ms"
+        + (
+            f", {lag['busy_stalls']} of them busy (the loop's thread ran through at least "
+            "half of it: work that did not yield, not a machine short of CPU). "
+            if "busy_stalls" in lag
+            else ". "
+        )
+        + "The bench freezes the worker (SIGSTOP) while it publishes the backlog, and the first "
         "wake-up after the thaw counts the freeze as lag: one stall about as long as the "
-        "freeze is the bench's own. A late loop delays heartbeats, fetches and timers alike "
-        "(`/metrics.json` `event_loop`).",
+        "freeze is the bench's own (not busy). A late loop delays heartbeats, fetches and "
+        "timers alike (`/metrics.json` `event_loop`).",
     ]
 
 

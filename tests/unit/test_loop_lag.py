@@ -25,6 +25,26 @@ async def test_a_blocked_loop_is_a_stall_and_a_free_one_is_not() -> None:
     assert report["stalls"] == 1
     assert STALL_S < report["max_s"] < STALL_S + 1.0
     assert report["recent_max_s"] == report["max_s"]
+    assert report["busy_stalls"] == 0, "a sleeping call is not work on the loop"
+
+
+async def test_work_that_does_not_yield_is_a_busy_stall() -> None:
+    lag = LoopLag(window_s=60.0)
+    watcher = asyncio.create_task(watch_loop(lag, interval_s=0.01))
+    try:
+        while lag.samples < 5:
+            await asyncio.sleep(0.01)
+        until = time.monotonic() + STALL_S + 0.3
+        while time.monotonic() < until:  # CPU-bound work holding the loop
+            pass
+        seen = lag.samples
+        while lag.samples == seen:
+            await asyncio.sleep(0.01)
+    finally:
+        watcher.cancel()
+    report = lag.as_dict()
+    assert report["stalls"] == report["busy_stalls"] == 1
+    assert report["busy_max_s"] == report["max_s"]
 
 
 def test_recent_forgets_what_left_the_window() -> None:
