@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +117,10 @@ class ModelSpec:
 
     @property
     def fingerprint(self) -> str:
-        """Changes whenever anything that shapes the learned state changes."""
-        identity = repr(
+        """Changes whenever anything that shapes the learned state changes,
+        and only then: the same in every process (a restarted worker must
+        recognise the snapshots its predecessor wrote)."""
+        identity = _canonical(
             (
                 self.name,
                 self.kind,
@@ -130,7 +132,26 @@ class ModelSpec:
                 self.label,
             )
         )
-        return hashlib.sha256(identity.encode()).hexdigest()[:16]
+        return hashlib.sha256(repr(identity).encode()).hexdigest()[:16]
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` as nested tuples whose ``repr`` is the same in every process:
+    a set's ``repr`` follows its elements' hashes, which Python salts per
+    process (``PYTHONHASHSEED``), so sets become sorted tuples.
+
+    >>> _canonical(AppliesTo(kinds=frozenset({"b", "a"})))
+    ('AppliesTo', ('set', "'a'", "'b'"), None, None, ())
+    """
+    if isinstance(value, (set, frozenset)):
+        return ("set", *sorted(repr(_canonical(item)) for item in value))
+    if is_dataclass(value) and not isinstance(value, type):
+        return (type(value).__name__, *(_canonical(getattr(value, f.name)) for f in fields(value)))
+    if isinstance(value, (tuple, list)):
+        return tuple(_canonical(item) for item in value)
+    if isinstance(value, dict):
+        return ("dict", *sorted((repr(key), _canonical(item)) for key, item in value.items()))
+    return value
 
 
 def load_specs(path: str | Path) -> list[ModelSpec]:

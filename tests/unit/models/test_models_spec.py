@@ -261,6 +261,35 @@ def test_fingerprint_changes_with_the_pipeline_but_not_the_description() -> None
     assert a.fingerprint != c.fingerprint
 
 
+def test_fingerprints_are_the_same_in_every_process() -> None:
+    """A restarted worker must recognise the model snapshots its predecessor
+    wrote: the shipped models (device-type sets among their filters) get the
+    same fingerprints under any string-hash salt. They did not, so every
+    restart threw the device models away and learned anew (the chaos
+    suite's kills and rolling restarts shifted maintenance bookings)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[3]
+    program = (
+        "from engine.models.spec import load_specs;"
+        "print([s.fingerprint for s in load_specs('models/models.yaml')])"
+    )
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", program],
+            cwd=repo,
+            env=os.environ | {"PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in (0, 1, 2, 3)
+    }
+    assert len(seen) == 1, seen
+
+
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [("500ms", 0.5), ("4s", 4.0), ("10m", 600.0), ("2h", 7200.0), ("30d", 2592000.0), (90, 90.0)],
