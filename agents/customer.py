@@ -330,12 +330,12 @@ class CustomerAgent:
         unpacked = dict(packed)
         for record in timed:  # every one, in order: each ingest instance ticks
             message = record.message
-            source, watermark = time_headers(message.headers)
+            source, watermark, sent_at = time_headers(message.headers)
             if watermark is None and record.key != TICK_KEY and unpacked[record]:
                 # A record not written by ingest: its latest event time stands in.
                 watermark = max(event["ts"] for event in unpacked[record])
             if watermark is not None:
-                self._clock(message.partition, record).heard(source, watermark, message.timestamp)
+                self._clock(message.partition, record).heard(source, watermark, sent_at)
         written: dict[str, tuple[faust.EventT, CustomerState]] = {}
         #: partitions whose models learned in this batch: a record of each
         learned: dict[int, faust.EventT] = {}

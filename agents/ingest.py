@@ -63,6 +63,7 @@ from engine.watermark import (
     TICK_KEY,
     WATERMARK_HEADER,
     IngestWatermark,
+    sent_header,
 )
 
 #: How often the sources' end offsets are asked for and the watermark
@@ -523,6 +524,7 @@ class Ingest:
         return [
             (SOURCE_HEADER, self.instance_id.encode()),
             (WATERMARK_HEADER, repr(self.watermark.stamp()).encode()),
+            sent_header(),
         ]
 
     def _update_watermark(self, force: bool = False) -> None:

@@ -52,7 +52,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 #: An ingest instance no record was produced by for this long (by the
 #: produce times of the records of the others) no longer holds time back.
@@ -67,9 +67,12 @@ HANDOVER_GRACE_S = 2.0
 #: ...or, for a source nothing new arrives on, this long after the hand-over.
 HANDOVER_HOLD_S = SOURCE_SILENCE_S
 
-#: Record headers ingest stamps on every forwarded event and tick.
+#: Record headers ingest stamps on every forwarded event and tick: its
+#: watermark, its instance id, and its wall clock when it stamped them (epoch
+#: ms; the records' Kafka timestamps are their events' times, not this).
 WATERMARK_HEADER = "iotcrm-wm"
 SOURCE_HEADER = "iotcrm-src"
+SENT_HEADER = "iotcrm-sent"
 
 #: Key of the tick records ingest sends to customer-stream partitions it has
 #: nothing else for: they carry its watermark headers and no event.
@@ -80,23 +83,39 @@ TICK_KEY = b"\x00tick"
 UNKNOWN = float("-inf")
 
 
+class TimeHeaders(NamedTuple):
+    source: str | None
+    watermark: float | None
+    #: when ingest stamped the record (epoch seconds), if it says
+    sent_at: float | None
+
+
 def time_headers(
     headers: Iterable[tuple[str, bytes]] | None,
     source_header: str = SOURCE_HEADER,
     watermark_header: str = WATERMARK_HEADER,
-) -> tuple[str | None, float | None]:
-    """The ingest instance id and watermark a record carries.
+    sent_header: str = SENT_HEADER,
+) -> TimeHeaders:
+    """The ingest instance id, watermark and stamping time a record carries.
 
-    >>> time_headers([("iotcrm-src", b"ingest-1"), ("iotcrm-wm", b"1700000000.5")])
-    ('ingest-1', 1700000000.5)
+    >>> time_headers([("iotcrm-src", b"ingest-1"), ("iotcrm-wm", b"1700000000.5"),
+    ...               ("iotcrm-sent", b"1800000000250")])
+    TimeHeaders(source='ingest-1', watermark=1700000000.5, sent_at=1800000000.25)
     """
-    source = watermark = None
+    source = watermark = sent_at = None
     for name, value in headers or ():
         if name == source_header:
             source = value.decode()
         elif name == watermark_header:
             watermark = float(value)
-    return source, watermark
+        elif name == sent_header:
+            sent_at = int(value) / 1000
+    return TimeHeaders(source, watermark, sent_at)
+
+
+def sent_header(sent_header: str = SENT_HEADER) -> tuple[str, bytes]:
+    """The header that says when a record was stamped: now."""
+    return sent_header, str(int(time.time() * 1000)).encode()
 
 
 class SourceWatermarks:
@@ -295,14 +314,17 @@ class PartitionClock:
         #: ingest instance -> (its latest watermark, when that record was produced)
         self.sources: dict[str, tuple[float, float]] = {}
 
-    def heard(self, source: str | None, watermark: float, produced_at: float) -> None:
+    def heard(self, source: str | None, watermark: float, produced_at: float | None) -> None:
         """An ingest instance vouched for ``watermark`` on a record (an event's
-        or a tick) it produced at ``produced_at``. Records of one instance
-        reach a partition in the order it produced them, so its latest word
-        counts, also when it takes time back (it was given sources that are
-        behind the others it reads)."""
+        or a tick) it produced at ``produced_at`` (None: not said, taken as
+        the newest yet). Records of one instance reach a partition in the
+        order it produced them, so its latest word counts, also when it takes
+        time back (it was given sources that are behind the others it reads)."""
         key = source or ""
         previous = self.sources.get(key)
+        if produced_at is None:
+            newest = max((p for _, p in self.sources.values()), default=UNKNOWN)
+            produced_at = newest if previous is None else max(newest, previous[1])
         if previous is None or produced_at >= previous[1]:
             self.sources[key] = (watermark, produced_at)
 

@@ -58,7 +58,7 @@ from engine.quality import (
     StreamHygiene,
     deadletter_value,
 )
-from engine.watermark import PartitionClock, SourceWatermarks, time_headers
+from engine.watermark import PartitionClock, SourceWatermarks, sent_header, time_headers
 from loadtest.peer_rules import HandRules
 from tables.state import (
     CustomerState,
@@ -78,6 +78,7 @@ MODEL_CHECKPOINT_S = 1.0
 WATERMARK_INTERVAL_S = 0.05
 WATERMARK_HEADER = "peer-wm"
 SOURCE_HEADER = "peer-src"
+SENT_HEADER = "peer-sent"
 _STATE_KEY = "s"
 _MODELS_PREFIX = "\x00models"
 
@@ -237,7 +238,11 @@ class PeerLogic:
         # can be a day of event time ahead of another that has not been read yet).
         # Less the devices' skew, as the worker's ingest stamps it.
         mark = self.marks.current - self.device_skew_s if self.marks.current is not None else 0.0
-        return [(SOURCE_HEADER, self._source), (WATERMARK_HEADER, repr(mark).encode())]
+        return [
+            (SOURCE_HEADER, self._source),
+            (WATERMARK_HEADER, repr(mark).encode()),
+            sent_header(SENT_HEADER),
+        ]
 
     # customer stage ---------------------------------------------------------------------
     def _work(self, partition: int, state: State) -> PartitionWork:
@@ -300,7 +305,10 @@ class PeerLogic:
             self._emit(customer_state, firings, emitted_at, out)
         state.set_bytes(_STATE_KEY, encode_state(customer_state))
         self._index(work, customer_id, customer_state)
-        work.clock.on_event(event["ts"], *time_headers(headers, SOURCE_HEADER, WATERMARK_HEADER))
+        source, watermark, sent_at = time_headers(
+            headers, SOURCE_HEADER, WATERMARK_HEADER, SENT_HEADER
+        )
+        work.clock.heard(source, event["ts"] if watermark is None else watermark, sent_at)
         self._advance(work, state, emitted_at, out)
         self._checkpoint(work, partition, state)
         counters.processed += 1

@@ -10,6 +10,8 @@ instance that went away, and sources handed to an instance not heard yet.
 
 from __future__ import annotations
 
+import time
+
 from engine.watermark import (
     HANDOVER_GRACE_S,
     HANDOVER_HOLD_S,
@@ -18,6 +20,8 @@ from engine.watermark import (
     IngestWatermark,
     PartitionClock,
     SourceWatermarks,
+    sent_header,
+    time_headers,
 )
 
 
@@ -146,6 +150,25 @@ def test_an_instance_taking_time_back_is_believed() -> None:
     assert clock.now() == 120.0
     clock.heard("survivor", 5000.0, produced_at=1.5)  # an older record, read late
     assert clock.now() == 120.0
+
+
+def test_instances_are_aged_by_when_ingest_stamped_their_records() -> None:
+    """Ingest's records carry their events' times as Kafka timestamps (hours
+    or days apart in a replay), so silence is judged by the stamping time
+    ingest writes in a header of its own; records without one (not from
+    ingest, or an older ingest) count as heard now."""
+    first = time_headers([("iotcrm-src", b"a"), ("iotcrm-wm", b"90.0"), sent_header()])
+    assert first.source == "a" and first.watermark == 90.0
+    assert first.sent_at is not None and abs(first.sent_at - time.time()) < 5.0
+
+    clock = PartitionClock()
+    clock.heard("a", 90.0, produced_at=first.sent_at)
+    clock.heard("b", 500.0, produced_at=None)
+    assert clock.now() == 90.0
+    clock.heard("b", 600.0, produced_at=first.sent_at + SOURCE_SILENCE_S + 1)
+    assert clock.now() == 600.0, "a fell silent"
+    clock.heard("legacy", 400.0, produced_at=None)
+    assert clock.now() == 400.0, "no stamping time: as recent as the newest"
 
 
 def test_a_quiet_partition_never_ages_by_itself() -> None:
