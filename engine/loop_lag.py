@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,12 @@ class LoopLag:
         self.busy_stalls = 0
         self.busy_max_s = 0.0
         self.samples = 0
+        #: full (generation 2) garbage collections: how many, the longest
+        self.gc_full = 0
+        self.gc_full_max_s = 0.0
+        #: monotonic end time and duration of the latest full collection
+        self.gc_last: tuple[float, float] = (0.0, 0.0)
+        self._gc_started = 0.0
         self._recent: collections.deque[tuple[float, float]] = collections.deque()
 
     def record(self, at: float, lag_s: float, cpu_s: float | None = None) -> bool:
@@ -104,6 +112,25 @@ class LoopLag:
             recent.popleft()
         return busy
 
+    def on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        """A ``gc.callbacks`` hook: times full collections, which scan every
+        live object (decoded states, models) in one go on the loop's thread."""
+        if info.get("generation") != 2:
+            return
+        now = time.perf_counter()
+        if phase == "start":
+            self._gc_started = now
+            return
+        took = now - self._gc_started
+        self.gc_full += 1
+        self.gc_full_max_s = max(self.gc_full_max_s, took)
+        self.gc_last = (time.monotonic(), took)
+
+    def gc_within(self, since: float) -> float:
+        """Seconds of the latest full collection if it ended after ``since``."""
+        ended, took = self.gc_last
+        return took if ended >= since else 0.0
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "max_s": round(self.max_s, 4),
@@ -113,14 +140,27 @@ class LoopLag:
             "stalls": self.stalls,
             "busy_stalls": self.busy_stalls,
             "busy_max_s": round(self.busy_max_s, 4),
+            "gc_full_collections": self.gc_full,
+            "gc_full_max_s": round(self.gc_full_max_s, 4),
             "stall_threshold_s": STALL_S,
             "samples": self.samples,
         }
 
 
 async def watch_loop(lag: LoopLag, interval_s: float = 0.1) -> None:
-    """Sample the running loop's lag into ``lag`` until cancelled; log each stall."""
+    """Sample the running loop's lag into ``lag`` until cancelled; log each
+    stall (with the full garbage collection inside it, if one was)."""
     clock, cpu = time.monotonic, time.thread_time
+    gc.callbacks.append(lag.on_gc)
+    try:
+        await _sample(lag, interval_s, clock, cpu)
+    finally:
+        gc.callbacks.remove(lag.on_gc)
+
+
+async def _sample(
+    lag: LoopLag, interval_s: float, clock: Callable[[], float], cpu: Callable[[], float]
+) -> None:
     while True:
         asked, ran = clock(), cpu()
         await asyncio.sleep(interval_s)
@@ -131,11 +171,13 @@ async def watch_loop(lag: LoopLag, interval_s: float = 0.1) -> None:
         cpu_s = max(0.0, cpu() - ran - interval_s)
         busy = lag.record(woke, late, cpu_s)
         if late > STALL_S:
+            collected = lag.gc_within(asked)
             log.warning(
-                "the event loop was blocked for %.2f s; its thread ran %.2f s of it (%s)",
+                "the event loop was blocked for %.2f s; its thread ran %.2f s of it (%s)%s",
                 late,
                 cpu_s,
                 "work on the loop that did not yield"
                 if busy
                 else "it waited for a CPU, or in a blocking call",
+                f"; a full garbage collection took {collected:.2f} s of it" if collected else "",
             )

@@ -127,6 +127,8 @@ class RunRecord:
     #: stalls the loop's thread spent running (the code's), not waiting for a CPU
     loop_busy_stalls: int = 0
     loop_busy_max_s: float = 0.0
+    #: the longest full garbage collection a worker reported
+    gc_full_max_s: float = 0.0
     worker_starts: int = 0
 
 
@@ -401,6 +403,9 @@ class ChaosRun:
             self.record.loop_max_s = max(self.record.loop_max_s, loop.get("max_s", 0.0))
             self.record.loop_busy_max_s = max(
                 self.record.loop_busy_max_s, loop.get("busy_max_s", 0.0)
+            )
+            self.record.gc_full_max_s = max(
+                self.record.gc_full_max_s, loop.get("gc_full_max_s", 0.0)
             )
             stalls, busy = loop.get("stalls", 0), loop.get("busy_stalls", 0)
             restarts = sum(
@@ -732,7 +737,12 @@ def _stalls(run: dict[str, Any]) -> str:
     """Stalls of the event loop, and in brackets those its own work caused
     (its thread ran through them) rather than a machine short of CPU."""
     busy = run.get("loop_busy_stalls")
-    return f"{run['loop_stalls']}" + (f" ({busy})" if busy is not None else "")
+    gc_max = run.get("gc_full_max_s")
+    return (
+        f"{run['loop_stalls']}"
+        + (f" ({busy})" if busy is not None else "")
+        + (f"; longest full GC {gc_max:.2f} s" if gc_max else "")
+    )
 
 
 def report(document: dict[str, Any]) -> str:

@@ -509,6 +509,12 @@ def _event_loop(results: dict[str, Any]) -> list[str]:
             if "busy_stalls" in lag
             else ". "
         )
+        + (
+            f"Its longest full garbage collection (every live object scanned at once) took "
+            f"{lag['gc_full_max_s'] * 1000:,.0f} ms, of {lag['gc_full_collections']}. "
+            if "gc_full_max_s" in lag
+            else ""
+        )
         + "The bench freezes the worker (SIGSTOP) while it publishes the backlog, and the first "
         "wake-up after the thaw counts the freeze as lag: one stall about as long as the "
         "freeze is the bench's own (not busy). A late loop delays heartbeats, fetches and "

@@ -53,3 +53,22 @@ def test_recent_forgets_what_left_the_window() -> None:
     lag.record(at=10.0, lag_s=0.1)
     assert lag.as_dict()["recent_max_s"] == 0.1
     assert lag.as_dict()["max_s"] == 2.0
+
+
+async def test_full_garbage_collections_are_timed() -> None:
+    import gc
+
+    lag = LoopLag(window_s=60.0)
+    watcher = asyncio.create_task(watch_loop(lag, interval_s=0.01))
+    try:
+        while lag.samples < 2:
+            await asyncio.sleep(0.01)
+        since = time.monotonic()
+        gc.collect()  # a full collection, as Python runs when the heap grew enough
+        assert lag.gc_full == 1
+        assert 0.0 < lag.gc_within(since) == lag.gc_full_max_s
+    finally:
+        watcher.cancel()
+    await asyncio.gather(watcher, return_exceptions=True)
+    assert lag.on_gc not in gc.callbacks, "the hook leaves with the watcher"
+    assert lag.as_dict()["gc_full_collections"] == 1
