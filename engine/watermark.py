@@ -54,11 +54,16 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-#: An ingest instance no record was produced by for this long (by the
-#: produce times of the records of the others) no longer holds time back.
+#: An ingest instance silent for this long while another one kept talking
+#: (by the times ingest stamped their records) no longer holds time back.
 #: Longer than a dead instance's sources take to reach a new owner (the
 #: session timeout, then a rebalance).
 SOURCE_SILENCE_S = 30.0
+#: A gap this long between two records of one instance (it ticks every
+#: partition each second) breaks its run: an outage silenced everyone, so
+#: nobody's silence counts until the others have talked for
+#: ``SOURCE_SILENCE_S`` again.
+RUN_GAP_S = 3.0
 
 #: A source handed to another ingest instance holds this one's time back until
 #: the new owner has forwarded past what this one read of it, and this long
@@ -295,72 +300,86 @@ class IngestWatermark:
 
 class PartitionClock:
     """Event time of one actor partition, for the timers of its idle keys:
-    the smallest watermark of the ingest instances that produced a record
-    within ``SOURCE_SILENCE_S`` of the newest one heard (by the records'
-    produce times, so an actor replaying a backlog ages nothing: time moves
-    as the stream says, however late the actor reads it).
+    the smallest watermark of the ingest instances still talking. An
+    instance stops counting once another one has talked without a break for
+    ``SOURCE_SILENCE_S`` after its last word, by the times ingest stamped
+    the records: so an actor replaying a backlog ages nothing (time moves as
+    the stream says, however late the actor reads it), and an outage that
+    silences every instance (a broker restart) ages none of them.
 
     >>> clock = PartitionClock()
     >>> clock.heard("ingest-a", watermark=900.0, produced_at=0.0)
-    >>> clock.heard("ingest-b", watermark=950.0, produced_at=1.0)
-    >>> clock.now()
+    >>> for second in range(1, 32):  # b ticks on; a is gone
+    ...     clock.heard("ingest-b", watermark=950.0 + second, produced_at=float(second))
+    ...     if second == 30:
+    ...         print(clock.now())
     900.0
-    >>> clock.heard("ingest-b", watermark=990.0, produced_at=31.0)  # a is gone
     >>> clock.now()
-    990.0
+    981.0
     """
 
     def __init__(self) -> None:
-        #: ingest instance -> (its latest watermark, when that record was produced)
-        self.sources: dict[str, tuple[float, float]] = {}
+        #: ingest instance -> (its latest watermark, when that record was
+        #: stamped, when its current unbroken run of records began)
+        self.sources: dict[str, tuple[float, float, float]] = {}
 
     def heard(self, source: str | None, watermark: float, produced_at: float | None) -> None:
         """An ingest instance vouched for ``watermark`` on a record (an event's
-        or a tick) it produced at ``produced_at`` (None: not said, taken as
+        or a tick) it stamped at ``produced_at`` (None: not said, taken as
         the newest yet). Records of one instance reach a partition in the
         order it produced them, so its latest word counts, also when it takes
         time back (it was given sources that are behind the others it reads)."""
         key = source or ""
         previous = self.sources.get(key)
         if produced_at is None:
-            newest = max((p for _, p in self.sources.values()), default=UNKNOWN)
+            newest = max((sent for _, sent, _ in self.sources.values()), default=UNKNOWN)
             produced_at = newest if previous is None else max(newest, previous[1])
-        if previous is None or produced_at >= previous[1]:
-            self.sources[key] = (watermark, produced_at)
+        if previous is None:
+            self.sources[key] = (watermark, produced_at, produced_at)
+        elif produced_at >= previous[1]:
+            unbroken = produced_at - previous[1] <= RUN_GAP_S
+            self.sources[key] = (watermark, produced_at, previous[2] if unbroken else produced_at)
 
     def snapshot(self) -> dict[str, list[float]]:
-        """Each ingest instance's latest watermark and its record's produce
-        time, for a checkpoint (JSON: an unknown watermark becomes null)."""
-        return {source: [mark, produced] for source, (mark, produced) in self.sources.items()}
+        """Each ingest instance's latest watermark, its stamping time and the
+        start of its run, for a checkpoint (JSON: -inf becomes null)."""
+        return {source: list(entry) for source, entry in self.sources.items()}
 
     def restore(self, marks: Mapping[str, Any]) -> None:
         """Resume from a checkpoint's ``snapshot``; ``None`` is ``UNKNOWN``
-        (JSON has no infinity). A bare watermark (an older checkpoint, without
-        produce times) counts as produced long ago: the next record of any
-        instance decides whether it still holds time.
+        (JSON has no infinity). Older checkpoints hold a bare watermark, or a
+        watermark and a stamping time: they count as stamped long ago, or as
+        a run that began then.
 
         >>> clock = PartitionClock()
-        >>> clock.restore({"ingest-a": [900.0, 10.0], "ingest-b": [950.0, 12.0]})
-        >>> clock.now(), clock.snapshot() == {"ingest-a": [900.0, 10.0], "ingest-b": [950.0, 12.0]}
-        (900.0, True)
-        >>> clock.restore({"ingest-a": [900.0, 10.0], "ingest-c": [None, 11.0]})
+        >>> clock.restore({"ingest-a": [900.0, 10.0, 2.0], "ingest-b": [950.0, 12.0, 3.0]})
+        >>> clock.now(), clock.snapshot()["ingest-a"]
+        (900.0, [900.0, 10.0, 2.0])
+        >>> clock.restore({"ingest-a": [900.0, 10.0], "ingest-c": None})
         >>> clock.now()
         -inf
         """
+
+        def known(value: float | None) -> float:
+            return UNKNOWN if value is None else value
+
         self.sources = {}
         for source, entry in marks.items():
-            mark, produced = entry if isinstance(entry, list) else (entry, None)
-            self.sources[source] = (
-                UNKNOWN if mark is None else mark,
-                UNKNOWN if produced is None else produced,
-            )
+            fields = entry if isinstance(entry, list) else [entry]
+            mark, sent, since = [*fields, None, None][:3]
+            sent = known(sent)
+            self.sources[source] = (known(mark), sent, sent if since is None else since)
 
     def now(self) -> float | None:
-        if not self.sources:
+        entries = self.sources.values()
+        if not entries:
             return None
-        newest = max(produced for _, produced in self.sources.values())
-        return min(
+        talking = [
             mark
-            for mark, produced in self.sources.values()
-            if produced >= newest - SOURCE_SILENCE_S
-        )
+            for mark, sent, _ in entries
+            if not any(
+                other_sent - max(other_since, sent) >= SOURCE_SILENCE_S
+                for _, other_sent, other_since in entries
+            )
+        ]
+        return min(talking)

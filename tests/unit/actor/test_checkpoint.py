@@ -104,7 +104,7 @@ async def test_a_partitions_time_is_checkpointed_and_a_rebalance_goes_back_to_it
     if agent._releasing is not None:
         agent._releasing.cancel()
         await asyncio.gather(agent._releasing, return_exceptions=True)
-    assert orjson.loads(runtime.model_checkpoints["clock-p3"]) == {"ingest-a": [1000.0, 10.0]}
+    assert orjson.loads(runtime.model_checkpoints["clock-p3"]) == {"ingest-a": [1000.0, 10.0, 10.0]}
 
     # records a rebalance will replay
     agent._clock(3, record).heard("ingest-a", 5000.0, produced_at=11.0)

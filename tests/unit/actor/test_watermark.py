@@ -113,19 +113,41 @@ def test_the_wall_clock_moves_time_only_when_everything_was_read_and_nothing_com
     assert mark.stamp() == 1000.0, "a record came: back to event time"
 
 
-def test_the_slowest_recent_ingest_instance_sets_partition_time() -> None:
+def talk(clock: PartitionClock, source: str, mark: float, start: float, end: float) -> None:
+    """``source`` ticks once a second from ``start`` to ``end``."""
+    second = start
+    while second <= end:
+        clock.heard(source, mark, produced_at=second)
+        second += 1.0
+
+
+def test_the_slowest_talking_ingest_instance_sets_partition_time() -> None:
     clock = PartitionClock()
     clock.heard("fast", 480.0, produced_at=0.0)
     clock.heard("slow", 90.0, produced_at=1.0)
     assert clock.now() == 90.0
-    clock.heard("fast", 590.0, produced_at=2.0)
-    assert clock.now() == 90.0
     # The slow instance went away (rebalanced, stopped, killed): once the
-    # stream has gone on without it long enough, it no longer holds time.
-    clock.heard("fast", 680.0, produced_at=1.0 + SOURCE_SILENCE_S)
+    # other has talked on without it long enough, it no longer holds time.
+    talk(clock, "fast", 590.0, start=2.0, end=SOURCE_SILENCE_S)
     assert clock.now() == 90.0
-    clock.heard("fast", 690.0, produced_at=1.5 + SOURCE_SILENCE_S)
+    talk(clock, "fast", 690.0, start=SOURCE_SILENCE_S + 1, end=SOURCE_SILENCE_S + 1)
     assert clock.now() == 690.0
+
+
+def test_an_outage_that_silenced_every_instance_ages_none_of_them() -> None:
+    """A broker restart stops every ingest instance's records for tens of
+    seconds; the first to talk again must not count the others as gone (the
+    chaos suite's broker restart closed day windows early that way)."""
+    clock = PartitionClock()
+    talk(clock, "a", 5000.0, start=0.0, end=10.0)
+    talk(clock, "b", 100.0, start=0.5, end=10.5)
+    talk(clock, "a", 5100.0, start=60.0, end=80.0)  # after the outage, a first
+    assert clock.now() == 100.0, "b is not gone: everyone was silent"
+    clock.heard("b", 110.0, produced_at=80.5)
+    assert clock.now() == 110.0
+    # b really died in the outage: it stops counting once a talked 30 s on.
+    talk(clock, "a", 5200.0, start=81.0, end=81.0 + SOURCE_SILENCE_S)
+    assert clock.now() == 5200.0
 
 
 def test_an_actor_far_behind_ages_no_instance_out_by_its_own_wall_clock() -> None:
@@ -165,7 +187,7 @@ def test_instances_are_aged_by_when_ingest_stamped_their_records() -> None:
     clock.heard("a", 90.0, produced_at=first.sent_at)
     clock.heard("b", 500.0, produced_at=None)
     assert clock.now() == 90.0
-    clock.heard("b", 600.0, produced_at=first.sent_at + SOURCE_SILENCE_S + 1)
+    talk(clock, "b", 600.0, start=first.sent_at, end=first.sent_at + SOURCE_SILENCE_S)
     assert clock.now() == 600.0, "a fell silent"
     clock.heard("legacy", 400.0, produced_at=None)
     assert clock.now() == 400.0, "no stamping time: as recent as the newest"
@@ -190,11 +212,12 @@ def test_an_unknown_ingest_watermark_holds_partition_time_back() -> None:
 
 def test_a_checkpoint_of_an_older_layout_still_restores() -> None:
     """Checkpoints written before produce times were kept hold bare
-    watermarks: they count as heard long ago."""
+    watermarks: they count as heard long ago, and stop counting once
+    another instance has talked on for a while."""
     clock = PartitionClock()
     clock.restore({"ingest-a": 900.0, "ingest-b": None})
     assert clock.now() == UNKNOWN
-    clock.heard("ingest-a", 950.0, produced_at=5.0)
+    talk(clock, "ingest-a", 950.0, start=5.0, end=5.0 + SOURCE_SILENCE_S)
     assert clock.now() == 950.0
 
 
