@@ -84,7 +84,7 @@ from engine.actor import ActorOutput
 from engine.erasure import ERASURE_HEADER, ErasureReport, decode_request, encode_report
 from engine.events import EVENTS_PER_RECORD, published_at, unpack_events
 from engine.loop_lag import Pauses
-from engine.watermark import TICK_KEY, PartitionClock, time_headers
+from engine.watermark import TICK_KEY, ClockCheckpoints, PartitionClock, time_headers
 from tables.state import (
     CustomerState,
     apply_profile,
@@ -175,6 +175,8 @@ class CustomerAgent:
         self.clocks: dict[int, PartitionClock] = {}
         #: partitions whose time moved since the last checkpoint: a record of each
         self._moved_clocks: dict[int, faust.EventT] = {}
+        #: each partition's latest clock checkpoints, as written to its table
+        self._clock_checkpoints: dict[int, ClockCheckpoints] = {}
         #: partition -> customer_id -> earliest pending timer.
         self.due: dict[int, dict[str, float]] = defaultdict(dict)
         self.due_index_stale = True
@@ -600,6 +602,7 @@ class CustomerAgent:
         # Time too goes back to the checkpoint: the replayed records move it
         # again as they did, and no timer fires ahead of its events.
         self.clocks.clear()
+        self._clock_checkpoints.clear()
         self._moved_clocks.clear()
         self._dirty.clear()
         self._dirty_partitions.clear()
@@ -800,19 +803,37 @@ class CustomerAgent:
         partition) marks it for the next checkpoint."""
         clock = self.clocks.get(partition)
         if clock is None:
-            clock = self.clocks[partition] = PartitionClock()
-            blob = self.rt.model_checkpoints.get(f"clock-p{partition}")
-            if blob is not None:
-                clock.restore(orjson.loads(blob))
+            checkpoints = self._clock_checkpoints_of(partition)
+            # Nothing is committed before this process's first checkpoint of
+            # the partition: the committed offset is where the replay began.
+            tp = TP(self.rt.settings.kafka.customer_events_topic, partition)
+            clock = self.clocks[partition] = checkpoints.for_replay(
+                committed_offset(self.rt.app.consumer, tp)
+            )
         self._moved_clocks[partition] = record
         return clock
 
+    def _clock_checkpoints_of(self, partition: int) -> ClockCheckpoints:
+        checkpoints = self._clock_checkpoints.get(partition)
+        if checkpoints is None:
+            blob = self.rt.model_checkpoints.get(f"clock-p{partition}")
+            checkpoints = ClockCheckpoints.from_plain(orjson.loads(blob) if blob else {})
+            self._clock_checkpoints[partition] = checkpoints
+        return checkpoints
+
     def _checkpoint_clocks(self, partitions: dict[int, faust.EventT]) -> None:
+        if not partitions:
+            return
+        topic = self.rt.settings.kafka.customer_events_topic
         for partition, anchor in partitions.items():
             clock = self.clocks.get(partition)
-            if clock is not None:
-                set_current(anchor)
-                self.rt.model_checkpoints[f"clock-p{partition}"] = orjson.dumps(clock.snapshot())
+            position = self.next_offset(TP(topic, partition))
+            if clock is None or position is None:
+                continue
+            checkpoints = self._clock_checkpoints_of(partition)
+            checkpoints.add(position, clock.snapshot())
+            set_current(anchor)
+            self.rt.model_checkpoints[f"clock-p{partition}"] = orjson.dumps(checkpoints.to_plain())
 
     # ----------------------------------------------------------- models
 

@@ -370,6 +370,21 @@ class PartitionClock:
             sent = known(sent)
             self.sources[source] = (known(mark), sent, sent if since is None else since)
 
+    def hold(self) -> None:
+        """Every instance known holds time back (its mark unknown) until it
+        talks again, or falls silent for good.
+
+        >>> clock = PartitionClock()
+        >>> clock.heard("ingest-a", 900.0, produced_at=1.0)
+        >>> clock.hold(); clock.now()
+        -inf
+        >>> clock.heard("ingest-a", 950.0, produced_at=2.0); clock.now()
+        950.0
+        """
+        self.sources = {
+            source: (UNKNOWN, sent, since) for source, (_, sent, since) in self.sources.items()
+        }
+
     def now(self) -> float | None:
         entries = self.sources.values()
         if not entries:
@@ -383,3 +398,70 @@ class PartitionClock:
             )
         ]
         return min(talking)
+
+
+#: Checkpoints of a partition's clock kept, newest last: a replay starts at
+#: the committed offset, which trails the latest checkpoint by a commit or two.
+CLOCK_CHECKPOINTS_KEPT = 8
+
+
+class ClockCheckpoints:
+    """A partition clock's latest checkpoints, each with the stream position
+    (next offset of the customer stream) it was taken at.
+
+    A new owner of the partition replays from the committed offset, which
+    can trail the newest checkpoint: the states it recovers may be from an
+    older checkpoint than the clock (the changelogs of the states and of the
+    clock are separate topics, written without a transaction). A clock
+    ahead of the replayed records closes windows before their events come
+    again, so the replay takes the newest checkpoint taken at or before
+    where it starts; with none, the instances it knew hold time back until
+    each talks again (or falls silent for good).
+
+    >>> checkpoints = ClockCheckpoints()
+    >>> checkpoints.add(100, {"ingest-a": [500.0, 1.0, 0.0]})
+    >>> checkpoints.add(180, {"ingest-a": [900.0, 2.0, 0.0]})
+    >>> checkpoints.for_replay(150).now(), checkpoints.for_replay(180).now()
+    (500.0, 900.0)
+    >>> checkpoints.for_replay(40).now()  # older than every checkpoint: hold
+    -inf
+    >>> ClockCheckpoints.from_plain(checkpoints.to_plain()).for_replay(200).now()
+    900.0
+    """
+
+    def __init__(self) -> None:
+        #: (position, ``PartitionClock.snapshot``), oldest first
+        self.entries: list[tuple[int, dict[str, Any]]] = []
+
+    def add(self, position: int, snapshot: dict[str, Any]) -> None:
+        kept = [entry for entry in self.entries if entry[0] < position]
+        self.entries = [*kept, (position, snapshot)][-CLOCK_CHECKPOINTS_KEPT:]
+
+    def for_replay(self, replay_from: int | None) -> PartitionClock:
+        """The clock for a replay that starts at offset ``replay_from``
+        (None: from the log's start)."""
+        clock = PartitionClock()
+        start = replay_from if replay_from is not None else -1
+        usable = [snapshot for position, snapshot in self.entries if position <= start]
+        if usable:
+            clock.restore(usable[-1])
+        elif self.entries:
+            clock.restore(self.entries[0][1])
+            clock.hold()
+        return clock
+
+    def to_plain(self) -> dict[str, Any]:
+        return {"checkpoints": [[position, snapshot] for position, snapshot in self.entries]}
+
+    @classmethod
+    def from_plain(cls, plain: dict[str, Any]) -> ClockCheckpoints:
+        """Also reads the layout before positions were kept (a bare snapshot):
+        of unknown position, it can only hold time back."""
+        checkpoints = cls()
+        if "checkpoints" in plain:
+            checkpoints.entries = [
+                (int(position), snapshot) for position, snapshot in plain["checkpoints"]
+            ]
+        elif plain:
+            checkpoints.entries = [(2**63, plain)]
+        return checkpoints
