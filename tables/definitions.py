@@ -10,9 +10,10 @@ current event):
   that takes over a partition knows which idle customers have timers;
 - ``model-checkpoints``: ``p<partition>`` -> the models' snapshot of that
   partition (``engine.models.ModelSet.snapshot``), and ``clock-p<partition>``
-  -> JSON ``{ingest instance: watermark}``, the partition's time for its idle
-  keys (``engine.watermark.PartitionClock.snapshot``): both as of the
-  partition's last checkpoint, so a replay starts from where they were.
+  -> JSON, the partition's time for its idle keys at its last checkpoints,
+  each with the stream offset it was taken at
+  (``engine.watermark.ClockCheckpoints``): a replay starts from the time of
+  the checkpoint at or before its committed offset.
 
 Windowed aggregates (usage per hour and per day, device readings over a
 rule's window) live in the customer's state, written with it once per
