@@ -122,11 +122,19 @@ def run_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_logging(level: str) -> None:
+    from engine.log_repeats import fold_repeats
+
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # A broker away makes the Kafka clients log each retry: one line per trouble.
+    fold_repeats()
+
+
 def run_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    logging.basicConfig(
-        level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _configure_logging(args.loglevel)
     if not args.no_setup:
         asyncio.run(setup(settings))
     from engine.models import ModelConfigError
@@ -156,9 +164,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
 def run_stage_command(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    logging.basicConfig(
-        level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _configure_logging(args.loglevel)
     from agents.services import run_ingest, run_sink
 
     if args.role == "ingest":
@@ -170,9 +176,7 @@ def run_stage_command(args: argparse.Namespace) -> int:
 
 def run_mqtt_bridge_command(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    logging.basicConfig(
-        level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _configure_logging(args.loglevel)
     from agents.mqtt_bridge import run_mqtt_bridge
 
     run_mqtt_bridge(settings)
