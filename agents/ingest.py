@@ -69,6 +69,9 @@ from engine.watermark import (
 #: How often the sources' end offsets are asked for and the watermark
 #: recomputed (one ListOffsets request): the delay a quiet key's timers add.
 WATERMARK_INTERVAL_S = 0.05
+#: How often sources handed to another instance are checked for their new
+#: owner's progress (``engine.watermark.IngestWatermark.settle``).
+SETTLE_INTERVAL_S = 0.5
 #: Longest wait for the end offsets; without them time holds.
 END_OFFSETS_TIMEOUT_S = 5.0
 #: A customer-stream partition that ingest sent nothing to for this long gets
@@ -234,6 +237,7 @@ class Ingest:
         self._partition_of: dict[str, int] = {}
         self._assigned: set[tuple[str, int]] = set()
         self._watermark_at = 0.0
+        self._settled_at = 0.0
         self._stopping = False
         self._failed_sends: list[KafkaError] = []
         #: partitions of the customer stream (read at start; they never change under a running app)
@@ -536,7 +540,10 @@ class Ingest:
         if not force and now - self._watermark_at < WATERMARK_INTERVAL_S:
             return
         self._watermark_at = now
-        if self.watermark.handed_over:
+        if self.watermark.handed_over and now - self._settled_at >= SETTLE_INTERVAL_S:
+            # A round trip to the group coordinator, in this loop: the
+            # hand-over's grace is seconds, so twice a second is plenty.
+            self._settled_at = now
             self._settle_hand_overs()
         if not self._assigned:
             return
