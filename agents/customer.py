@@ -279,8 +279,8 @@ class CustomerAgent:
         #: (a packed record carries several, maybe of several customers) or None
         groups: dict[str, list[tuple[faust.EventT, dict[str, Any] | None]]] = {}
         ticked: dict[int, faust.EventT] = {}
-        #: records that carry time (ticks and packed events), in stream order
-        timed: list[faust.EventT] = []
+        #: records that carry time, in stream order, with their events (a tick: none)
+        timed: list[tuple[faust.EventT, list[dict[str, Any]]]] = []
         #: partition -> (offset to fetch again from, whether the hole is new)
         rewinds: dict[int, tuple[int, bool]] = {}
         held: list[faust.EventT] = []
@@ -297,11 +297,11 @@ class CustomerAgent:
             key = record.key
             if key == TICK_KEY:
                 ticked[message.partition] = record
-                timed.append(record)
+                timed.append((record, []))
             elif from_stream:
                 events = unpack_events(record.value)
                 packed.append((record, events))
-                timed.append(record)
+                timed.append((record, events))
                 for event in events:
                     groups.setdefault(event["customer_id"], []).append((record, event))
             elif key is None:
@@ -329,13 +329,12 @@ class CustomerAgent:
 
         emitted_at = time.time()
         self._batch_open = True
-        unpacked = dict(packed)
-        for record in timed:  # every one, in order: each ingest instance ticks
+        for record, events in timed:  # every one, in order: each ingest instance ticks
             message = record.message
             source, watermark, sent_at = time_headers(message.headers)
-            if watermark is None and record.key != TICK_KEY and unpacked[record]:
+            if watermark is None and events:
                 # A record not written by ingest: its latest event time stands in.
-                watermark = max(event["ts"] for event in unpacked[record])
+                watermark = max(event["ts"] for event in events)
             if watermark is not None:
                 self._clock(message.partition, record).heard(source, watermark, sent_at)
         written: dict[str, tuple[faust.EventT, CustomerState]] = {}

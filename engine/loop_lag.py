@@ -31,7 +31,6 @@ import collections
 import gc
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -153,31 +152,27 @@ async def watch_loop(lag: LoopLag, interval_s: float = 0.1) -> None:
     clock, cpu = time.monotonic, time.thread_time
     gc.callbacks.append(lag.on_gc)
     try:
-        await _sample(lag, interval_s, clock, cpu)
+        while True:
+            asked, ran = clock(), cpu()
+            await asyncio.sleep(interval_s)
+            woke = clock()
+            late = max(0.0, woke - asked - interval_s)
+            # The sleep's own interval may hold work too: count only what could
+            # have run during the lateness.
+            cpu_s = max(0.0, cpu() - ran - interval_s)
+            busy = lag.record(woke, late, cpu_s)
+            if late > STALL_S:
+                collected = lag.gc_within(asked)
+                log.warning(
+                    "the event loop was blocked for %.2f s; its thread ran %.2f s of it (%s)%s",
+                    late,
+                    cpu_s,
+                    "work on the loop that did not yield"
+                    if busy
+                    else "it waited for a CPU, or in a blocking call",
+                    f"; a full garbage collection took {collected:.2f} s of it"
+                    if collected
+                    else "",
+                )
     finally:
         gc.callbacks.remove(lag.on_gc)
-
-
-async def _sample(
-    lag: LoopLag, interval_s: float, clock: Callable[[], float], cpu: Callable[[], float]
-) -> None:
-    while True:
-        asked, ran = clock(), cpu()
-        await asyncio.sleep(interval_s)
-        woke = clock()
-        late = max(0.0, woke - asked - interval_s)
-        # The sleep's own interval may hold work too: count only what could
-        # have run during the lateness.
-        cpu_s = max(0.0, cpu() - ran - interval_s)
-        busy = lag.record(woke, late, cpu_s)
-        if late > STALL_S:
-            collected = lag.gc_within(asked)
-            log.warning(
-                "the event loop was blocked for %.2f s; its thread ran %.2f s of it (%s)%s",
-                late,
-                cpu_s,
-                "work on the loop that did not yield"
-                if busy
-                else "it waited for a CPU, or in a blocking call",
-                f"; a full garbage collection took {collected:.2f} s of it" if collected else "",
-            )

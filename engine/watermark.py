@@ -118,9 +118,9 @@ def time_headers(
     return TimeHeaders(source, watermark, sent_at)
 
 
-def sent_header(sent_header: str = SENT_HEADER) -> tuple[str, bytes]:
+def sent_header(name: str = SENT_HEADER) -> tuple[str, bytes]:
     """The header that says when a record was stamped: now."""
-    return sent_header, str(int(time.time() * 1000)).encode()
+    return name, str(int(time.time() * 1000)).encode()
 
 
 class SourceWatermarks:

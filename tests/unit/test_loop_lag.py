@@ -3,25 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+from collections.abc import Callable
 
 from engine.loop_lag import STALL_S, LoopLag, watch_loop
 
 
-async def test_a_blocked_loop_is_a_stall_and_a_free_one_is_not() -> None:
+async def watched(hold: Callable[[], None]) -> LoopLag:
+    """A monitor sampling every 10 ms while ``hold`` holds the loop once,
+    stopped after its next sample."""
     lag = LoopLag(window_s=60.0)
     watcher = asyncio.create_task(watch_loop(lag, interval_s=0.01))
     try:
         while lag.samples < 5:
             await asyncio.sleep(0.01)
         assert lag.stalls == 0
-        time.sleep(STALL_S + 0.2)  # a synchronous call holding the loop
+        hold()
         seen = lag.samples
         while lag.samples == seen:
             await asyncio.sleep(0.01)
     finally:
         watcher.cancel()
-    report = lag.as_dict()
+        await asyncio.gather(watcher, return_exceptions=True)
+    return lag
+
+
+async def test_a_blocked_loop_is_a_stall_and_a_free_one_is_not() -> None:
+    # a synchronous call holding the loop
+    report = (await watched(lambda: time.sleep(STALL_S + 0.2))).as_dict()
     assert report["stalls"] == 1
     assert STALL_S < report["max_s"] < STALL_S + 1.0
     assert report["recent_max_s"] == report["max_s"]
@@ -29,20 +39,12 @@ async def test_a_blocked_loop_is_a_stall_and_a_free_one_is_not() -> None:
 
 
 async def test_work_that_does_not_yield_is_a_busy_stall() -> None:
-    lag = LoopLag(window_s=60.0)
-    watcher = asyncio.create_task(watch_loop(lag, interval_s=0.01))
-    try:
-        while lag.samples < 5:
-            await asyncio.sleep(0.01)
+    def spin() -> None:  # CPU-bound work holding the loop
         until = time.monotonic() + STALL_S + 0.3
-        while time.monotonic() < until:  # CPU-bound work holding the loop
+        while time.monotonic() < until:
             pass
-        seen = lag.samples
-        while lag.samples == seen:
-            await asyncio.sleep(0.01)
-    finally:
-        watcher.cancel()
-    report = lag.as_dict()
+
+    report = (await watched(spin)).as_dict()
     assert report["stalls"] == report["busy_stalls"] == 1
     assert report["busy_max_s"] == report["max_s"]
 
@@ -56,19 +58,10 @@ def test_recent_forgets_what_left_the_window() -> None:
 
 
 async def test_full_garbage_collections_are_timed() -> None:
-    import gc
-
-    lag = LoopLag(window_s=60.0)
-    watcher = asyncio.create_task(watch_loop(lag, interval_s=0.01))
-    try:
-        while lag.samples < 2:
-            await asyncio.sleep(0.01)
-        since = time.monotonic()
-        gc.collect()  # a full collection, as Python runs when the heap grew enough
-        assert lag.gc_full == 1
-        assert 0.0 < lag.gc_within(since) == lag.gc_full_max_s
-    finally:
-        watcher.cancel()
-    await asyncio.gather(watcher, return_exceptions=True)
+    since = time.monotonic()
+    # a full collection, as Python runs when the heap grew enough
+    lag = await watched(gc.collect)
+    assert lag.gc_full == 1
+    assert 0.0 < lag.gc_within(since) == lag.gc_full_max_s
     assert lag.on_gc not in gc.callbacks, "the hook leaves with the watcher"
     assert lag.as_dict()["gc_full_collections"] == 1
