@@ -6,13 +6,15 @@ ingest asks of them; the inspector, registry and packing are the real ones.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 from confluent_kafka import TopicPartition as KafkaPartition
 
-from agents.ingest import Ingest
+from agents.ingest import EndOffsets, Ingest
 from engine.config import load_settings
 
 
@@ -67,10 +69,31 @@ class FakeConsumer:
     def committed(self, partitions: list[KafkaPartition], timeout: float) -> list[KafkaPartition]:
         return []
 
-    def offsets_for_times(
-        self, partitions: list[KafkaPartition], timeout: float
-    ) -> list[KafkaPartition]:
-        return [KafkaPartition(tp.topic, tp.partition, 0) for tp in partitions]
+
+class FakeAdmin:
+    """Answers ListOffsets with the ``ends`` it holds: at once, or once
+    ``answer()`` is called after ``waiting`` was set."""
+
+    def __init__(self) -> None:
+        self.waiting = False
+        self.ends: dict[tuple[str, int], int] = {}
+        self.asked: list[set[tuple[str, int]]] = []
+        self.unanswered: list[tuple[Future[Any], tuple[str, int]]] = []
+
+    def list_offsets(self, specs: dict[KafkaPartition, Any], **_: Any) -> dict[Any, Future[Any]]:
+        self.asked.append({(tp.topic, tp.partition) for tp in specs})
+        futures: dict[Any, Future[Any]] = {}
+        for tp in specs:
+            futures[tp] = Future()
+            self.unanswered.append((futures[tp], (tp.topic, tp.partition)))
+        if not self.waiting:
+            self.answer()
+        return futures
+
+    def answer(self) -> None:
+        for future, tp in self.unanswered:
+            future.set_result(SimpleNamespace(offset=self.ends.get(tp, 0)))
+        self.unanswered = []
 
 
 class FakeProducer:
@@ -93,7 +116,12 @@ class Clock:
 
 
 @pytest.fixture
-def ingest(monkeypatch: pytest.MonkeyPatch) -> tuple[Ingest, FakeConsumer, Clock]:
+def admin() -> FakeAdmin:
+    return FakeAdmin()
+
+
+@pytest.fixture
+def ingest(monkeypatch: pytest.MonkeyPatch, admin: FakeAdmin) -> tuple[Ingest, FakeConsumer, Clock]:
     clock = Clock()
     monkeypatch.setattr("agents.ingest.time.monotonic", clock)
     settings = load_settings(None, environ={})
@@ -102,6 +130,7 @@ def ingest(monkeypatch: pytest.MonkeyPatch) -> tuple[Ingest, FakeConsumer, Clock
     consumer = FakeConsumer()
     ingest.consumer = consumer  # type: ignore[assignment]
     ingest.producer = FakeProducer()  # type: ignore[assignment]
+    ingest.end_offsets = EndOffsets(admin, timeout_s=1.0)
     ingest._stream_partitions = 4
     ingest.registry.apply(
         b"d-1",
@@ -201,3 +230,50 @@ def test_a_refused_commit_is_tried_again_for_the_partitions_ingest_keeps(ingest)
     clock.now += ingest.settings.worker.commit_interval_s
     ingest._commit_if_due()
     assert consumer.commits == [{("iot.device.d-1", 1): 5}, {("iot.device.d-1", 0): 1}]
+
+
+def test_the_sources_ends_are_asked_for_without_waiting_and_judged_as_of_the_asking(
+    ingest, admin: FakeAdmin
+) -> None:
+    ingest, consumer, clock = ingest
+    source = ("iot.device.d-1", 0)
+    ingest._on_assign(consumer, [KafkaPartition(*source)])  # type: ignore[arg-type]
+    ingest.ingest([telemetry(n) for n in range(3)])  # the first time: asked and waited for
+    assert len(admin.asked) == 1
+    admin.waiting = True
+    admin.ends[source] = 5  # two records not read yet
+    clock.now += 1.0
+    ingest._update_watermark()
+    assert len(admin.asked) == 2
+    assert ingest._end_check is not None  # in flight: the loop went on
+
+    # Read to the end while the question travels: the answer is still judged
+    # against the 3 records read when it was asked, so the source lags.
+    ingest.ingest([telemetry(n) for n in range(3, 5)])
+    clock.now += 1.0
+    ingest._update_watermark()
+    assert len(admin.asked) == 2  # one request at a time
+    admin.answer()
+    ingest._update_watermark()
+    assert ingest.metrics.lagging_sources == 1
+    assert ingest.metrics.lag == 2
+    assert len(admin.asked) == 3  # the next one, at once (the interval passed)
+    admin.answer()
+    clock.now += 1.0
+    ingest._update_watermark()
+    assert (ingest.metrics.lagging_sources, ingest.metrics.lag) == (0, 0)
+
+
+def test_a_revoke_drops_the_answer_in_flight(ingest, admin: FakeAdmin) -> None:
+    ingest, consumer, clock = ingest
+    source = ("iot.device.d-1", 0)
+    ingest._on_assign(consumer, [KafkaPartition(*source)])  # type: ignore[arg-type]
+    ingest.ingest([telemetry(0)])
+    admin.waiting = True
+    clock.now += 1.0
+    ingest._update_watermark()
+    ingest._on_revoke(consumer, [KafkaPartition(*source)])  # type: ignore[arg-type]
+    assert ingest._end_check is None and not ingest.end_offsets.asking
+    admin.answer()
+    ingest._update_watermark()
+    assert len(admin.asked) == 2  # nothing assigned: nothing asked
