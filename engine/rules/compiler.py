@@ -14,7 +14,6 @@ with its file, line and column, and compile expressions and templates once.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
@@ -24,21 +23,13 @@ from typing import Any
 import orjson
 
 from engine.config import ACTION_TOPIC_SUFFIX
-from engine.durations import parse_duration
-from engine.rules.aggregates import AGGREGATORS, OPTIONAL_ARGUMENT, Aggregate
+from engine.rules.checks import MISSING, Checker
 from engine.rules.errors import RuleError, RuleFileError
-from engine.rules.expr import (
-    FUNCTIONS,
-    ROOT_NAMES,
-    Expression,
-    ExpressionError,
-    compile_expression,
-)
+from engine.rules.expr import ROOT_NAMES, Expression
 from engine.rules.model import BASE_EVENT_FIELDS, Rule, RuleSet, RuleTest
 from engine.rules.source import (
     SourceFile,
     item_position,
-    key_position,
     load_yaml,
     node_position,
     parse_timestamp,
@@ -47,14 +38,10 @@ from engine.rules.source import (
     value_position,
 )
 from engine.rules.template import Payload, PayloadError, compile_payload
-from engine.rules.triggers.absence import AbsenceTrigger
 from engine.rules.triggers.base import Trigger
-from engine.rules.triggers.sequence import SequenceTrigger, Step
-from engine.rules.triggers.simple import ConditionTrigger, SilenceTrigger, SustainedTrigger
-from engine.rules.triggers.window import WindowTrigger
+from engine.rules.triggers.registry import TRIGGERS
 
 RULE_ID = re.compile(r"^[a-z0-9-]+$")
-NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 CONSENT = re.compile(r"^[A-Za-z0-9_-]+$")
 
 #: Default topic of each action type.
@@ -63,10 +50,6 @@ DEFAULT_TOPICS: dict[str, str] = {
 }
 ACTION_TYPES: tuple[str, ...] = tuple(DEFAULT_TOPICS)
 KEYS = ("device", "customer")
-TRIGGERS = ("condition", "sustained", "window", "sequence", "absence", "silence")
-WINDOW_TYPES = ("sliding", "tumbling", "hopping", "session")
-CONTIGUITY = ("relaxed", "strict", "any")
-SKIP = ("past_last_event", "none")
 
 RULE_FIELDS = (
     "id",
@@ -106,145 +89,14 @@ EXPECT_FIELDS = (
 #: Fields of a rule that do not change what it does (kept out of its fingerprint).
 _NOT_BEHAVIOUR = ("description", "tests", "enabled")
 
-_MISSING = object()
 
-
-class _FileCompiler:
+class _FileCompiler(Checker):
     """Compiles the rules of one file, collecting errors instead of stopping."""
 
     def __init__(self, source: SourceFile) -> None:
-        self.source = source
-        self.errors: list[RuleError] = []
+        super().__init__(source)
         #: Every rule id seen, with its position, compiled or not.
         self.ids: list[tuple[str, tuple[int, int] | None]] = []
-
-    # errors ------------------------------------------------------------------
-    def error(self, position: tuple[int, int] | None, message: str) -> None:
-        self.errors.append(self.source.error(position, message))
-
-    def check_keys(self, mapping: Any, allowed: Sequence[str], what: str) -> None:
-        for key in mapping:
-            if key not in allowed:
-                self.error(
-                    key_position(mapping, key),
-                    f"unknown key '{key}' in {what} (allowed: {', '.join(allowed)})",
-                )
-
-    # typed fields --------------------------------------------------------------
-    def get(
-        self,
-        mapping: Any,
-        key: str,
-        kind: type | tuple[type, ...],
-        what: str,
-        *,
-        required: bool = False,
-        default: Any = None,
-    ) -> Any:
-        if key not in mapping:
-            if required:
-                self.error(node_position(mapping), f"{what} needs '{key}'")
-                return _MISSING
-            return default
-        value = mapping[key]
-        bad_bool = isinstance(value, bool) and kind in (int, (int, float))
-        if not isinstance(value, kind) or bad_bool:
-            self.error(value_position(mapping, key), f"'{key}' must be {_type_name(kind)}")
-            return _MISSING
-        return value
-
-    def choice(
-        self,
-        mapping: Any,
-        key: str,
-        options: Sequence[str],
-        what: str,
-        *,
-        required: bool = False,
-        default: str | None = None,
-    ) -> Any:
-        value = self.get(mapping, key, str, what, required=required, default=default)
-        if value is _MISSING or value is None:
-            return value
-        if value not in options:
-            self.error(
-                value_position(mapping, key),
-                f"'{key}' must be one of {', '.join(options)} (got '{value}')",
-            )
-            return _MISSING
-        return str(value)
-
-    def duration(
-        self, mapping: Any, key: str, what: str, *, required: bool = False, positive: bool = True
-    ) -> Any:
-        if key not in mapping:
-            if required:
-                self.error(node_position(mapping), f"{what} needs '{key}' (a duration)")
-                return _MISSING
-            return None
-        try:
-            seconds = parse_duration(to_plain(mapping[key]))
-        except ValueError as exc:
-            self.error(value_position(mapping, key), f"'{key}': {exc}")
-            return _MISSING
-        if positive and seconds <= 0:
-            self.error(value_position(mapping, key), f"'{key}' must be longer than zero")
-            return _MISSING
-        return seconds
-
-    def mapping(self, parent: Any, key: str, what: str, *, required: bool = False) -> Any:
-        value = self.get(parent, key, Mapping, what, required=required)
-        return value
-
-    # expressions -----------------------------------------------------------------
-    def expression(
-        self,
-        mapping: Any,
-        key: str,
-        what: str,
-        *,
-        names: frozenset[str] = ROOT_NAMES,
-        window_fields: frozenset[str] | None = frozenset(),
-        step_names: frozenset[str] = frozenset(),
-        required: bool = True,
-    ) -> Any:
-        if key not in mapping:
-            if required:
-                self.error(node_position(mapping), f"{what} needs '{key}' (an expression)")
-                return _MISSING
-            return None
-        text = mapping[key]
-        if not isinstance(text, str):
-            self.error(value_position(mapping, key), f"'{key}' must be an expression (a string)")
-            return _MISSING
-        return self.compile_text(
-            str(text),
-            value_position(mapping, key),
-            names=names,
-            window_fields=window_fields,
-            step_names=step_names,
-        )
-
-    def compile_text(
-        self,
-        text: str,
-        anchor: tuple[int, int] | None,
-        *,
-        names: frozenset[str] = ROOT_NAMES,
-        window_fields: frozenset[str] | None = frozenset(),
-        step_names: frozenset[str] = frozenset(),
-        shift: int = 0,
-        context: str = "",
-    ) -> Any:
-        try:
-            return compile_expression(
-                text, names, window_fields=window_fields, step_names=step_names
-            )
-        except ExpressionError as exc:
-            whole = context or text
-            position = self.source.locate(anchor, whole, shift + exc.offset)
-            self.error(position, exc.message)
-            return _MISSING
 
     # file ---------------------------------------------------------------------------
     def compile_document(self, data: Any) -> list[Rule]:
@@ -335,10 +187,10 @@ class _FileCompiler:
     # when ---------------------------------------------------------------------------
     def compile_when(self, rule: Any, what: str) -> Trigger | None:
         when = self.mapping(rule, "when", what, required=True)
-        if when is _MISSING:
+        if when is MISSING:
             return None
         present = [key for key in when if key in TRIGGERS]
-        self.check_keys(when, TRIGGERS, "'when'")
+        self.check_keys(when, tuple(TRIGGERS), "'when'")
         if len(present) != 1:
             found = ", ".join(present) or "none"
             self.error(
@@ -346,250 +198,23 @@ class _FileCompiler:
                 f"'when' needs exactly one trigger of {', '.join(TRIGGERS)} (found: {found})",
             )
             return None
-        kind = present[0]
-        builder = getattr(self, f"when_{kind}")
-        return builder(when, kind)
-
-    def when_condition(self, when: Any, kind: str) -> Trigger | None:
-        condition = self.expression(when, kind, "'when'")
-        return None if condition is _MISSING else ConditionTrigger(condition)
-
-    def when_sustained(self, when: Any, kind: str) -> Trigger | None:
-        spec = self.mapping(when, kind, "'when'")
-        if spec is _MISSING:
-            return None
-        self.check_keys(spec, ("condition", "for", "filter"), "'sustained'")
-        condition = self.expression(spec, "condition", "'sustained'")
-        duration = self.duration(spec, "for", "'sustained'", required=True)
-        filter_ = self.expression(spec, "filter", "'sustained'", required=False)
-        if _MISSING in (condition, duration, filter_):
-            return None
-        return SustainedTrigger(condition, duration, filter_)
-
-    def when_silence(self, when: Any, kind: str) -> Trigger | None:
-        spec = self.mapping(when, kind, "'when'")
-        if spec is _MISSING:
-            return None
-        self.check_keys(spec, ("for", "filter"), "'silence'")
-        duration = self.duration(spec, "for", "'silence'", required=True)
-        filter_ = self.expression(spec, "filter", "'silence'", required=False)
-        if _MISSING in (duration, filter_):
-            return None
-        return SilenceTrigger(duration, filter_)
-
-    def when_absence(self, when: Any, kind: str) -> Trigger | None:
-        spec = self.mapping(when, kind, "'when'")
-        if spec is _MISSING:
-            return None
-        self.check_keys(spec, ("after", "missing", "within", "correlate"), "'absence'")
-        with_first = ROOT_NAMES | {"first"}
-        after = self.expression(spec, "after", "'absence'")
-        missing = self.expression(spec, "missing", "'absence'", names=with_first)
-        correlate = self.expression(
-            spec, "correlate", "'absence'", names=with_first, required=False
-        )
-        within = self.duration(spec, "within", "'absence'", required=True)
-        if _MISSING in (after, missing, correlate, within):
-            return None
-        return AbsenceTrigger(after, missing, within, correlate)
-
-    def when_sequence(self, when: Any, kind: str) -> Trigger | None:
-        spec = self.mapping(when, kind, "'when'")
-        if spec is _MISSING:
-            return None
-        self.check_keys(spec, ("steps", "within", "every", "contiguity", "skip"), "'sequence'")
-        within = self.duration(spec, "within", "'sequence'", required=True)
-        every = self.get(spec, "every", bool, "'sequence'", default=False)
-        contiguity = self.choice(spec, "contiguity", CONTIGUITY, "'sequence'", default="relaxed")
-        skip = self.choice(spec, "skip", SKIP, "'sequence'", default="past_last_event")
-        steps_node = self.get(spec, "steps", list, "'sequence'", required=True)
-        if steps_node is _MISSING:
-            return None
-        if not steps_node:
-            self.error(value_position(spec, "steps"), "'steps' needs at least one step")
-            return None
-        names: list[str] = []
-        for index, step in enumerate(steps_node):
-            name = step.get("as") if isinstance(step, Mapping) else None
-            names.append(name if isinstance(name, str) else f"step{index}")
-        all_names = frozenset(names)
-        steps: list[Step] = []
-        ok = True
-        for index, step in enumerate(steps_node):
-            if not isinstance(step, Mapping):
-                self.error(
-                    item_position(steps_node, index), "a step is {as: NAME, condition: EXPR}"
-                )
-                ok = False
-                continue
-            self.check_keys(step, ("as", "condition"), "a sequence step")
-            name = self.get(step, "as", str, "a sequence step", required=True)
-            if isinstance(name, str):
-                problem = _bad_step_name(name, names[:index])
-                if problem:
-                    self.error(value_position(step, "as"), problem)
-                    ok = False
-            else:
-                ok = False
-            earlier = frozenset(names[:index])
-            condition = self.expression(
-                step,
-                "condition",
-                "a sequence step",
-                names=ROOT_NAMES | earlier,
-                window_fields=earlier,
-                step_names=all_names,
-            )
-            if condition is _MISSING:
-                ok = False
-                continue
-            steps.append(Step(names[index], condition))
-        if not ok or _MISSING in (within, every, contiguity, skip):
-            return None
-        return SequenceTrigger(steps, within, every, contiguity, skip)
-
-    def when_window(self, when: Any, kind: str) -> Trigger | None:
-        spec = self.mapping(when, kind, "'when'")
-        if spec is _MISSING:
-            return None
-        allowed = ("type", "size", "advance", "gap", "grace", "filter", "aggregates", "having")
-        self.check_keys(spec, allowed, "'window'")
-        window_type = self.choice(spec, "type", WINDOW_TYPES, "'window'", required=True)
-        ok = window_type is not _MISSING
-        size = gap = advance = None
-        grace = 0.0
-        if window_type == "session":
-            gap = self.duration(spec, "gap", "a session window", required=True)
-            for unwanted in ("size", "advance"):
-                if unwanted in spec:
-                    self.error(
-                        key_position(spec, unwanted),
-                        f"a session window has no '{unwanted}' (it uses 'gap')",
-                    )
-                    ok = False
-        elif window_type is not _MISSING:
-            size = self.duration(spec, "size", f"a {window_type} window", required=True)
-            if "gap" in spec:
-                self.error(key_position(spec, "gap"), "'gap' is for session windows")
-                ok = False
-            if window_type == "hopping":
-                advance = self.duration(spec, "advance", "a hopping window", required=True)
-                if isinstance(advance, float) and isinstance(size, float) and advance > size:
-                    self.error(
-                        value_position(spec, "advance"), "'advance' must not be longer than 'size'"
-                    )
-                    ok = False
-            elif "advance" in spec:
-                self.error(key_position(spec, "advance"), "'advance' is for hopping windows")
-                ok = False
-        if window_type == "sliding" and "grace" in spec:
-            self.error(
-                key_position(spec, "grace"), "'grace' is for tumbling, hopping and session windows"
-            )
-            ok = False
-        elif "grace" in spec:
-            grace = self.duration(spec, "grace", "'window'", positive=False)
-        filter_ = self.expression(spec, "filter", "'window'", required=False)
-        aggregates = self.compile_aggregates(spec)
-        declared = spec.get("aggregates")
-        having = self.expression(
-            spec,
-            "having",
-            "'window'",
-            window_fields=frozenset(
-                str(name) for name in (declared if isinstance(declared, Mapping) else ())
-            ),
-        )
-        if not ok or _MISSING in (size, gap, advance, grace, filter_, aggregates, having):
-            return None
-        return WindowTrigger(
-            str(window_type),
-            float(size or 0.0),
-            aggregates,
-            having,
-            advance=advance,
-            gap=gap,
-            grace=float(grace or 0.0),
-            filter=filter_,
-        )
-
-    def compile_aggregates(self, spec: Any) -> Any:
-        node = self.mapping(spec, "aggregates", "'window'", required=True)
-        if node is _MISSING:
-            return _MISSING
-        if not node:
-            self.error(value_position(spec, "aggregates"), "'aggregates' needs at least one")
-            return _MISSING
-        aggregates: list[Aggregate] = []
-        ok = True
-        for name, text in node.items():
-            if not isinstance(name, str) or not NAME.match(name) or name.startswith("__"):
-                self.error(key_position(node, name), f"invalid aggregate name '{name}'")
-                ok = False
-                continue
-            aggregate = self.compile_aggregate(node, name, text)
-            if aggregate is None:
-                ok = False
-            else:
-                aggregates.append(aggregate)
-        return aggregates if ok else _MISSING
-
-    def compile_aggregate(self, node: Any, name: str, text: Any) -> Aggregate | None:
-        anchor = value_position(node, name)
-        usage = f"'{name}' must be an aggregate call such as count(), avg(event.vibration)"
-        if not isinstance(text, str):
-            self.error(anchor, usage)
-            return None
-        text = str(text)
-        try:
-            tree = ast.parse(text.strip(), mode="eval").body
-        except SyntaxError:
-            tree = None
-        if not (
-            isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) and not tree.keywords
-        ):
-            self.error(anchor, usage)
-            return None
-        function = tree.func.id
-        if function not in AGGREGATORS:
-            self.error(
-                self.source.locate(anchor, text, text.find(function)),
-                f"unknown aggregate '{function}' (aggregates: {', '.join(AGGREGATORS)})",
-            )
-            return None
-        if len(tree.args) > 1 or (not tree.args and function not in OPTIONAL_ARGUMENT):
-            self.error(
-                anchor,
-                f"{function}() takes one argument"
-                if function not in OPTIONAL_ARGUMENT
-                else f"{function}() takes at most one argument",
-            )
-            return None
-        if not tree.args:
-            return Aggregate(name, function, None)
-        open_paren = text.find("(")
-        close_paren = text.rfind(")")
-        inner = text[open_paren + 1 : close_paren]
-        argument = self.compile_text(inner, anchor, shift=open_paren + 1, context=text)
-        if argument is _MISSING:
-            return None
-        return Aggregate(name, function, argument)
+        return TRIGGERS[present[0]].compile(self, when)
 
     # action ---------------------------------------------------------------------------
     def compile_action(
         self, rule: Any, what: str, trigger: Trigger | None
     ) -> tuple[str, str, Payload] | None:
         action = self.mapping(rule, "action", what, required=True)
-        if action is _MISSING:
+        if action is MISSING:
             return None
         self.check_keys(action, ("type", "topic", "payload"), "'action'")
         action_type = self.choice(action, "type", ACTION_TYPES, "'action'", required=True)
         topic = self.get(action, "topic", str, "'action'")
         if isinstance(topic, str) and not topic.strip():
             self.error(value_position(action, "topic"), "'topic' must not be empty")
-            topic = _MISSING
+            topic = MISSING
         payload_node = self.get(action, "payload", Mapping, "'action'", default={})
-        if payload_node is _MISSING:
+        if payload_node is MISSING:
             return None
         # Names come from the trigger as written, so that a broken trigger
         # does not hide (or invent) errors in the payload.
@@ -612,14 +237,14 @@ class _FileCompiler:
                 text = str(container[key])
                 self.error(self.source.locate(anchor, text, problem.offset), problem.message)
             return None
-        if _MISSING in (action_type, topic) or trigger is None:
+        if MISSING in (action_type, topic) or trigger is None:
             return None
         return str(action_type), str(topic or DEFAULT_TOPICS[action_type]), payload
 
     # tests ---------------------------------------------------------------------------
     def compile_tests(self, rule: Any, what: str) -> list[RuleTest]:
         tests_node = self.get(rule, "tests", list, what, default=[])
-        if tests_node is _MISSING:
+        if tests_node is MISSING:
             return []
         tests: list[RuleTest] = []
         for index, node in enumerate(tests_node):
@@ -719,51 +344,17 @@ class _FileCompiler:
 # --------------------------------------------------------------------------- helpers
 
 
-def _type_name(kind: type | tuple[type, ...]) -> str:
-    names = {
-        str: "a string",
-        int: "an integer",
-        bool: "true or false",
-        list: "a list",
-        float: "a number",
-    }
-    if kind is Mapping:
-        return "a mapping"
-    if isinstance(kind, tuple):
-        return " or ".join(names.get(k, k.__name__) for k in kind)
-    return names.get(kind, kind.__name__)
-
-
-def _bad_step_name(name: str, earlier: list[str]) -> str | None:
-    if not NAME.match(name) or name.startswith("__"):
-        return f"step name '{name}' must be an identifier (letters, digits, '_')"
-    if name in ROOT_NAMES or name in FUNCTIONS or name == "first":
-        return f"step name '{name}' is reserved"
-    if name in earlier:
-        return f"duplicate step name '{name}'"
-    return None
-
-
 def _declared_names(when: Any) -> tuple[frozenset[str], frozenset[str]]:
-    """(extra names, window fields) a trigger offers templates, read from its
-    YAML even when it does not compile."""
-    if not isinstance(when, Mapping):
-        return frozenset(), frozenset()
-    if isinstance(when.get("sequence"), Mapping):
-        steps = when["sequence"].get("steps")
-        names = frozenset(
-            str(step["as"])
-            for step in (steps if isinstance(steps, list) else [])
-            if isinstance(step, Mapping) and isinstance(step.get("as"), str)
-        )
-        return names, names
-    if "absence" in when:
-        return frozenset({"first"}), frozenset()
-    if isinstance(when.get("window"), Mapping):
-        aggregates = when["window"].get("aggregates")
-        if isinstance(aggregates, Mapping):
-            return frozenset(), frozenset(str(name) for name in aggregates)
-    return frozenset(), frozenset()
+    """(extra names, window fields) the triggers written in ``when`` offer
+    templates, read from the YAML even when they do not compile."""
+    extra: frozenset[str] = frozenset()
+    window: frozenset[str] = frozenset()
+    if isinstance(when, Mapping):
+        for kind, trigger in TRIGGERS.items():
+            if kind in when:
+                names, fields = trigger.declared_names(when[kind])
+                extra, window = extra | names, window | fields
+    return extra, window
 
 
 def _walk(node: Any, path: tuple[str | int, ...]) -> tuple[Any, str | int]:

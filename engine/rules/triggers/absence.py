@@ -6,11 +6,19 @@ import bisect
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from engine.rules.expr import EMPTY, Expression, intersect_requirements, union_requirements
+from engine.rules.checks import MISSING
+from engine.rules.expr import (
+    EMPTY,
+    ROOT_NAMES,
+    Expression,
+    intersect_requirements,
+    union_requirements,
+)
 from engine.rules.runtime import Match
 from engine.rules.triggers.base import Trigger
 
 if TYPE_CHECKING:
+    from engine.rules.checks import Checker
     from engine.rules.model import Rule
     from engine.rules.runtime import Run
 
@@ -31,6 +39,17 @@ class AbsenceTrigger(Trigger):
     """
 
     kind: ClassVar[str] = "absence"
+    schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["after", "missing", "within"],
+        "properties": {
+            "after": {"$ref": "#/$defs/expression"},
+            "missing": {"$ref": "#/$defs/expression"},
+            "within": {"$ref": "#/$defs/duration"},
+            "correlate": {"$ref": "#/$defs/expression"},
+        },
+    }
 
     def __init__(
         self,
@@ -47,6 +66,27 @@ class AbsenceTrigger(Trigger):
         self._per_watch = "first" in missing.usage or (
             correlate is not None and "first" in correlate.usage
         )
+
+    @classmethod
+    def compile(cls, check: Checker, when: Any) -> Trigger | None:
+        spec = check.mapping(when, cls.kind, "'when'")
+        if spec is MISSING:
+            return None
+        check.check_keys(spec, ("after", "missing", "within", "correlate"), "'absence'")
+        with_first = ROOT_NAMES | {"first"}
+        after = check.expression(spec, "after", "'absence'")
+        missing = check.expression(spec, "missing", "'absence'", names=with_first)
+        correlate = check.expression(
+            spec, "correlate", "'absence'", names=with_first, required=False
+        )
+        within = check.duration(spec, "within", "'absence'", required=True)
+        if MISSING in (after, missing, correlate, within):
+            return None
+        return cls(after, missing, within, correlate)
+
+    @classmethod
+    def declared_names(cls, spec: Any) -> tuple[frozenset[str], frozenset[str]]:
+        return frozenset({"first"}), frozenset()
 
     def expressions(self) -> list[Expression]:
         extra = [self.correlate] if self.correlate is not None else []

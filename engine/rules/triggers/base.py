@@ -1,4 +1,10 @@
-"""The interface every trigger implements."""
+"""The interface every trigger implements.
+
+A trigger kind is one class: it compiles its ``when:`` entry
+(:meth:`Trigger.compile`), describes it for editors (:attr:`Trigger.schema`, a
+JSON-schema fragment), and runs it (``on_event``, ``on_timer``). The kinds are
+listed, in order, in ``engine.rules.triggers.registry``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from engine.rules.expr import Expression
 
 if TYPE_CHECKING:
+    from engine.rules.checks import Checker
     from engine.rules.model import Rule
     from engine.rules.runtime import Run
 
@@ -23,9 +30,25 @@ class Trigger:
     """
 
     kind: ClassVar[str] = ""
+    #: The JSON schema of ``when.<kind>`` (``$ref`` to the rule schema's
+    #: shared ``$defs``: ``expression``, ``duration``).
+    schema: ClassVar[dict[str, Any]] = {}
     #: True when matches summarise a closed window rather than one event
     #: (a customer-keyed firing then names no device).
     aggregates_events: ClassVar[bool] = False
+
+    @classmethod
+    def compile(cls, check: Checker, when: Any) -> Trigger | None:
+        """The trigger ``when[cls.kind]`` describes, or None when it has errors
+        (each recorded in ``check``)."""
+        raise NotImplementedError
+
+    @classmethod
+    def declared_names(cls, spec: Any) -> tuple[frozenset[str], frozenset[str]]:
+        """(extra names, window fields) the trigger offers templates, read from
+        its YAML ``spec`` even when it does not compile, so that a broken
+        trigger does not hide (or invent) errors in the payload."""
+        return frozenset(), frozenset()
 
     def expressions(self) -> list[Expression]:
         """Every expression of the trigger (for usage analysis)."""

@@ -6,16 +6,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from engine.rules.expr import EMPTY, Expression, union_requirements
+from engine.rules.checks import MISSING, NAME
+from engine.rules.expr import EMPTY, FUNCTIONS, ROOT_NAMES, Expression, union_requirements
 from engine.rules.runtime import Match
+from engine.rules.source import item_position, value_position
 from engine.rules.triggers.base import Trigger
 
 if TYPE_CHECKING:
+    from engine.rules.checks import Checker
     from engine.rules.model import Rule
     from engine.rules.runtime import Run
 
 #: Open partial matches kept per rule and key; beyond it the oldest is dropped.
 MAX_PARTIALS = 256
+
+CONTIGUITY = ("relaxed", "strict", "any")
+SKIP = ("past_last_event", "none")
 
 # A partial match is [started_at, next_step, {step name: event}, [event ids]].
 _START, _NEXT, _STEPS, _IDS = range(4)
@@ -47,6 +53,30 @@ class SequenceTrigger(Trigger):
     """
 
     kind: ClassVar[str] = "sequence"
+    schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["steps", "within"],
+        "properties": {
+            "steps": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["as", "condition"],
+                    "properties": {
+                        "as": {"type": "string", "pattern": NAME.pattern},
+                        "condition": {"$ref": "#/$defs/expression"},
+                    },
+                },
+            },
+            "within": {"$ref": "#/$defs/duration"},
+            "every": {"type": "boolean", "default": False},
+            "contiguity": {"enum": list(CONTIGUITY), "default": CONTIGUITY[0]},
+            "skip": {"enum": list(SKIP), "default": SKIP[0]},
+        },
+    }
 
     def __init__(
         self,
@@ -62,6 +92,74 @@ class SequenceTrigger(Trigger):
         self.contiguity = contiguity
         self.skip_past_last = skip == "past_last_event"
         self.names = frozenset(step.name for step in steps)
+
+    @classmethod
+    def compile(cls, check: Checker, when: Any) -> Trigger | None:
+        spec = check.mapping(when, cls.kind, "'when'")
+        if spec is MISSING:
+            return None
+        check.check_keys(spec, ("steps", "within", "every", "contiguity", "skip"), "'sequence'")
+        within = check.duration(spec, "within", "'sequence'", required=True)
+        every = check.get(spec, "every", bool, "'sequence'", default=False)
+        contiguity = check.choice(spec, "contiguity", CONTIGUITY, "'sequence'", default="relaxed")
+        skip = check.choice(spec, "skip", SKIP, "'sequence'", default="past_last_event")
+        steps_node = check.get(spec, "steps", list, "'sequence'", required=True)
+        if steps_node is MISSING:
+            return None
+        if not steps_node:
+            check.error(value_position(spec, "steps"), "'steps' needs at least one step")
+            return None
+        names: list[str] = []
+        for index, step in enumerate(steps_node):
+            name = step.get("as") if isinstance(step, Mapping) else None
+            names.append(name if isinstance(name, str) else f"step{index}")
+        all_names = frozenset(names)
+        steps: list[Step] = []
+        ok = True
+        for index, step in enumerate(steps_node):
+            if not isinstance(step, Mapping):
+                check.error(
+                    item_position(steps_node, index), "a step is {as: NAME, condition: EXPR}"
+                )
+                ok = False
+                continue
+            check.check_keys(step, ("as", "condition"), "a sequence step")
+            name = check.get(step, "as", str, "a sequence step", required=True)
+            if isinstance(name, str):
+                problem = _bad_step_name(name, names[:index])
+                if problem:
+                    check.error(value_position(step, "as"), problem)
+                    ok = False
+            else:
+                ok = False
+            earlier = frozenset(names[:index])
+            condition = check.expression(
+                step,
+                "condition",
+                "a sequence step",
+                names=ROOT_NAMES | earlier,
+                window_fields=earlier,
+                step_names=all_names,
+            )
+            if condition is MISSING:
+                ok = False
+                continue
+            steps.append(Step(names[index], condition))
+        if not ok or MISSING in (within, every, contiguity, skip):
+            return None
+        return cls(steps, within, every, contiguity, skip)
+
+    @classmethod
+    def declared_names(cls, spec: Any) -> tuple[frozenset[str], frozenset[str]]:
+        if not isinstance(spec, Mapping):
+            return frozenset(), frozenset()
+        steps = spec.get("steps")
+        names = frozenset(
+            str(step["as"])
+            for step in (steps if isinstance(steps, list) else [])
+            if isinstance(step, Mapping) and isinstance(step.get("as"), str)
+        )
+        return names, names
 
     def expressions(self) -> list[Expression]:
         return [step.condition for step in self.steps]
@@ -162,3 +260,13 @@ class SequenceTrigger(Trigger):
 
 def _copy(partial: list[Any]) -> list[Any]:
     return [partial[_START], partial[_NEXT], partial[_STEPS], partial[_IDS]]
+
+
+def _bad_step_name(name: str, earlier: list[str]) -> str | None:
+    if not NAME.match(name) or name.startswith("__"):
+        return f"step name '{name}' must be an identifier (letters, digits, '_')"
+    if name in ROOT_NAMES or name in FUNCTIONS or name == "first":
+        return f"step name '{name}' is reserved"
+    if name in earlier:
+        return f"duplicate step name '{name}'"
+    return None

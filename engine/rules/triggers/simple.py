@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from engine.rules.checks import MISSING
 from engine.rules.expr import Evaluator, Expression
 from engine.rules.runtime import Match, append_id
 from engine.rules.triggers.base import Trigger
 
 if TYPE_CHECKING:
+    from engine.rules.checks import Checker
     from engine.rules.model import Rule
     from engine.rules.runtime import Run
 
@@ -18,11 +20,17 @@ class ConditionTrigger(Trigger):
     """``condition: EXPR``: fires on every event for which EXPR is true."""
 
     kind: ClassVar[str] = "condition"
+    schema: ClassVar[dict[str, Any]] = {"$ref": "#/$defs/expression"}
 
     def __init__(self, condition: Expression) -> None:
         self.condition = condition
         # The rule index checks an exact condition before offering an event.
         self._test = None if condition.exact else condition.evaluate
+
+    @classmethod
+    def compile(cls, check: Checker, when: Any) -> Trigger | None:
+        condition = check.expression(when, cls.kind, "'when'")
+        return None if condition is MISSING else cls(condition)
 
     def expressions(self) -> list[Expression]:
         return [self.condition]
@@ -68,6 +76,16 @@ class SustainedTrigger(Trigger):
     """
 
     kind: ClassVar[str] = "sustained"
+    schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["condition", "for"],
+        "properties": {
+            "condition": {"$ref": "#/$defs/expression"},
+            "for": {"$ref": "#/$defs/duration"},
+            "filter": {"$ref": "#/$defs/expression"},
+        },
+    }
 
     def __init__(
         self, condition: Expression, duration: float, filter: Expression | None = None
@@ -77,6 +95,19 @@ class SustainedTrigger(Trigger):
         self.filter = filter
         self._filter = _residual(filter)
         self._condition = condition.evaluate
+
+    @classmethod
+    def compile(cls, check: Checker, when: Any) -> Trigger | None:
+        spec = check.mapping(when, cls.kind, "'when'")
+        if spec is MISSING:
+            return None
+        check.check_keys(spec, ("condition", "for", "filter"), "'sustained'")
+        condition = check.expression(spec, "condition", "'sustained'")
+        duration = check.duration(spec, "for", "'sustained'", required=True)
+        filter_ = check.expression(spec, "filter", "'sustained'", required=False)
+        if MISSING in (condition, duration, filter_):
+            return None
+        return cls(condition, duration, filter_)
 
     def expressions(self) -> list[Expression]:
         return [self.condition] + ([self.filter] if self.filter is not None else [])
@@ -148,11 +179,32 @@ class SilenceTrigger(Trigger):
     """
 
     kind: ClassVar[str] = "silence"
+    schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["for"],
+        "properties": {
+            "for": {"$ref": "#/$defs/duration"},
+            "filter": {"$ref": "#/$defs/expression"},
+        },
+    }
 
     def __init__(self, duration: float, filter: Expression | None = None) -> None:
         self.duration = duration
         self.filter = filter
         self._filter = _residual(filter)
+
+    @classmethod
+    def compile(cls, check: Checker, when: Any) -> Trigger | None:
+        spec = check.mapping(when, cls.kind, "'when'")
+        if spec is MISSING:
+            return None
+        check.check_keys(spec, ("for", "filter"), "'silence'")
+        duration = check.duration(spec, "for", "'silence'", required=True)
+        filter_ = check.expression(spec, "filter", "'silence'", required=False)
+        if MISSING in (duration, filter_):
+            return None
+        return cls(duration, filter_)
 
     def expressions(self) -> list[Expression]:
         return [self.filter] if self.filter is not None else []

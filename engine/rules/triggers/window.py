@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import ast
 import bisect
 import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from engine.rules.aggregates import Aggregate
+from engine.rules.aggregates import AGGREGATORS, OPTIONAL_ARGUMENT, Aggregate
+from engine.rules.checks import MISSING, NAME
 from engine.rules.expr import EMPTY, Expression, Scope
 from engine.rules.runtime import MAX_EVIDENCE_IDS, Match, append_id
+from engine.rules.source import key_position, value_position
 from engine.rules.triggers.base import Trigger
 
 if TYPE_CHECKING:
+    from engine.rules.checks import Checker
     from engine.rules.model import Rule
     from engine.rules.runtime import Run
 
 _NUMBER = (int, float, bool)
+
+WINDOW_TYPES = ("sliding", "tumbling", "hopping", "session")
 
 # A sliding entry is [ts, seq, event_id, value per aggregate...].
 _TS, _SEQ, _ID, _VALUES = 0, 1, 2, 3
@@ -51,6 +57,48 @@ class WindowTrigger(Trigger):
     """
 
     kind: ClassVar[str] = "window"
+    schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["type", "aggregates", "having"],
+        "properties": {
+            "type": {"enum": list(WINDOW_TYPES)},
+            "size": {"$ref": "#/$defs/duration"},
+            "advance": {"$ref": "#/$defs/duration"},
+            "gap": {"$ref": "#/$defs/duration"},
+            "grace": {"$ref": "#/$defs/duration"},
+            "filter": {"$ref": "#/$defs/expression"},
+            "aggregates": {
+                "type": "object",
+                "minProperties": 1,
+                "propertyNames": {"pattern": NAME.pattern},
+                "additionalProperties": {
+                    "type": "string",
+                    "pattern": r"^\s*(" + "|".join(AGGREGATORS) + r")\s*\(",
+                },
+            },
+            "having": {"$ref": "#/$defs/expression"},
+        },
+        "allOf": [
+            {
+                "if": {"properties": {"type": {"const": "session"}}},
+                "then": {
+                    "required": ["gap"],
+                    "not": {"anyOf": [{"required": ["size"]}, {"required": ["advance"]}]},
+                },
+                "else": {"required": ["size"], "not": {"required": ["gap"]}},
+            },
+            {
+                "if": {"properties": {"type": {"const": "hopping"}}},
+                "then": {"required": ["advance"]},
+                "else": {"not": {"required": ["advance"]}},
+            },
+            {
+                "if": {"properties": {"type": {"const": "sliding"}}},
+                "then": {"not": {"required": ["grace"]}},
+            },
+        ],
+    }
 
     def __init__(
         self,
@@ -85,6 +133,73 @@ class WindowTrigger(Trigger):
             for a in aggregates
         ]
         self._names = frozenset(a.name for a in aggregates)
+
+    @classmethod
+    def compile(cls, check: Checker, when: Any) -> Trigger | None:
+        spec = check.mapping(when, cls.kind, "'when'")
+        if spec is MISSING:
+            return None
+        allowed = ("type", "size", "advance", "gap", "grace", "filter", "aggregates", "having")
+        check.check_keys(spec, allowed, "'window'")
+        window_type = check.choice(spec, "type", WINDOW_TYPES, "'window'", required=True)
+        ok = window_type is not MISSING
+        size = gap = advance = None
+        grace = 0.0
+        if window_type == "session":
+            gap = check.duration(spec, "gap", "a session window", required=True)
+            for unwanted in ("size", "advance"):
+                if unwanted in spec:
+                    check.error(
+                        key_position(spec, unwanted),
+                        f"a session window has no '{unwanted}' (it uses 'gap')",
+                    )
+                    ok = False
+        elif window_type is not MISSING:
+            size = check.duration(spec, "size", f"a {window_type} window", required=True)
+            if "gap" in spec:
+                check.error(key_position(spec, "gap"), "'gap' is for session windows")
+                ok = False
+            if window_type == "hopping":
+                advance = check.duration(spec, "advance", "a hopping window", required=True)
+                if isinstance(advance, float) and isinstance(size, float) and advance > size:
+                    check.error(
+                        value_position(spec, "advance"), "'advance' must not be longer than 'size'"
+                    )
+                    ok = False
+            elif "advance" in spec:
+                check.error(key_position(spec, "advance"), "'advance' is for hopping windows")
+                ok = False
+        if window_type == "sliding" and "grace" in spec:
+            check.error(
+                key_position(spec, "grace"), "'grace' is for tumbling, hopping and session windows"
+            )
+            ok = False
+        elif "grace" in spec:
+            grace = check.duration(spec, "grace", "'window'", positive=False)
+        filter_ = check.expression(spec, "filter", "'window'", required=False)
+        aggregates = _compile_aggregates(check, spec)
+        having = check.expression(
+            spec, "having", "'window'", window_fields=cls.declared_names(spec)[1]
+        )
+        if not ok or MISSING in (size, gap, advance, grace, filter_, aggregates, having):
+            return None
+        return cls(
+            str(window_type),
+            float(size or 0.0),
+            aggregates,
+            having,
+            advance=advance,
+            gap=gap,
+            grace=float(grace or 0.0),
+            filter=filter_,
+        )
+
+    @classmethod
+    def declared_names(cls, spec: Any) -> tuple[frozenset[str], frozenset[str]]:
+        aggregates = spec.get("aggregates") if isinstance(spec, Mapping) else None
+        if not isinstance(aggregates, Mapping):
+            return frozenset(), frozenset()
+        return frozenset(), frozenset(str(name) for name in aggregates)
 
     def expressions(self) -> list[Expression]:
         found = [a.argument for a in self.aggregates if a.argument is not None]
@@ -351,3 +466,65 @@ class WindowTrigger(Trigger):
                 device_id=context.get("device_id") if run.key_kind == "device" else None,
             )
         )
+
+
+def _compile_aggregates(check: Checker, spec: Any) -> Any:
+    node = check.mapping(spec, "aggregates", "'window'", required=True)
+    if node is MISSING:
+        return MISSING
+    if not node:
+        check.error(value_position(spec, "aggregates"), "'aggregates' needs at least one")
+        return MISSING
+    aggregates: list[Aggregate] = []
+    ok = True
+    for name, text in node.items():
+        if not isinstance(name, str) or not NAME.match(name) or name.startswith("__"):
+            check.error(key_position(node, name), f"invalid aggregate name '{name}'")
+            ok = False
+            continue
+        aggregate = _compile_aggregate(check, node, name, text)
+        if aggregate is None:
+            ok = False
+        else:
+            aggregates.append(aggregate)
+    return aggregates if ok else MISSING
+
+
+def _compile_aggregate(check: Checker, node: Any, name: str, text: Any) -> Aggregate | None:
+    anchor = value_position(node, name)
+    usage = f"'{name}' must be an aggregate call such as count(), avg(event.vibration)"
+    if not isinstance(text, str):
+        check.error(anchor, usage)
+        return None
+    text = str(text)
+    try:
+        tree = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError:
+        tree = None
+    if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) and not tree.keywords):
+        check.error(anchor, usage)
+        return None
+    function = tree.func.id
+    if function not in AGGREGATORS:
+        check.error(
+            check.source.locate(anchor, text, text.find(function)),
+            f"unknown aggregate '{function}' (aggregates: {', '.join(AGGREGATORS)})",
+        )
+        return None
+    if len(tree.args) > 1 or (not tree.args and function not in OPTIONAL_ARGUMENT):
+        check.error(
+            anchor,
+            f"{function}() takes one argument"
+            if function not in OPTIONAL_ARGUMENT
+            else f"{function}() takes at most one argument",
+        )
+        return None
+    if not tree.args:
+        return Aggregate(name, function, None)
+    open_paren = text.find("(")
+    close_paren = text.rfind(")")
+    inner = text[open_paren + 1 : close_paren]
+    argument = check.compile_text(inner, anchor, shift=open_paren + 1, context=text)
+    if argument is MISSING:
+        return None
+    return Aggregate(name, function, argument)

@@ -13,6 +13,7 @@ import pytest
 MODULES = [
     "engine.actions",
     "engine.rules.aggregates",
+    "engine.rules.checks",
     "engine.rules.compiler",
     "engine.rules.engine",
     "engine.rules.errors",
@@ -20,6 +21,7 @@ MODULES = [
     "engine.rules.runner",
     "engine.rules.source",
     "engine.rules.template",
+    "engine.rules.triggers.registry",
 ]
 
 
