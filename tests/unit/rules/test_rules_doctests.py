@@ -19,6 +19,7 @@ MODULES = [
     "engine.rules.errors",
     "engine.rules.expr",
     "engine.rules.runner",
+    "engine.rules.schema",
     "engine.rules.source",
     "engine.rules.template",
     "engine.rules.triggers.registry",

@@ -1,17 +1,24 @@
 """The trigger registry: every kind of the DSL contract, each compiling its
-own ``when:`` entry."""
+own ``when:`` entry and describing it in the rule file schema."""
 
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
+from pathlib import Path
 
+import jsonschema
 import pytest
+from ruamel.yaml import YAML
 
 import engine.rules.triggers
 from engine.rules import compile_rules
+from engine.rules.schema import rules_schema, schema_text
 from engine.rules.triggers.base import Trigger
 from engine.rules.triggers.registry import TRIGGERS
+
+ROOT = Path(__file__).resolve().parents[3]
 
 #: The triggers of the contract (rules-dsl.md, "Triggers"), in its order of errors.
 CONTRACT = ["condition", "sustained", "window", "sequence", "absence", "silence"]
@@ -55,3 +62,20 @@ def _subclasses(cls: type) -> set[type]:
     for sub in cls.__subclasses__():
         found |= {sub, *_subclasses(sub)}
     return found
+
+
+def test_the_shipped_rules_schema_is_the_one_assembled_from_the_fragments():
+    shipped = (ROOT / "engine/schemas/rules.schema.json").read_text()
+    assert shipped == schema_text(), (
+        "regenerate: python -m engine.rules.schema > engine/schemas/rules.schema.json"
+    )
+    when = json.loads(shipped)["$defs"]["when"]
+    assert when["properties"] == {kind: cls.schema for kind, cls in TRIGGERS.items()}
+    jsonschema.Draft202012Validator.check_schema(rules_schema())
+
+
+@pytest.mark.parametrize("kind", CONTRACT)
+def test_each_fragment_accepts_what_its_kind_compiles(kind):
+    validator = jsonschema.Draft202012Validator(rules_schema())
+    text = f"- id: r\n  key: device\n  when: {WHEN[kind]}\n  action: {{type: coupon}}\n"
+    assert list(validator.iter_errors(YAML(typ="safe").load(text))) == []
