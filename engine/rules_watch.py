@@ -2,8 +2,8 @@
 
 ``poll()`` is cheap (a stat of each rule file); it compiles only when a file
 was added, removed or changed. A change that does not compile is refused: its
-errors are logged as ``file:line:col: message`` and kept for the health view,
-and the rules in force stay in force.
+errors are logged as ``file:line:col: error[CODE]: message`` and kept for the
+health view, and the rules in force stay in force.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ True
 True
 >>> for error in check.errors:
 ...     print(error)
-r.yaml:1:6: 'for': invalid duration 'soon': use a number of seconds or ...
-r.yaml:2:8: 'every' must be true or false
+r.yaml:1:6: error[R107]: 'for': invalid duration 'soon': use a number of seconds or ...
+r.yaml:2:8: error[R103]: 'every' must be true or false
 """
 
 from __future__ import annotations
@@ -51,14 +51,16 @@ class Checker:
         self.errors: list[RuleError] = []
 
     # errors ------------------------------------------------------------------
-    def error(self, position: Position | None, message: str) -> None:
-        self.errors.append(self.source.error(position, message))
+    def error(self, position: Position | None, code: str, message: str) -> None:
+        """Record an error with its code (``engine.rules.errors.CODES``)."""
+        self.errors.append(self.source.error(position, code, message))
 
     def check_keys(self, mapping: Any, allowed: Sequence[str], what: str) -> None:
         for key in mapping:
             if key not in allowed:
                 self.error(
                     key_position(mapping, key),
+                    "R101",
                     f"unknown key '{key}' in {what} (allowed: {', '.join(allowed)})",
                 )
 
@@ -75,13 +77,13 @@ class Checker:
     ) -> Any:
         if key not in mapping:
             if required:
-                self.error(node_position(mapping), f"{what} needs '{key}'")
+                self.error(node_position(mapping), "R102", f"{what} needs '{key}'")
                 return MISSING
             return default
         value = mapping[key]
         bad_bool = isinstance(value, bool) and kind in (int, (int, float))
         if not isinstance(value, kind) or bad_bool:
-            self.error(value_position(mapping, key), f"'{key}' must be {_type_name(kind)}")
+            self.error(value_position(mapping, key), "R103", f"'{key}' must be {_type_name(kind)}")
             return MISSING
         return value
 
@@ -101,6 +103,7 @@ class Checker:
         if value not in options:
             self.error(
                 value_position(mapping, key),
+                "R104",
                 f"'{key}' must be one of {', '.join(options)} (got '{value}')",
             )
             return MISSING
@@ -111,16 +114,16 @@ class Checker:
     ) -> Any:
         if key not in mapping:
             if required:
-                self.error(node_position(mapping), f"{what} needs '{key}' (a duration)")
+                self.error(node_position(mapping), "R102", f"{what} needs '{key}' (a duration)")
                 return MISSING
             return None
         try:
             seconds = parse_duration(to_plain(mapping[key]))
         except ValueError as exc:
-            self.error(value_position(mapping, key), f"'{key}': {exc}")
+            self.error(value_position(mapping, key), "R107", f"'{key}': {exc}")
             return MISSING
         if positive and seconds <= 0:
-            self.error(value_position(mapping, key), f"'{key}' must be longer than zero")
+            self.error(value_position(mapping, key), "R107", f"'{key}' must be longer than zero")
             return MISSING
         return seconds
 
@@ -141,12 +144,14 @@ class Checker:
     ) -> Any:
         if key not in mapping:
             if required:
-                self.error(node_position(mapping), f"{what} needs '{key}' (an expression)")
+                self.error(node_position(mapping), "R102", f"{what} needs '{key}' (an expression)")
                 return MISSING
             return None
         text = mapping[key]
         if not isinstance(text, str):
-            self.error(value_position(mapping, key), f"'{key}' must be an expression (a string)")
+            self.error(
+                value_position(mapping, key), "R103", f"'{key}' must be an expression (a string)"
+            )
             return MISSING
         return self.compile_text(
             str(text),
@@ -176,7 +181,7 @@ class Checker:
         except ExpressionError as exc:
             whole = context or text
             position = self.source.locate(anchor, whole, shift + exc.offset)
-            self.error(position, exc.message)
+            self.error(position, exc.code, exc.message)
             return MISSING
 
 

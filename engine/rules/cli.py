@@ -1,7 +1,8 @@
 """``iotcrm rules validate|test|run``: the rule author's tools.
 
-- ``validate PATH...`` prints every error as ``file:line:col: message`` and
-  exits 1 on any; otherwise prints a one-line summary (to stderr) and exits 0.
+- ``validate PATH...`` prints every error as
+  ``file:line:col: error[CODE]: message`` and exits 1 on any; otherwise
+  prints a one-line summary (to stderr) and exits 0.
 - ``test PATH...`` runs the rules' embedded tests: one ``PASSED``/``FAILED``
   line per test (with the differences under a failure), then
   ``N passed, M failed``. Exit codes as pytest's: 0 all passed, 1 a test
@@ -44,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rules.set_defaults(func=lambda _args: (rules.print_help(), 2)[1])
 
     validate = commands.add_parser(
-        "validate", help="check rule files; print file:line:col: message per error"
+        "validate", help="check rule files; print file:line:col: error[CODE]: message per error"
     )
     validate.add_argument("paths", nargs="+", metavar="PATH", help="rule file or folder")
     validate.set_defaults(func=validate_command)

@@ -106,18 +106,22 @@ class _FileCompiler(Checker):
         if isinstance(data, Mapping):
             self.check_keys(data, ("rules",), "a rule file")
             if "rules" not in data:
-                self.error(node_position(data), "a rule file is a list of rules or 'rules: [...]'")
+                self.error(
+                    node_position(data), "R004", "a rule file is a list of rules or 'rules: [...]'"
+                )
                 return []
             rules_node = data["rules"]
             if rules_node is None:
                 return []
         if not isinstance(rules_node, list):
-            self.error(node_position(data), "a rule file is a list of rules or 'rules: [...]'")
+            self.error(
+                node_position(data), "R004", "a rule file is a list of rules or 'rules: [...]'"
+            )
             return []
         compiled: list[Rule] = []
         for index, node in enumerate(rules_node):
             if not isinstance(node, Mapping):
-                self.error(item_position(rules_node, index), "a rule must be a mapping")
+                self.error(item_position(rules_node, index), "R004", "a rule must be a mapping")
                 continue
             rule = self.compile_rule(node, item_position(rules_node, index))
             if rule is not None:
@@ -133,24 +137,26 @@ class _FileCompiler(Checker):
         if isinstance(rule_id, str) and not RULE_ID.match(rule_id):
             self.error(
                 value_position(node, "id"),
+                "R105",
                 f"rule id '{rule_id}' must match [a-z0-9-]+ (lower-case letters, digits, '-')",
             )
         what = f"rule '{rule_id}'" if isinstance(rule_id, str) else "a rule"
         version = self.get(node, "version", int, what, default=1)
         if isinstance(version, int) and version < 0:
-            self.error(value_position(node, "version"), "'version' must be >= 0")
+            self.error(value_position(node, "version"), "R105", "'version' must be >= 0")
         description = self.get(node, "description", str, what, default="")
         enabled = self.get(node, "enabled", bool, what, default=True)
         key = self.choice(node, "key", KEYS, what, required=True)
         priority = self.get(node, "priority", int, what, default=0)
         group = self.get(node, "group", str, what)
         if isinstance(group, str) and not group.strip():
-            self.error(value_position(node, "group"), "'group' must not be empty")
+            self.error(value_position(node, "group"), "R105", "'group' must not be empty")
         cooldown = self.duration(node, "cooldown", what, positive=False)
         consent = self.get(node, "requires_consent", str, what)
         if isinstance(consent, str) and not CONSENT.match(consent):
             self.error(
                 value_position(node, "requires_consent"),
+                "R105",
                 "'requires_consent' must be a consent name such as marketing or service",
             )
         trigger = self.compile_when(node, what)
@@ -195,6 +201,7 @@ class _FileCompiler(Checker):
             found = ", ".join(present) or "none"
             self.error(
                 value_position(rule, "when"),
+                "R301",
                 f"'when' needs exactly one trigger of {', '.join(TRIGGERS)} (found: {found})",
             )
             return None
@@ -211,7 +218,7 @@ class _FileCompiler(Checker):
         action_type = self.choice(action, "type", ACTION_TYPES, "'action'", required=True)
         topic = self.get(action, "topic", str, "'action'")
         if isinstance(topic, str) and not topic.strip():
-            self.error(value_position(action, "topic"), "'topic' must not be empty")
+            self.error(value_position(action, "topic"), "R105", "'topic' must not be empty")
             topic = MISSING
         payload_node = self.get(action, "payload", Mapping, "'action'", default={})
         if payload_node is MISSING:
@@ -235,7 +242,9 @@ class _FileCompiler(Checker):
                     else value_position(container, key)
                 )
                 text = str(container[key])
-                self.error(self.source.locate(anchor, text, problem.offset), problem.message)
+                self.error(
+                    self.source.locate(anchor, text, problem.offset), problem.code, problem.message
+                )
             return None
         if MISSING in (action_type, topic) or trigger is None:
             return None
@@ -250,7 +259,7 @@ class _FileCompiler(Checker):
         for index, node in enumerate(tests_node):
             position = item_position(tests_node, index)
             if not isinstance(node, Mapping):
-                self.error(position, "a test is a mapping with name, events and expect")
+                self.error(position, "R103", "a test is a mapping with name, events and expect")
                 continue
             test = self.compile_test(node, position)
             if test is not None:
@@ -272,24 +281,28 @@ class _FileCompiler(Checker):
             try:
                 until = parse_timestamp(to_plain(node["until"]))
             except ValueError as exc:
-                self.error(value_position(node, "until"), str(exc))
+                self.error(value_position(node, "until"), "R108", str(exc))
         events: list[dict[str, Any]] = []
         if isinstance(events_node, list):
             for index, event in enumerate(events_node):
                 if not isinstance(event, Mapping):
-                    self.error(item_position(events_node, index), "an event must be a mapping")
+                    self.error(
+                        item_position(events_node, index), "R103", "an event must be a mapping"
+                    )
                     continue
                 for required in ("id", "ts"):
                     if required not in event:
                         self.error(
-                            item_position(events_node, index), f"a test event needs '{required}'"
+                            item_position(events_node, index),
+                            "R102",
+                            f"a test event needs '{required}'",
                         )
                 plain = to_plain(event)
                 if "ts" in plain:
                     try:
                         plain["ts"] = parse_timestamp(plain["ts"])
                     except ValueError as exc:
-                        self.error(value_position(event, "ts"), str(exc))
+                        self.error(value_position(event, "ts"), "R108", str(exc))
                 events.append(plain)
         expectations = self.compile_expectations(expect_node)
         suppressed = (
@@ -306,6 +319,7 @@ class _FileCompiler(Checker):
         ):
             self.error(
                 value_position(node, "scores"),
+                "R401",
                 "'scores' needs one entry (a mapping or null) per event",
             )
         if len(self.errors) != before:
@@ -328,7 +342,9 @@ class _FileCompiler(Checker):
         expectations: list[dict[str, Any]] = []
         for index, item in enumerate(node):
             if not isinstance(item, Mapping):
-                self.error(item_position(node, index), "an expected firing must be a mapping")
+                self.error(
+                    item_position(node, index), "R103", "an expected firing must be a mapping"
+                )
                 continue
             self.check_keys(item, EXPECT_FIELDS, "an expected firing")
             plain = to_plain(item)
@@ -336,7 +352,7 @@ class _FileCompiler(Checker):
                 try:
                     plain["at"] = parse_timestamp(plain["at"])
                 except ValueError as exc:
-                    self.error(value_position(item, "at"), str(exc))
+                    self.error(value_position(item, "at"), "R108", str(exc))
             expectations.append(plain)
         return expectations
 
@@ -413,12 +429,13 @@ def compile_sources(sources: list[tuple[Any, SourceFile, list[RuleError]]]) -> R
         compiler = _FileCompiler(source)
         rules.extend(compiler.compile_document(data))
         for rule_id, position in compiler.ids:
-            where = source.error(position, "")
+            where = source.error(position, "R106", "")
             if rule_id in seen:
                 first = seen[rule_id]
                 compiler.errors.append(
                     source.error(
                         position,
+                        "R106",
                         f"duplicate rule id '{rule_id}' "
                         f"(first defined at {first.file}:{first.line}:{first.col})",
                     )
@@ -438,14 +455,14 @@ def compile_sources(sources: list[tuple[Any, SourceFile, list[RuleError]]]) -> R
 def load_ruleset(path: str | Path | Sequence[str | Path]) -> RuleSet:
     """Load and compile rule files: a file, a folder (its ``*.yaml`` and
     ``*.yml``), or a list of them. Raises :class:`RuleFileError` listing every
-    error as ``file:line:col: message``."""
+    error as ``file:line:col: error[CODE]: message``."""
     paths = [path] if isinstance(path, str | Path) else list(path)
     sources: list[tuple[Any, SourceFile, list[RuleError]]] = []
     for item in paths:
         item = Path(item)
         if not item.exists():
             source = SourceFile(str(item), "")
-            sources.append((None, source, [source.error(None, "no such file or folder")]))
+            sources.append((None, source, [source.error(None, "R001", "no such file or folder")]))
             continue
         for file in _rule_files(item):
             sources.append(load_yaml(file))

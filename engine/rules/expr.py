@@ -74,12 +74,14 @@ class Scope:
 
 
 class ExpressionError(Exception):
-    """A compile error at character ``offset`` of the expression text."""
+    """A compile error at character ``offset`` of the expression text, with
+    its rule error ``code`` (``engine.rules.errors.CODES``)."""
 
-    def __init__(self, message: str, offset: int = 0) -> None:
+    def __init__(self, message: str, offset: int = 0, *, code: str) -> None:
         super().__init__(message)
         self.message = message
         self.offset = offset
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -354,8 +356,8 @@ class _Compiler:
         # ast columns count UTF-8 bytes; authors count characters.
         return len(self.text.encode()[:col].decode(errors="ignore"))
 
-    def fail(self, node: ast.AST, message: str) -> ExpressionError:
-        return ExpressionError(message, self.offset(node))
+    def fail(self, node: ast.AST, code: str, message: str) -> ExpressionError:
+        return ExpressionError(message, self.offset(node), code=code)
 
     def use(self, name: str, field_name: str | None) -> None:
         if name in self.usage and self.usage[name] is None:
@@ -369,7 +371,7 @@ class _Compiler:
     def compile(self, node: ast.AST) -> _Compiled:
         method = getattr(self, "c_" + type(node).__name__, None)
         if method is None:
-            raise self.fail(node, f"{_describe(node)} is not allowed in a rule expression")
+            raise self.fail(node, "R205", f"{_describe(node)} is not allowed in a rule expression")
         return method(node)
 
     def fold(self, node: ast.AST, evaluate: Evaluator, parts: list[_Compiled]) -> _Compiled:
@@ -378,12 +380,12 @@ class _Compiler:
         try:
             return _Const(evaluate(Scope()))
         except Exception as exc:
-            raise self.fail(node, f"this constant expression fails: {exc}") from None
+            raise self.fail(node, "R207", f"this constant expression fails: {exc}") from None
 
     # leaves ---------------------------------------------------------------
     def c_Constant(self, node: ast.Constant) -> _Compiled:
         if node.value is not None and not isinstance(node.value, bool | int | float | str):
-            raise self.fail(node, f"{type(node.value).__name__} literals are not allowed")
+            raise self.fail(node, "R205", f"{type(node.value).__name__} literals are not allowed")
         return _Const(node.value)
 
     def c_Name(self, node: ast.Name) -> _Compiled:
@@ -394,12 +396,12 @@ class _Compiler:
 
     def check_name(self, node: ast.AST, name: str) -> None:
         if name.startswith("__"):
-            raise self.fail(node, f"access to dunder name '{name}' is not allowed")
+            raise self.fail(node, "R205", f"access to dunder name '{name}' is not allowed")
         if name in FUNCTIONS and name not in self.names:
-            raise self.fail(node, f"'{name}' is a function: call it as {name}(...)")
+            raise self.fail(node, "R202", f"'{name}' is a function: call it as {name}(...)")
         if name not in self.names:
             allowed = ", ".join(sorted(self.names))
-            raise self.fail(node, f"unknown name '{name}' (names in scope: {allowed})")
+            raise self.fail(node, "R202", f"unknown name '{name}' (names in scope: {allowed})")
 
     def root(self, name: str) -> Evaluator:
         if name == "event":
@@ -432,13 +434,13 @@ class _Compiler:
             try:
                 return _Const(frozenset(p.value for p in parts))  # type: ignore[union-attr]
             except TypeError as exc:
-                raise self.fail(node, f"invalid set literal: {exc}") from None
+                raise self.fail(node, "R207", f"invalid set literal: {exc}") from None
         fns = [_evaluator(p) for p in parts]
         return lambda s: frozenset(fn(s) for fn in fns)
 
     def c_Dict(self, node: ast.Dict) -> _Compiled:
         if any(key is None for key in node.keys):
-            raise self.fail(node, "'**' in a mapping literal is not allowed")
+            raise self.fail(node, "R205", "'**' in a mapping literal is not allowed")
         keys = [self.compile(key) for key in node.keys]  # type: ignore[arg-type]
         values = [self.compile(value) for value in node.values]
         key_fns = [_evaluator(k) for k in keys]
@@ -477,7 +479,9 @@ class _Compiler:
             start = self.offset(node)
             found = self.text.find(key, start)
             raise ExpressionError(
-                f"access to dunder name '{key}' is not allowed", found if found >= 0 else start
+                f"access to dunder name '{key}' is not allowed",
+                found if found >= 0 else start,
+                code="R205",
             )
 
     def c_Attribute(self, node: ast.Attribute) -> _Compiled:
@@ -485,7 +489,7 @@ class _Compiler:
 
     def c_Subscript(self, node: ast.Subscript) -> _Compiled:
         if isinstance(node.slice, ast.Slice):
-            raise self.fail(node, "slices are not allowed")
+            raise self.fail(node, "R205", "slices are not allowed")
         return self.access(node)
 
     def access(self, node: ast.Attribute | ast.Subscript) -> _Compiled:
@@ -498,7 +502,7 @@ class _Compiler:
         name = name_node.id
         self.check_name(name_node, name)
         if name == "now":
-            raise self.fail(node, "'now' is a number (epoch seconds), it has no fields")
+            raise self.fail(node, "R206", "'now' is a number (epoch seconds), it has no fields")
         self.record_chain(node, name, keys)
         return self.chain_evaluator(name, keys)
 
@@ -506,7 +510,7 @@ class _Compiler:
         first = keys[0]
         if name == "window" and self.window_fields is not None and first not in self.window_fields:
             known = ", ".join(sorted(self.window_fields)) or "none"
-            raise self.fail(node, f"window has no field '{first}' (known: {known})")
+            raise self.fail(node, "R206", f"window has no field '{first}' (known: {known})")
         if name == "window" and first in self.step_names:
             self.use(first, keys[1] if len(keys) > 1 and isinstance(keys[1], str) else None)
             return
@@ -619,12 +623,12 @@ class _Compiler:
                 return sign * _number(value)
 
             return self.fold(node, signed, [operand])
-        raise self.fail(node, f"operator {_describe(node.op)} is not allowed")
+        raise self.fail(node, "R205", f"operator {_describe(node.op)} is not allowed")
 
     def c_BinOp(self, node: ast.BinOp) -> _Compiled:
         op = _BINARY.get(type(node.op))
         if op is None:
-            raise self.fail(node, f"operator {_describe(node.op)} is not allowed")
+            raise self.fail(node, "R205", f"operator {_describe(node.op)} is not allowed")
         left, right = self.compile(node.left), self.compile(node.right)
         lf, rf = _evaluator(left), _evaluator(right)
         return self.fold(node, lambda s: op(lf(s), rf(s)), [left, right])
@@ -642,7 +646,9 @@ class _Compiler:
                 for o in (operands[index], operands[index + 1])
             ):
                 spelled = "is None" if isinstance(op, ast.Eq) else "is not None"
-                raise self.fail(node, f"a comparison with None is always false: write '{spelled}'")
+                raise self.fail(
+                    node, "R208", f"a comparison with None is always false: write '{spelled}'"
+                )
         compiled = [self.compile(o) for o in operands]
         fns = [_evaluator(c) for c in compiled]
         steps: list[Callable[[Any, Any], Any]] = []
@@ -650,7 +656,9 @@ class _Compiler:
             if isinstance(op, ast.Is | ast.IsNot):
                 right = operands[index + 1]
                 if not (isinstance(right, ast.Constant) and right.value is None):
-                    raise self.fail(node, "'is' and 'is not' only test for None: 'x is None'")
+                    raise self.fail(
+                        node, "R208", "'is' and 'is not' only test for None: 'x is None'"
+                    )
                 steps.append(operator.is_ if isinstance(op, ast.Is) else operator.is_not)
             else:
                 steps.append(_COMPARE[type(op)])
@@ -732,16 +740,16 @@ class _Compiler:
 
     def c_Call(self, node: ast.Call) -> _Compiled:
         if not isinstance(node.func, ast.Name):
-            raise self.fail(node, "only the built-in functions can be called")
+            raise self.fail(node, "R203", "only the built-in functions can be called")
         name = node.func.id
         function = FUNCTIONS.get(name)
         if function is None or name in self.names:
             allowed = ", ".join(sorted(FUNCTIONS))
-            raise self.fail(node, f"unknown function '{name}' (functions: {allowed})")
+            raise self.fail(node, "R203", f"unknown function '{name}' (functions: {allowed})")
         if node.keywords:
-            raise self.fail(node, f"{name}() takes no keyword arguments")
+            raise self.fail(node, "R204", f"{name}() takes no keyword arguments")
         if any(isinstance(arg, ast.Starred) for arg in node.args):
-            raise self.fail(node, "'*' arguments are not allowed")
+            raise self.fail(node, "R204", "'*' arguments are not allowed")
         count = len(node.args)
         if not function.min_args <= count <= function.max_args:
             expected = (
@@ -749,10 +757,10 @@ class _Compiler:
                 if function.min_args == function.max_args
                 else f"{function.min_args} to {function.max_args}"
             )
-            raise self.fail(node, f"{name}() takes {expected} argument(s), got {count}")
+            raise self.fail(node, "R204", f"{name}() takes {expected} argument(s), got {count}")
         args = [self.compile(arg) for arg in node.args]
         if name in _LITERAL_ONLY and not all(isinstance(a, _Const) for a in args):
-            raise self.fail(node, f"{name}() needs a literal argument, e.g. {name}('10m')")
+            raise self.fail(node, "R204", f"{name}() needs a literal argument, e.g. {name}('10m')")
         fns = [_evaluator(a) for a in args]
         impl = function.impl
         evaluate: Evaluator
@@ -904,24 +912,26 @@ def compile_expression(
     16 unknown name 'evnt' (names in scope: customer, device, event, now, score, window)
     """
     if not isinstance(text, str):
-        raise ExpressionError("an expression must be a string")
+        raise ExpressionError("an expression must be a string", code="R103")
     if len(text) > MAX_EXPRESSION_LENGTH:
-        raise ExpressionError(f"expression longer than {MAX_EXPRESSION_LENGTH} characters")
+        raise ExpressionError(
+            f"expression longer than {MAX_EXPRESSION_LENGTH} characters", code="R201"
+        )
     # Newlines (YAML block scalars) become spaces: same length, so offsets hold.
     flat = text.replace("\r", " ").replace("\n", " ").replace("\t", " ")
     indent = len(flat) - len(flat.lstrip())
     source = flat[indent:]
     if not source.strip():
-        raise ExpressionError("empty expression", 0)
+        raise ExpressionError("empty expression", 0, code="R201")
     try:
         tree = ast.parse(source, mode="eval")
     except SyntaxError as exc:
         column = (exc.offset or len(source) + 1) - 1
         if column < 0:
             column = len(source)
-        raise ExpressionError(f"syntax error: {exc.msg}", indent + column) from None
+        raise ExpressionError(f"syntax error: {exc.msg}", indent + column, code="R201") from None
     except (ValueError, MemoryError, RecursionError) as exc:
-        raise ExpressionError(f"cannot parse expression: {exc}", indent) from None
+        raise ExpressionError(f"cannot parse expression: {exc}", indent, code="R201") from None
     compiler = _Compiler(source, frozenset(names), window_fields, step_names)
     try:
         compiled = compiler.compile(tree.body)
@@ -929,7 +939,7 @@ def compile_expression(
         exc.offset += indent
         raise
     except RecursionError:
-        raise ExpressionError("expression nested too deeply", indent) from None
+        raise ExpressionError("expression nested too deeply", indent, code="R201") from None
     usage = {
         name: (None if fields is None else frozenset(fields))
         for name, fields in compiler.usage.items()

@@ -31,9 +31,9 @@ class SourceFile:
             if char == "\n":
                 self.line_starts.append(index + 1)
 
-    def error(self, position: Position | None, message: str) -> RuleError:
+    def error(self, position: Position | None, code: str, message: str) -> RuleError:
         line, col = position if position is not None else (0, 0)
-        return RuleError(self.path, line + 1, col + 1, message)
+        return RuleError(self.path, line + 1, col + 1, code, message)
 
     def index(self, position: Position) -> int:
         line, col = position
@@ -132,7 +132,7 @@ def load_yaml(path: str | Path) -> tuple[Any, SourceFile, list[RuleError]]:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         source = SourceFile(name, "")
-        return None, source, [source.error(None, f"cannot read rule file: {exc}")]
+        return None, source, [source.error(None, "R002", f"cannot read rule file: {exc}")]
     return parse_yaml(text, name)
 
 
@@ -146,9 +146,9 @@ def parse_yaml(text: str, name: str) -> tuple[Any, SourceFile, list[RuleError]]:
         mark = exc.problem_mark or exc.context_mark
         position = (mark.line, mark.column) if mark is not None else None
         problem = exc.problem or exc.context or "invalid YAML"
-        return None, source, [source.error(position, f"YAML: {problem}")]
+        return None, source, [source.error(position, "R003", f"YAML: {problem}")]
     except YAMLError as exc:
-        return None, source, [source.error(None, f"YAML: {exc}")]
+        return None, source, [source.error(None, "R003", f"YAML: {exc}")]
     return data, source, []
 
 

@@ -41,11 +41,13 @@ def render_text(value: Any) -> str:
 @dataclass(frozen=True)
 class TemplateError:
     """A template expression that does not compile; ``path`` is the key path
-    inside the payload and ``offset`` the character offset in that string."""
+    inside the payload, ``offset`` the character offset in that string and
+    ``code`` the rule error code."""
 
     path: tuple[str | int, ...]
     offset: int
     message: str
+    code: str
 
 
 class PayloadError(Exception):
@@ -134,7 +136,9 @@ def compile_payload(
             try:
                 expression = compile_expression(match.group(1), **kwargs)
             except ExpressionError as exc:
-                errors.append(TemplateError(path, match.start(1) + exc.offset, exc.message))
+                errors.append(
+                    TemplateError(path, match.start(1) + exc.offset, exc.message, exc.code)
+                )
                 continue
             expressions.append(expression)
             compiled.append((match.start(), match.end(), safe(expression)))

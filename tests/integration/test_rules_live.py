@@ -248,7 +248,7 @@ async def test_an_invalid_change_is_refused_and_the_rules_in_force_stay(
     line_no, line = next(
         (n, text) for n, text in enumerate(broken.splitlines(), 1) if "treshold" in text
     )
-    where = f"{hot}:{line_no}:{line.index('treshold') + 1}: unknown name 'treshold'"
+    where = f"{hot}:{line_no}:{line.index('treshold') + 1}: error[R202]: unknown name 'treshold'"
 
     status = await wait_for(
         lambda: _rules_status(worker).get("refused_change_errors"),

@@ -107,7 +107,7 @@ class SequenceTrigger(Trigger):
         if steps_node is MISSING:
             return None
         if not steps_node:
-            check.error(value_position(spec, "steps"), "'steps' needs at least one step")
+            check.error(value_position(spec, "steps"), "R304", "'steps' needs at least one step")
             return None
         names: list[str] = []
         for index, step in enumerate(steps_node):
@@ -119,7 +119,9 @@ class SequenceTrigger(Trigger):
         for index, step in enumerate(steps_node):
             if not isinstance(step, Mapping):
                 check.error(
-                    item_position(steps_node, index), "a step is {as: NAME, condition: EXPR}"
+                    item_position(steps_node, index),
+                    "R103",
+                    "a step is {as: NAME, condition: EXPR}",
                 )
                 ok = False
                 continue
@@ -128,7 +130,7 @@ class SequenceTrigger(Trigger):
             if isinstance(name, str):
                 problem = _bad_step_name(name, names[:index])
                 if problem:
-                    check.error(value_position(step, "as"), problem)
+                    check.error(value_position(step, "as"), "R304", problem)
                     ok = False
             else:
                 ok = False

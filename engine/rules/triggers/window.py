@@ -151,27 +151,34 @@ class WindowTrigger(Trigger):
                 if unwanted in spec:
                     check.error(
                         key_position(spec, unwanted),
+                        "R302",
                         f"a session window has no '{unwanted}' (it uses 'gap')",
                     )
                     ok = False
         elif window_type is not MISSING:
             size = check.duration(spec, "size", f"a {window_type} window", required=True)
             if "gap" in spec:
-                check.error(key_position(spec, "gap"), "'gap' is for session windows")
+                check.error(key_position(spec, "gap"), "R302", "'gap' is for session windows")
                 ok = False
             if window_type == "hopping":
                 advance = check.duration(spec, "advance", "a hopping window", required=True)
                 if isinstance(advance, float) and isinstance(size, float) and advance > size:
                     check.error(
-                        value_position(spec, "advance"), "'advance' must not be longer than 'size'"
+                        value_position(spec, "advance"),
+                        "R302",
+                        "'advance' must not be longer than 'size'",
                     )
                     ok = False
             elif "advance" in spec:
-                check.error(key_position(spec, "advance"), "'advance' is for hopping windows")
+                check.error(
+                    key_position(spec, "advance"), "R302", "'advance' is for hopping windows"
+                )
                 ok = False
         if window_type == "sliding" and "grace" in spec:
             check.error(
-                key_position(spec, "grace"), "'grace' is for tumbling, hopping and session windows"
+                key_position(spec, "grace"),
+                "R302",
+                "'grace' is for tumbling, hopping and session windows",
             )
             ok = False
         elif "grace" in spec:
@@ -473,13 +480,13 @@ def _compile_aggregates(check: Checker, spec: Any) -> Any:
     if node is MISSING:
         return MISSING
     if not node:
-        check.error(value_position(spec, "aggregates"), "'aggregates' needs at least one")
+        check.error(value_position(spec, "aggregates"), "R303", "'aggregates' needs at least one")
         return MISSING
     aggregates: list[Aggregate] = []
     ok = True
     for name, text in node.items():
         if not isinstance(name, str) or not NAME.match(name) or name.startswith("__"):
-            check.error(key_position(node, name), f"invalid aggregate name '{name}'")
+            check.error(key_position(node, name), "R303", f"invalid aggregate name '{name}'")
             ok = False
             continue
         aggregate = _compile_aggregate(check, node, name, text)
@@ -494,7 +501,7 @@ def _compile_aggregate(check: Checker, node: Any, name: str, text: Any) -> Aggre
     anchor = value_position(node, name)
     usage = f"'{name}' must be an aggregate call such as count(), avg(event.vibration)"
     if not isinstance(text, str):
-        check.error(anchor, usage)
+        check.error(anchor, "R303", usage)
         return None
     text = str(text)
     try:
@@ -502,18 +509,20 @@ def _compile_aggregate(check: Checker, node: Any, name: str, text: Any) -> Aggre
     except SyntaxError:
         tree = None
     if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) and not tree.keywords):
-        check.error(anchor, usage)
+        check.error(anchor, "R303", usage)
         return None
     function = tree.func.id
     if function not in AGGREGATORS:
         check.error(
             check.source.locate(anchor, text, text.find(function)),
+            "R303",
             f"unknown aggregate '{function}' (aggregates: {', '.join(AGGREGATORS)})",
         )
         return None
     if len(tree.args) > 1 or (not tree.args and function not in OPTIONAL_ARGUMENT):
         check.error(
             anchor,
+            "R303",
             f"{function}() takes one argument"
             if function not in OPTIONAL_ARGUMENT
             else f"{function}() takes at most one argument",

@@ -49,7 +49,7 @@ def test_validate_accepts_the_shipped_rules(capsys):
     assert out == "" and err.startswith("OK: 4 file(s)")
 
 
-def test_validate_prints_every_error_as_file_line_col_and_exits_1(tmp_path, capsys):
+def test_validate_prints_every_error_as_file_line_col_code_and_exits_1(tmp_path, capsys):
     broken = tmp_path / "broken.yaml"
     broken.write_text(
         '- id: a\n  key: device\n  when: {condition: "evnt.x > 1"}\n  action: {type: coupon}\n'
@@ -58,11 +58,11 @@ def test_validate_prints_every_error_as_file_line_col_and_exits_1(tmp_path, caps
     assert main(["rules", "validate", str(broken)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out == [
-        f"{broken}:3:22: unknown name 'evnt' (names in scope: customer, device, event, now, "
-        "score, window)",
-        f"{broken}:7:31: syntax error: invalid syntax",
-        f"{broken}:8:18: 'type' must be one of coupon, maintenance_booking, retention_offer, "
-        "support_case (got 'cupon')",
+        f"{broken}:3:22: error[R202]: unknown name 'evnt' (names in scope: customer, device, "
+        "event, now, score, window)",
+        f"{broken}:7:31: error[R201]: syntax error: invalid syntax",
+        f"{broken}:8:18: error[R104]: 'type' must be one of coupon, maintenance_booking, "
+        "retention_offer, support_case (got 'cupon')",
     ]
 
 
@@ -207,7 +207,7 @@ def test_run_reports_bad_rule_files_and_bad_events(tmp_path, capsys):
     events.write_text('{"id": "a", "ts": 1}\nnot json\n')
     assert main(["rules", "run", str(rules), str(events)]) == 1
     out, err = capsys.readouterr()
-    assert out == "" and f"{rules}:1:3: rule 'x' needs 'when'" in err
+    assert out == "" and f"{rules}:1:3: error[R102]: rule 'x' needs 'when'" in err
     rules.write_text(SILENT)
     assert main(["rules", "run", str(rules), str(events)]) == 1
     out, err = capsys.readouterr()

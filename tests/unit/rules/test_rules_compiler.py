@@ -214,125 +214,155 @@ def test_all_errors_of_a_file_are_collected_in_position_order():
     found = positions(text)
     messages = [message for _l, _c, message in found]
     assert found == sorted(found)
-    expected_fragments = [
-        "rule id 'Bad_Id' must match [a-z0-9-]+",
-        "'version' must be an integer",
-        "'key' must be one of device, customer",
-        "unknown key 'colour' in a rule",
-        "unknown name 'foo'",
-        "'cooldown': invalid duration",
-        "'requires_consent' must be a consent name",
-        "'type' must be one of coupon, maintenance_booking, retention_offer, support_case",
-        "unknown name 'bar'",
-        "'for' must be longer than zero",
-        "duplicate rule id 'ok-rule' (first defined at r.yaml:9:7)",
-        "'when' needs exactly one trigger",
+    expected = [
+        ("R105", "rule id 'Bad_Id' must match [a-z0-9-]+"),
+        ("R103", "'version' must be an integer"),
+        ("R104", "'key' must be one of device, customer"),
+        ("R101", "unknown key 'colour' in a rule"),
+        ("R202", "unknown name 'foo'"),
+        ("R107", "'cooldown': invalid duration"),
+        ("R105", "'requires_consent' must be a consent name"),
+        (
+            "R104",
+            "'type' must be one of coupon, maintenance_booking, retention_offer, support_case",
+        ),
+        ("R202", "unknown name 'bar'"),
+        ("R107", "'for' must be longer than zero"),
+        ("R106", "duplicate rule id 'ok-rule' (first defined at r.yaml:9:7)"),
+        ("R301", "'when' needs exactly one trigger"),
     ]
-    for fragment in expected_fragments:
-        assert any(fragment in m for m in messages), (fragment, messages)
-    assert len(found) == len(expected_fragments)
+    coded = [(e.code, e.message) for e in errors_of(text)]
+    for code, fragment in expected:
+        assert any(c == code and fragment in m for c, m in coded), (code, fragment, messages)
+    assert len(found) == len(expected)
 
 
 @pytest.mark.parametrize(
-    ("when", "fragment"),
+    ("when", "code", "fragment"),
     [
-        ("{}", "'when' needs exactly one trigger"),
-        ("{conditon: 'x'}", "unknown key 'conditon' in 'when'"),
-        ("{condition: 5}", "'condition' must be an expression (a string)"),
-        ("{sustained: {condition: 'event.x > 1'}}", "'sustained' needs 'for'"),
-        ("{sustained: {condition: 'event.x > 1', for: 1m, filter: 3}}", "'filter' must be an"),
+        ("{}", "R301", "'when' needs exactly one trigger"),
+        ("{conditon: 'x'}", "R101", "unknown key 'conditon' in 'when'"),
+        ("{condition: 5}", "R103", "'condition' must be an expression (a string)"),
+        ("{sustained: {condition: 'event.x > 1'}}", "R102", "'sustained' needs 'for'"),
+        (
+            "{sustained: {condition: 'event.x > 1', for: 1m, filter: 3}}",
+            "R103",
+            "'filter' must be an",
+        ),
         (
             "{window: {type: rolling, size: 1m, aggregates: {n: count()}, having: 'window.n > 1'}}",
+            "R104",
             "'type' must be one of sliding, tumbling, hopping, session",
         ),
         (
             "{window: {type: sliding, aggregates: {n: count()}, having: 'window.n > 1'}}",
+            "R102",
             "a sliding window needs 'size'",
         ),
         (
             "{window: {type: sliding, size: 1m, grace: 1m, aggregates: {n: count()}, "
             "having: 'window.n > 1'}}",
+            "R302",
             "'grace' is for tumbling, hopping and session windows",
         ),
         (
             "{window: {type: session, size: 1m, gap: 1m, aggregates: {n: count()}, "
             "having: 'window.n > 1'}}",
+            "R302",
             "a session window has no 'size'",
         ),
         (
             "{window: {type: tumbling, size: 1m, advance: 1m, aggregates: {n: count()}, "
             "having: 'window.n > 1'}}",
+            "R302",
             "'advance' is for hopping windows",
         ),
         (
             "{window: {type: hopping, size: 1m, aggregates: {n: count()}, having: 'window.n > 1'}}",
+            "R102",
             "a hopping window needs 'advance'",
         ),
         (
             "{window: {type: hopping, size: 1m, advance: 2m, aggregates: {n: count()}, "
             "having: 'window.n > 1'}}",
+            "R302",
             "'advance' must not be longer than 'size'",
         ),
         (
             "{window: {type: tumbling, size: 1m, gap: 1m, aggregates: {n: count()}, "
             "having: 'window.n > 1'}}",
+            "R302",
             "'gap' is for session windows",
         ),
         (
             "{window: {type: tumbling, size: 1m, aggregates: {}, having: 'true'}}",
+            "R303",
             "'aggregates' needs at least one",
         ),
         (
             "{window: {type: tumbling, size: 1m, aggregates: {n: median(event.x)}, "
             "having: 'window.n > 1'}}",
+            "R303",
             "unknown aggregate 'median'",
         ),
         (
             "{window: {type: tumbling, size: 1m, aggregates: {n: sum()}, having: 'window.n > 1'}}",
+            "R303",
             "sum() takes one argument",
         ),
         (
             "{window: {type: tumbling, size: 1m, aggregates: {n: 'event.x'}, "
             "having: 'window.n > 1'}}",
+            "R303",
             "must be an aggregate call",
         ),
         (
             "{window: {type: tumbling, size: 1m, aggregates: {n: count()}, having: 'window.m'}}",
+            "R206",
             "window has no field 'm' (known: n)",
         ),
-        ("{sequence: {within: 1m, steps: []}}", "'steps' needs at least one step"),
+        ("{sequence: {within: 1m, steps: []}}", "R304", "'steps' needs at least one step"),
         (
             "{sequence: {within: 1m, steps: [{as: a, condition: 'b.x'}, "
             "{as: b, condition: 'true'}]}}",
+            "R202",
             "unknown name 'b'",
         ),
         (
             "{sequence: {within: 1m, steps: [{as: event, condition: 'true'}]}}",
+            "R304",
             "step name 'event' is reserved",
         ),
         (
             "{sequence: {within: 1m, steps: [{as: a, condition: 'True'}, "
             "{as: a, condition: 'True'}]}}",
+            "R304",
             "duplicate step name 'a'",
         ),
         (
             "{sequence: {within: 1m, contiguity: loose, steps: [{as: a, condition: 'True'}]}}",
+            "R104",
             "'contiguity' must be one of relaxed, strict, any",
         ),
         (
             "{sequence: {within: 1m, skip: all, steps: [{as: a, condition: 'True'}]}}",
+            "R104",
             "'skip' must be one of past_last_event, none",
         ),
-        ("{sequence: {steps: [{as: a, condition: 'True'}]}}", "'sequence' needs 'within'"),
-        ("{absence: {after: 'True', within: 1m}}", "'absence' needs 'missing'"),
-        ("{absence: {after: 'first.x', missing: 'True', within: 1m}}", "unknown name 'first'"),
-        ("{condition: 'window.x > 1'}", "window has no field 'x' (known: none)"),
+        ("{sequence: {steps: [{as: a, condition: 'True'}]}}", "R102", "'sequence' needs 'within'"),
+        ("{absence: {after: 'True', within: 1m}}", "R102", "'absence' needs 'missing'"),
+        (
+            "{absence: {after: 'first.x', missing: 'True', within: 1m}}",
+            "R202",
+            "unknown name 'first'",
+        ),
+        ("{condition: 'window.x > 1'}", "R206", "window has no field 'x' (known: none)"),
     ],
 )
-def test_trigger_validation(when, fragment):
+def test_trigger_validation(when, code, fragment):
     text = f"- id: r\n  key: device\n  when: {when}\n  action: {{type: coupon}}\n"
-    messages = [e.message for e in errors_of(text)]
-    assert any(fragment in m for m in messages), messages
+    coded = [(e.code, e.message) for e in errors_of(text)]
+    assert any(c == code and fragment in m for c, m in coded), coded
 
 
 def test_yaml_syntax_and_duplicate_keys_are_reported_with_positions():
