@@ -3,7 +3,8 @@
 ``poll()`` is cheap (a stat of each rule file); it compiles only when a file
 was added, removed or changed. A change that does not compile is refused: its
 errors are logged as ``file:line:col: error[CODE]: message`` and kept for the
-health view, and the rules in force stay in force.
+health view, and the rules in force stay in force. The warnings of rules that
+load are logged.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ class RulesWatcher:
         self.loaded_at = time.time()
         self.rule_count = len(ruleset.rules)
         self.errors = []
+        # Warnings do not stop rules: said once per load, where operators look.
+        for warning in ruleset.warnings:
+            log.warning("rules loaded with a warning: %s", warning)
 
     def status(self) -> dict[str, Any]:
         return {

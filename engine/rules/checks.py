@@ -3,7 +3,8 @@
 The compiler of a file and each trigger's compile step share one
 :class:`Checker`: every problem found becomes a :class:`RuleError` with its
 position, and a read that fails returns :data:`MISSING`, so the caller goes on
-and the author sees every error of the file at once.
+and the author sees every error of the file at once. Expressions that compile
+are checked for fields no event or customer is known to have: warnings.
 
 >>> from engine.rules.source import parse_yaml
 >>> data, source, _ = parse_yaml("for: soon\\nevery: 3\\n", "r.yaml")
@@ -26,7 +27,8 @@ from typing import Any
 
 from engine.durations import parse_duration
 from engine.rules.errors import RuleError
-from engine.rules.expr import ROOT_NAMES, ExpressionError, compile_expression
+from engine.rules.expr import ROOT_NAMES, Expression, ExpressionError, compile_expression
+from engine.rules.fields import unknown_field_message
 from engine.rules.source import (
     Position,
     SourceFile,
@@ -49,11 +51,37 @@ class Checker:
     def __init__(self, source: SourceFile) -> None:
         self.source = source
         self.errors: list[RuleError] = []
+        self.warnings: list[RuleError] = []
 
     # errors ------------------------------------------------------------------
     def error(self, position: Position | None, code: str, message: str) -> None:
         """Record an error with its code (``engine.rules.errors.CODES``)."""
         self.errors.append(self.source.error(position, code, message))
+
+    def warn(self, position: Position | None, code: str, message: str) -> None:
+        """Record a warning: reported, but the file still loads."""
+        self.warnings.append(self.source.error(position, code, message))
+
+    def check_fields(
+        self, expression: Expression, anchor: Position | None, whole: str, shift: int = 0
+    ) -> None:
+        """Warn about each field of ``event`` (or of an event by another name:
+        ``first``, a sequence step) or of ``customer`` that ``expression``
+        reads and no such value is known to have. ``expression`` starts at
+        character ``shift`` of the scalar ``whole`` at ``anchor``."""
+        for reference in expression.references:
+            if reference.name == "customer":
+                root, code = "customer", "W102"
+            elif reference.name == "event" or reference.name not in ROOT_NAMES:
+                root, code = "event", "W101"
+            else:
+                continue  # device, score, window: no contract to check against
+            message = unknown_field_message(root, reference.field)
+            if message is not None:
+                if reference.name not in ROOT_NAMES:
+                    message += f" (read as {reference.name}.{reference.field})"
+                position = self.source.locate(anchor, whole, shift + reference.offset)
+                self.warn(position, code, message)
 
     def check_keys(self, mapping: Any, allowed: Sequence[str], what: str) -> None:
         for key in mapping:
@@ -174,15 +202,17 @@ class Checker:
     ) -> Any:
         """Compile ``text``, which starts at character ``shift`` of the scalar
         ``context`` (``text`` itself when empty) at ``anchor`` in the file."""
+        whole = context or text
         try:
-            return compile_expression(
+            expression = compile_expression(
                 text, names, window_fields=window_fields, step_names=step_names
             )
         except ExpressionError as exc:
-            whole = context or text
             position = self.source.locate(anchor, whole, shift + exc.offset)
             self.error(position, exc.code, exc.message)
             return MISSING
+        self.check_fields(expression, anchor, whole, shift)
+        return expression
 
 
 def _type_name(kind: type | tuple[type, ...]) -> str:

@@ -1,14 +1,18 @@
 """``iotcrm rules validate|test|run``: the rule author's tools.
 
 - ``validate PATH...`` prints every error as
-  ``file:line:col: error[CODE]: message`` and exits 1 on any; otherwise
-  prints a one-line summary (to stderr) and exits 0.
-- ``test PATH...`` runs the rules' embedded tests: one ``PASSED``/``FAILED``
-  line per test (with the differences under a failure), then
-  ``N passed, M failed``. Exit codes as pytest's: 0 all passed, 1 a test
-  failed, 2 the rule files have errors, 5 no tests.
+  ``file:line:col: error[CODE]: message``, then every warning as
+  ``file:line:col: warning[CODE]: message``, and exits 1 on any error;
+  otherwise prints a one-line summary (to stderr) and exits 0. Warnings do
+  not fail validation unless ``--strict``.
+- ``test PATH...`` runs the rules' embedded tests (after the files'
+  warnings, if any): one ``PASSED``/``FAILED`` line per test (with the
+  differences under a failure), then ``N passed, M failed``. Exit codes as
+  pytest's: 0 all passed, 1 a test failed, 2 the rule files have errors, 5 no
+  tests.
 - ``run RULES EVENTS [--until TS]`` replays a JSON-lines file (or ``-``) and
-  writes one JSON line per emitted firing to stdout, nothing else.
+  writes one JSON line per emitted firing to stdout, nothing else (errors and
+  warnings go to stderr).
 """
 
 from __future__ import annotations
@@ -45,9 +49,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rules.set_defaults(func=lambda _args: (rules.print_help(), 2)[1])
 
     validate = commands.add_parser(
-        "validate", help="check rule files; print file:line:col: error[CODE]: message per error"
+        "validate",
+        help="check rule files; print file:line:col: error[CODE]: message per problem",
+        description=(
+            "Check rule files: every error and warning with its file, line, column and "
+            "code (docs/rules.md, 'Error codes'). Exit 1 on any error; warnings alone "
+            "exit 0 unless --strict."
+        ),
     )
     validate.add_argument("paths", nargs="+", metavar="PATH", help="rule file or folder")
+    validate.add_argument(
+        "--strict", action="store_true", help="warnings fail validation too (exit 1)"
+    )
     validate.set_defaults(func=validate_command)
 
     test = commands.add_parser("test", help="run the tests embedded in rule files")
@@ -78,23 +91,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.set_defaults(func=run_command)
 
 
-def _load(paths: Iterable[str], stderr: IO[str]) -> RuleSet | None:
+def _load(paths: Iterable[str], out: IO[str]) -> RuleSet | None:
+    """The rule set, with its warnings printed to ``out``; None after printing
+    the errors (then the warnings) when the files do not load."""
     try:
-        return load_ruleset(list(paths))
+        ruleset = load_ruleset(list(paths))
     except RuleFileError as exc:
-        for error in exc.errors:
-            print(error, file=stderr)
+        for problem in [*exc.errors, *exc.warnings]:
+            print(problem, file=out)
         return None
+    for warning in ruleset.warnings:
+        print(warning, file=out)
+    return ruleset
+
+
+def _count_tests(ruleset: RuleSet) -> int:
+    return sum(len(rule.tests) for rule in ruleset.all_rules())
 
 
 def validate_command(args: argparse.Namespace) -> int:
     ruleset = _load(args.paths, sys.stdout)
     if ruleset is None:
         return EXIT_FAILED
-    tests = sum(len(rule.tests) for rule in ruleset.all_rules())
+    warned = len(ruleset.warnings)
+    if args.strict and warned:
+        print(f"FAILED (--strict): {warned} warning(s)", file=sys.stderr)
+        return EXIT_FAILED
     print(
         f"OK: {len(ruleset.files)} file(s), {len(ruleset.rules)} enabled rule(s), "
-        f"{len(ruleset.disabled)} disabled, {tests} test(s)",
+        f"{len(ruleset.disabled)} disabled, {_count_tests(ruleset)} test(s)"
+        + (f", {warned} warning(s)" if warned else ""),
         file=sys.stderr,
     )
     return EXIT_OK

@@ -236,16 +236,15 @@ class _FileCompiler(Checker):
         except PayloadError as exc:
             for problem in exc.errors:
                 container, key = _walk(payload_node, problem.path)
-                anchor = (
-                    item_position(container, key)
-                    if isinstance(key, int)
-                    else value_position(container, key)
-                )
+                anchor = _anchor(container, key)
                 text = str(container[key])
                 self.error(
                     self.source.locate(anchor, text, problem.offset), problem.code, problem.message
                 )
             return None
+        for expression, (path, start) in zip(payload.expressions, payload.origins, strict=True):
+            container, key = _walk(payload_node, path)
+            self.check_fields(expression, _anchor(container, key), str(container[key]), start)
         if MISSING in (action_type, topic) or trigger is None:
             return None
         return str(action_type), str(topic or DEFAULT_TOPICS[action_type]), payload
@@ -373,10 +372,27 @@ def _declared_names(when: Any) -> tuple[frozenset[str], frozenset[str]]:
     return extra, window
 
 
-def _walk(node: Any, path: tuple[str | int, ...]) -> tuple[Any, str | int]:
-    for key in path[:-1]:
-        node = node[key]
-    return node, path[-1]
+def _walk(node: Any, path: tuple[str | int, ...]) -> tuple[Any, Any]:
+    """The YAML container and key of the value at ``path``, a key path in the
+    payload's plain form (whose mapping keys are strings, as YAML's may not be)."""
+    keys = [_yaml_key(node, path[0])]
+    for key in path[1:]:
+        node = node[keys[-1]]
+        keys.append(_yaml_key(node, key))
+    return node, keys[-1]
+
+
+def _yaml_key(node: Any, key: str | int) -> Any:
+    if isinstance(node, Mapping) and key not in node:
+        return next(k for k in node if str(k) == key)
+    return key
+
+
+def _anchor(container: Any, key: Any) -> tuple[int, int] | None:
+    """Where the value ``container[key]`` starts in the file."""
+    if isinstance(container, list):
+        return item_position(container, key)
+    return value_position(container, key)
 
 
 def _count_error(rule: Rule) -> None:
@@ -416,8 +432,11 @@ def _rule_files(path: Path) -> list[Path]:
 
 
 def compile_sources(sources: list[tuple[Any, SourceFile, list[RuleError]]]) -> RuleSet:
-    """Compile parsed files into one rule set; raises :class:`RuleFileError`."""
+    """Compile parsed files into one rule set; raises :class:`RuleFileError`
+    on any error. Warnings do not refuse a file: they are the rule set's
+    ``warnings`` (or the error's, with the errors)."""
     errors: list[RuleError] = []
+    warnings: list[RuleError] = []
     rules: list[Rule] = []
     files: list[str] = []
     seen: dict[str, RuleError] = {}
@@ -443,12 +462,14 @@ def compile_sources(sources: list[tuple[Any, SourceFile, list[RuleError]]]) -> R
             else:
                 seen[rule_id] = where
         errors.extend(sorted(compiler.errors, key=lambda e: (e.line, e.col)))
+        warnings.extend(sorted(compiler.warnings, key=lambda e: (e.line, e.col)))
     if errors:
-        raise RuleFileError(errors)
+        raise RuleFileError(errors, warnings)
     return RuleSet(
         [rule for rule in rules if rule.enabled],
         disabled=[rule for rule in rules if not rule.enabled],
         files=files,
+        warnings=warnings,
     )
 
 

@@ -11,8 +11,8 @@ documented in docs/rules.md ("Error codes").
 >>> error = RuleError("rules/a.yaml", 3, 14, "R202", "unknown name 'evnt'")
 >>> str(error)
 "rules/a.yaml:3:14: error[R202]: unknown name 'evnt'"
->>> error.severity
-'error'
+>>> error.severity, CODES["W101"].severity
+('error', 'warning')
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ class Code:
 
 
 #: Every code a rule problem may carry. R0: reading files, R1: the structure
-#: of rules, R2: expressions and templates, R3: triggers, R4: embedded tests.
+#: of rules, R2: expressions and templates, R3: triggers, R4: embedded tests;
+#: W1: fields of event and customer (warnings).
 CODES: dict[str, Code] = {
     "R001": Code("error", "no such file or folder"),
     "R002": Code("error", "the file cannot be read (permissions, not UTF-8)"),
@@ -74,6 +75,8 @@ CODES: dict[str, Code] = {
     "R303": Code("error", "an invalid window aggregate"),
     "R304": Code("error", "invalid sequence steps: none, or a bad, reserved or repeated name"),
     "R401": Code("error", "a test's 'scores' do not match its events one to one"),
+    "W101": Code("warning", "an event field that is not part of the event contract"),
+    "W102": Code("warning", "a customer field neither in the CRM profile nor in the worker's view"),
 }
 
 
@@ -112,8 +115,10 @@ class RuleError:
 
 
 class RuleFileError(Exception):
-    """Rule files that cannot be loaded; ``errors`` lists every problem found."""
+    """Rule files that cannot be loaded: ``errors`` lists every error found,
+    ``warnings`` the warnings found with them."""
 
-    def __init__(self, errors: list[RuleError]) -> None:
+    def __init__(self, errors: list[RuleError], warnings: list[RuleError] | None = None) -> None:
         self.errors = list(errors)
+        self.warnings = list(warnings or [])
         super().__init__("\n".join(str(error) for error in self.errors))

@@ -85,13 +85,25 @@ class ExpressionError(Exception):
 
 
 @dataclass(frozen=True)
+class FieldReference:
+    """``name.field`` (or ``name['field']``) read by an expression; ``offset``
+    is the character offset of the field in the expression's text."""
+
+    name: str
+    field: str
+    offset: int
+
+
+@dataclass(frozen=True)
 class Expression:
     """A compiled expression.
 
     ``usage`` maps each name the expression reads to the fields it reads from
     it (``None``: the value is used whole); ``requirement`` maps event fields to
     the values the expression needs (from top-level ``==``/``in`` conjuncts), so
-    events that cannot satisfy it are never offered to the rule.
+    events that cannot satisfy it are never offered to the rule;
+    ``references`` are the fields it reads, where they are written (a
+    sequence step read as ``window.<step>.<field>`` is named by its step).
     """
 
     text: str
@@ -103,6 +115,7 @@ class Expression:
     #: The requirement says everything: an event offered by the rule index
     #: (which checks it) makes the expression true without evaluating it.
     exact: bool = False
+    references: tuple[FieldReference, ...] = ()
 
 
 # --------------------------------------------------------------------------- functions
@@ -349,6 +362,7 @@ class _Compiler:
         self.window_fields = window_fields
         self.step_names = step_names
         self.usage: dict[str, set[str] | None] = {}
+        self.references: list[FieldReference] = []
 
     # positions ------------------------------------------------------------
     def offset(self, node: ast.AST) -> int:
@@ -358,6 +372,14 @@ class _Compiler:
 
     def fail(self, node: ast.AST, code: str, message: str) -> ExpressionError:
         return ExpressionError(message, self.offset(node), code=code)
+
+    def key_offset(self, node: ast.Attribute | ast.Subscript) -> int:
+        """Where the key of one access is written: an attribute's name, a
+        subscript's key."""
+        if isinstance(node, ast.Attribute):
+            end = getattr(node, "end_col_offset", None) or 0
+            return len(self.text.encode()[:end].decode(errors="ignore")) - len(node.attr)
+        return self.offset(node.slice)
 
     def use(self, name: str, field_name: str | None) -> None:
         if name in self.usage and self.usage[name] is None:
@@ -453,12 +475,15 @@ class _Compiler:
         return self.fold(node, build, keys + values)
 
     # access ---------------------------------------------------------------
-    def chain(self, node: ast.AST) -> tuple[ast.Name, list[Any]] | None:
-        """``event.a.b`` / ``event['a'][0]`` as (root name, keys), or None."""
+    def chain(self, node: ast.AST) -> tuple[ast.Name, list[Any], list[Any]] | None:
+        """``event.a.b`` / ``event['a'][0]`` as (root name, keys, the access
+        node of each key), or None."""
         keys: list[Any] = []
+        nodes: list[Any] = []
         while True:
             if isinstance(node, ast.Attribute):
                 keys.append(node.attr)
+                nodes.append(node)
                 node = node.value
             elif (
                 isinstance(node, ast.Subscript)
@@ -467,10 +492,12 @@ class _Compiler:
                 and not isinstance(node.slice.value, bool)
             ):
                 keys.append(node.slice.value)
+                nodes.append(node)
                 node = node.value
             elif isinstance(node, ast.Name):
                 keys.reverse()
-                return node, keys
+                nodes.reverse()
+                return node, keys, nodes
             else:
                 return None
 
@@ -496,25 +523,32 @@ class _Compiler:
         found = self.chain(node)
         if found is None:
             return self.dynamic_access(node)
-        name_node, keys = found
+        name_node, keys, nodes = found
         for key in keys:
             self.check_key(node, key)
         name = name_node.id
         self.check_name(name_node, name)
         if name == "now":
             raise self.fail(node, "R206", "'now' is a number (epoch seconds), it has no fields")
-        self.record_chain(node, name, keys)
+        self.record_chain(node, name, keys, nodes)
         return self.chain_evaluator(name, keys)
 
-    def record_chain(self, node: ast.AST, name: str, keys: list[Any]) -> None:
+    def record_chain(self, node: ast.AST, name: str, keys: list[Any], nodes: list[Any]) -> None:
         first = keys[0]
         if name == "window" and self.window_fields is not None and first not in self.window_fields:
             known = ", ".join(sorted(self.window_fields)) or "none"
             raise self.fail(node, "R206", f"window has no field '{first}' (known: {known})")
         if name == "window" and first in self.step_names:
-            self.use(first, keys[1] if len(keys) > 1 and isinstance(keys[1], str) else None)
-            return
-        self.use(name, first if isinstance(first, str) else None)
+            # window.<step>.<field>: a field of the step's event
+            name, keys, nodes = first, keys[1:], nodes[1:]
+            if not keys:
+                self.use(name, None)
+                return
+            first = keys[0]
+        field_name = first if isinstance(first, str) else None
+        self.use(name, field_name)
+        if field_name is not None:
+            self.references.append(FieldReference(name, field_name, self.key_offset(nodes[0])))
 
     def chain_evaluator(self, name: str, keys: list[Any]) -> Evaluator:
         first = keys[0]
@@ -944,9 +978,17 @@ def compile_expression(
         name: (None if fields is None else frozenset(fields))
         for name, fields in compiler.usage.items()
     }
+    references = tuple(
+        FieldReference(ref.name, ref.field, ref.offset + indent) for ref in compiler.references
+    )
     if isinstance(compiled, _Const):
         value = compiled.value
-        return Expression(text, lambda _s: value, usage, {}, True, value)
+        return Expression(text, lambda _s: value, usage, {}, True, value, references=references)
     return Expression(
-        text, compiled, usage, _conjunct_requirement(tree.body), exact=_is_exact(tree.body)
+        text,
+        compiled,
+        usage,
+        _conjunct_requirement(tree.body),
+        exact=_is_exact(tree.body),
+        references=references,
     )

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.rules.errors import RuleError
 from engine.rules.template import Payload
 from engine.rules.triggers.base import Trigger
 
@@ -82,11 +83,12 @@ class Rule:
 class RuleSet:
     """The enabled rules of one or more files, in evaluation order (higher
     ``priority`` first, then file order), plus the disabled ones (kept for
-    ``iotcrm rules test``)."""
+    ``iotcrm rules test``), and the warnings their files gave."""
 
     rules: list[Rule]
     disabled: list[Rule] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    warnings: list[RuleError] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.rules.sort(key=lambda rule: -rule.priority)

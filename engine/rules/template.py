@@ -61,11 +61,19 @@ class PayloadError(Exception):
 class Payload:
     """A compiled payload: templated strings are rendered on each firing.
     Rendering never raises: a failing expression renders as ``None`` and
-    calls ``on_error`` (settable after compiling)."""
+    calls ``on_error`` (settable after compiling). ``origins`` says where each
+    of ``expressions`` is written: the key path of its string and the
+    character offset of its text in it."""
 
-    def __init__(self, build: Callable[[Scope], Any], expressions: list[Expression]) -> None:
+    def __init__(
+        self,
+        build: Callable[[Scope], Any],
+        expressions: list[Expression],
+        origins: list[tuple[tuple[str | int, ...], int]] | None = None,
+    ) -> None:
         self._build = build
         self.expressions = expressions
+        self.origins = origins if origins is not None else []
         self.on_error: ErrorHook | None = None
 
     def render(self, scope: Scope) -> Any:
@@ -88,7 +96,8 @@ def compile_payload(
     errors: list[TemplateError] = []
     expressions: list[Expression] = []
 
-    payload = Payload(lambda _s: None, expressions)
+    origins: list[tuple[tuple[str | int, ...], int]] = []
+    payload = Payload(lambda _s: None, expressions, origins)
     payload.on_error = on_error
 
     def safe(expression: Expression) -> Callable[[Scope], Any]:
@@ -141,6 +150,7 @@ def compile_payload(
                 )
                 continue
             expressions.append(expression)
+            origins.append((path, match.start(1)))
             compiled.append((match.start(), match.end(), safe(expression)))
         if len(compiled) != len(matches):
             return None

@@ -66,6 +66,30 @@ def test_validate_prints_every_error_as_file_line_col_code_and_exits_1(tmp_path,
     ]
 
 
+WARNED = """\
+- id: warm
+  key: device
+  when: {condition: "event.temprature > 30"}
+  action: {type: support_case}
+"""
+
+
+def test_warnings_are_printed_and_validation_still_passes(tmp_path, capsys):
+    path = tmp_path / "w.yaml"
+    path.write_text(WARNED)
+    assert main(["rules", "validate", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [
+        f"{path}:3:28: warning[W101]: unknown event field 'temprature' (did you mean "
+        "'temperature'?): null unless devices send it"
+    ]
+    assert err == "OK: 1 file(s), 1 enabled rule(s), 0 disabled, 0 test(s), 1 warning(s)\n"
+    assert main(["rules", "validate", "--strict", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert "warning[W101]" in out and err == "FAILED (--strict): 1 warning(s)\n"
+    assert main(["rules", "validate", "--strict", str(RULES)]) == 0
+
+
 # ------------------------------------------------------------------- test
 
 
@@ -212,6 +236,17 @@ def test_run_reports_bad_rule_files_and_bad_events(tmp_path, capsys):
     assert main(["rules", "run", str(rules), str(events)]) == 1
     out, err = capsys.readouterr()
     assert out == "" and err.startswith(f"{events}:2: ")
+
+
+def test_run_writes_warnings_to_stderr_only(tmp_path, capsys):
+    rules = tmp_path / "r.yaml"
+    rules.write_text(WARNED)
+    events = tmp_path / "e.jsonl"
+    write_events(events, [{"id": "a", "ts": 1, "device_id": "d1", "temprature": 40}])
+    assert main(["rules", "run", str(rules), str(events)]) == 0
+    out, err = capsys.readouterr()
+    assert [x["rule"] for x in lines_of(out)] == ["warm"]
+    assert f"{rules}:3:28: warning[W101]" in err
 
 
 def test_run_can_include_suppressed_firings(tmp_path, capsys):
