@@ -4,7 +4,8 @@
   ``file:line:col: error[CODE]: message``, then every warning as
   ``file:line:col: warning[CODE]: message``, and exits 1 on any error;
   otherwise prints a one-line summary (to stderr) and exits 0. Warnings do
-  not fail validation unless ``--strict``.
+  not fail validation unless ``--strict``. ``--format json`` prints one JSON
+  document instead (:func:`validation_report`), with the same exit codes.
 - ``test PATH...`` runs the rules' embedded tests (after the files'
   warnings, if any): one ``PASSED``/``FAILED`` line per test (with the
   differences under a failure), then ``N passed, M failed``. Exit codes as
@@ -27,7 +28,7 @@ import orjson
 from engine.actions import build_action
 from engine.progress import progress
 from engine.rules.compiler import load_ruleset
-from engine.rules.errors import RuleFileError
+from engine.rules.errors import RuleError, RuleFileError
 from engine.rules.model import RuleSet
 from engine.rules.runner import EventError, OfflineRunner, Result, split_event
 from engine.rules.source import parse_timestamp
@@ -58,6 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     validate.add_argument("paths", nargs="+", metavar="PATH", help="rule file or folder")
+    validate.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text (default): one line per problem; json: one report on stdout",
+    )
     validate.add_argument(
         "--strict", action="store_true", help="warnings fail validation too (exit 1)"
     )
@@ -105,11 +112,40 @@ def _load(paths: Iterable[str], out: IO[str]) -> RuleSet | None:
     return ruleset
 
 
+def validation_report(paths: Iterable[str], *, strict: bool = False) -> dict[str, Any]:
+    """What ``iotcrm rules validate --format json`` prints. ``rules``,
+    ``disabled`` and ``tests`` are null when the files do not load: nothing
+    was loaded to count."""
+    errors: list[RuleError] = []
+    warnings: list[RuleError]
+    ruleset: RuleSet | None = None
+    try:
+        ruleset = load_ruleset(list(paths))
+    except RuleFileError as exc:
+        errors, warnings, files = exc.errors, exc.warnings, exc.files
+    else:
+        warnings, files = ruleset.warnings, ruleset.files
+    report: dict[str, Any] = {
+        "ok": not errors and not (strict and warnings),
+        "files": files,
+        "rules": None if ruleset is None else len(ruleset.rules),
+        "disabled": None if ruleset is None else len(ruleset.disabled),
+        "tests": None if ruleset is None else _count_tests(ruleset),
+        "errors": [error.as_dict() for error in errors],
+        "warnings": [warning.as_dict() for warning in warnings],
+    }
+    return report
+
+
 def _count_tests(ruleset: RuleSet) -> int:
     return sum(len(rule.tests) for rule in ruleset.all_rules())
 
 
 def validate_command(args: argparse.Namespace) -> int:
+    if args.format == "json":
+        report = validation_report(args.paths, strict=args.strict)
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return EXIT_OK if report["ok"] else EXIT_FAILED
     ruleset = _load(args.paths, sys.stdout)
     if ruleset is None:
         return EXIT_FAILED

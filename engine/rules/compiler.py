@@ -464,7 +464,7 @@ def compile_sources(sources: list[tuple[Any, SourceFile, list[RuleError]]]) -> R
         errors.extend(sorted(compiler.errors, key=lambda e: (e.line, e.col)))
         warnings.extend(sorted(compiler.warnings, key=lambda e: (e.line, e.col)))
     if errors:
-        raise RuleFileError(errors, warnings)
+        raise RuleFileError(errors, warnings, files)
     return RuleSet(
         [rule for rule in rules if rule.enabled],
         disabled=[rule for rule in rules if not rule.enabled],

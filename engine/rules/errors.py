@@ -116,9 +116,15 @@ class RuleError:
 
 class RuleFileError(Exception):
     """Rule files that cannot be loaded: ``errors`` lists every error found,
-    ``warnings`` the warnings found with them."""
+    ``warnings`` the warnings found with them, ``files`` the files read."""
 
-    def __init__(self, errors: list[RuleError], warnings: list[RuleError] | None = None) -> None:
+    def __init__(
+        self,
+        errors: list[RuleError],
+        warnings: list[RuleError] | None = None,
+        files: list[str] | None = None,
+    ) -> None:
         self.errors = list(errors)
         self.warnings = list(warnings or [])
+        self.files = list(files or [])
         super().__init__("\n".join(str(error) for error in self.errors))

@@ -90,6 +90,74 @@ def test_warnings_are_printed_and_validation_still_passes(tmp_path, capsys):
     assert main(["rules", "validate", "--strict", str(RULES)]) == 0
 
 
+def test_validate_json_reports_errors_and_warnings_with_positions(tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(WARNED + '- id: b\n  key: device\n  when: {condition: "event.x >"}\n')
+    assert main(["rules", "validate", "--format", "json", str(broken)]) == 1
+    out, err = capsys.readouterr()
+    assert err == ""
+    report = json.loads(out)
+    assert report == {
+        "ok": False,
+        "files": [str(broken)],
+        "rules": None,
+        "disabled": None,
+        "tests": None,
+        "errors": [
+            {
+                "file": str(broken),
+                "line": 5,
+                "col": 3,
+                "code": "R102",
+                "severity": "error",
+                "message": "rule 'b' needs 'action'",
+            },
+            {
+                "file": str(broken),
+                "line": 7,
+                "col": 31,
+                "code": "R201",
+                "severity": "error",
+                "message": "syntax error: invalid syntax",
+            },
+        ],
+        "warnings": [
+            {
+                "file": str(broken),
+                "line": 3,
+                "col": 28,
+                "code": "W101",
+                "severity": "warning",
+                "message": "unknown event field 'temprature' (did you mean 'temperature'?): "
+                "null unless devices send it",
+            }
+        ],
+    }
+
+
+def test_validate_json_counts_what_loaded(tmp_path, capsys):
+    assert main(["rules", "validate", "--format", "json", str(RULES)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    ruleset = load_ruleset(RULES)
+    assert report == {
+        "ok": True,
+        "files": ruleset.files,
+        "rules": len(ruleset.rules),
+        "disabled": len(ruleset.disabled),
+        "tests": sum(len(rule.tests) for rule in ruleset.all_rules()),
+        "errors": [],
+        "warnings": [],
+    }
+    assert len(report["files"]) == 4 and report["tests"] > 0
+    path = tmp_path / "w.yaml"
+    path.write_text(WARNED)
+    assert main(["rules", "validate", "--format", "json", str(path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and [w["code"] for w in report["warnings"]] == ["W101"]
+    assert main(["rules", "validate", "--format", "json", "--strict", str(path)]) == 1
+    assert json.loads(capsys.readouterr().out)["ok"] is False
+
+
 # ------------------------------------------------------------------- test
 
 

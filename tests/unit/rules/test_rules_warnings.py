@@ -140,6 +140,7 @@ def test_warnings_come_with_the_errors_when_a_file_is_refused():
         compile_rules(text, "r.yaml")
     assert {e.code for e in caught.value.errors} == {"R202", "R102"}
     assert [w.code for w in caught.value.warnings] == ["W101", "W102", "W101"]
+    assert caught.value.files == ["r.yaml"]
 
 
 def test_a_template_with_a_non_string_key_is_located():
