@@ -268,7 +268,7 @@ class Ingest:
         )
         self.metrics = IngestMetrics()
         self.instance_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        self.watermark = IngestWatermark(
+        self.watermark: IngestWatermark[tuple[str, int]] = IngestWatermark(
             device_skew_s=settings.quality.device_skew_s, idle_allowance_s=w.idle_allowance_s
         )
         #: committed offset of each assigned source not read yet (-1001: none)

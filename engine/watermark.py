@@ -52,7 +52,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
+
+#: What a watermark is kept over: ingest's (topic, partition) pairs.
+Source = TypeVar("Source", bound=Hashable)
 
 #: An ingest instance silent for this long while another one kept talking
 #: (by the times ingest stamped their records) no longer holds time back.
@@ -123,19 +126,19 @@ def sent_header(name: str = SENT_HEADER) -> tuple[str, bytes]:
     return name, str(int(time.time() * 1000)).encode()
 
 
-class SourceWatermarks:
+class SourceWatermarks(Generic[Source]):
     """The watermark over one consumer's source partitions."""
 
     def __init__(self) -> None:
-        self.latest: dict[Hashable, float] = {}
+        self.latest: dict[Source, float] = {}
         self.current: float | None = None
 
-    def observe(self, source: Hashable, ts: float) -> None:
+    def observe(self, source: Source, ts: float) -> None:
         if ts > self.latest.get(source, float("-inf")):
             self.latest[source] = ts
 
     def advance(
-        self, lagging: Iterable[Hashable], latest: Mapping[Hashable, float] | None = None
+        self, lagging: Iterable[Source], latest: Mapping[Source, float] | None = None
     ) -> float | None:
         """The watermark, given the sources that still have unread records
         and the latest event time read from each (default: as of now).
@@ -158,15 +161,15 @@ class SourceWatermarks:
 
 
 @dataclass(frozen=True)
-class EndCheck:
+class EndCheck(Generic[Source]):
     """What had been read when the end offsets were asked for."""
 
-    positions: dict[Hashable, int]
-    latest: dict[Hashable, float]
+    positions: dict[Source, int]
+    latest: dict[Source, float]
     asked_at: float
 
 
-class IngestWatermark:
+class IngestWatermark(Generic[Source]):
     """Ingest's watermark over the source partitions it reads, as stamped on
     what it forwards (``stamp``).
 
@@ -194,7 +197,7 @@ class IngestWatermark:
         idle_allowance_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.sources = SourceWatermarks()
+        self.sources: SourceWatermarks[Source] = SourceWatermarks()
         self.device_skew_s = device_skew_s
         self.idle_allowance_s = idle_allowance_s
         self._clock = clock
@@ -206,28 +209,28 @@ class IngestWatermark:
         self.lagging = 0
         #: sources another instance reads now: the offset this one had read
         #: them to, when it gave them up, when the new owner was seen past it
-        self.handed_over: dict[Hashable, tuple[int, float, float | None]] = {}
+        self.handed_over: dict[Source, tuple[int, float, float | None]] = {}
         #: sources taken over while this instance vouched for a time, not yet
         #: read to their end: they hold the stamp at what was read of them
-        self.joining: set[Hashable] = set()
+        self.joining: set[Source] = set()
 
     @property
     def current(self) -> float | None:
         """The watermark of what has been read (not aged, no skew)."""
         return self.sources.current
 
-    def observe(self, source: Hashable, ts: float) -> None:
+    def observe(self, source: Source, ts: float) -> None:
         self.sources.observe(source, ts)
 
     def note_read(self) -> None:
         """A poll returned records (accepted or not): the sources are not quiet."""
         self.read_at = self._clock()
 
-    def begin_check(self, positions: Mapping[Hashable, int]) -> EndCheck:
+    def begin_check(self, positions: Mapping[Source, int]) -> EndCheck[Source]:
         """Snapshot what has been read, before asking for the end offsets."""
         return EndCheck(dict(positions), dict(self.sources.latest), self._clock())
 
-    def finish_check(self, check: EndCheck, ends: Mapping[Hashable, int]) -> None:
+    def finish_check(self, check: EndCheck[Source], ends: Mapping[Source, int]) -> None:
         """Apply end offsets asked for after ``check`` was taken. A source
         without a known end counts as lagging, and so does one handed over."""
         lagging = [
@@ -242,7 +245,7 @@ class IngestWatermark:
         # Caught up only if nothing was read after the snapshot either.
         self.caught_up = not lagging and not self.handed_over and self.read_at <= check.asked_at
 
-    def hand_over(self, read_to: Mapping[Hashable, int]) -> None:
+    def hand_over(self, read_to: Mapping[Source, int]) -> None:
         """Sources now another ingest instance's (a rebalance), with the offset
         this one had read each to. Until the new owner is heard everywhere,
         this one's watermark would vouch for events only the new owner will
@@ -252,7 +255,7 @@ class IngestWatermark:
         for source, offset in read_to.items():
             self.handed_over[source] = (offset, now, None)
 
-    def take_back(self, sources: Iterable[Hashable]) -> None:
+    def take_back(self, sources: Iterable[Source]) -> None:
         """Sources assigned to this instance (again, or taken over from one
         that gave them up or died). Once this instance vouches for a time,
         its other sources may be far ahead of the ones it is given: until a
@@ -263,7 +266,7 @@ class IngestWatermark:
             if self.sources.current is not None:
                 self.joining.add(source)
 
-    def settle(self, committed: Mapping[Hashable, int]) -> None:
+    def settle(self, committed: Mapping[Source, int]) -> None:
         """The group's committed offsets of the handed-over sources. A source
         stops holding time back ``HANDOVER_GRACE_S`` after its new owner
         committed past what this instance had read (it forwarded something

@@ -11,6 +11,7 @@ allocates per parameter, its limits.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -44,7 +45,7 @@ class Allowed:
     cls: type
     role: Role
     #: parameter name -> (min, max), checked before the class is built
-    limits: dict[str, tuple[float, float]] = field(default_factory=dict)
+    limits: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
 
 _TREES = {"n_trees": (1, 100), "height": (1, 12), "window_size": (1, 100_000)}

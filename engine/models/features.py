@@ -98,7 +98,7 @@ class FeatureExtractor:
                     x[key] = value
         sources = (event, customer, device)
         for name, index, first, rest in self._features:
-            raw: Any = sources[index].get(first)
+            raw = sources[index].get(first)
             if rest:
                 for key in rest:
                     if type(raw) is not dict and not isinstance(raw, Mapping):

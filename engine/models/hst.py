@@ -47,7 +47,7 @@ import functools
 import math
 import random
 from bisect import bisect_right
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from operator import add, and_, getitem
 from typing import Any
 
@@ -231,6 +231,7 @@ class HalfSpaceTrees(anomaly.HalfSpaceTrees):
             self._plant(x)
         derived = self._derived or self._derive()
         values = self._values(derived, x)
+        leaves: Sequence[int]
         if values is None:
             leaves = self._walk(x)
         elif values == derived.last_values:
@@ -242,11 +243,12 @@ class HalfSpaceTrees(anomaly.HalfSpaceTrees):
         if self.counter == self.window_size:
             self._pivot(derived)
 
-    def score_one(self, x: Mapping[Feature, Any]) -> float:  # type: ignore[override]
+    def score_one(self, x: Mapping[Feature, Any]) -> float:
         if self._first_window:
             return 0
         derived = self._derived or self._derive()
         values = self._values(derived, x)
+        leaves: Sequence[int]
         if values is None:
             leaves = self._walk(x)
         else:
@@ -262,7 +264,8 @@ class HalfSpaceTrees(anomaly.HalfSpaceTrees):
         """River's trees for the first observation, flattened. A seeded
         forest is shared by every instance of the same parameters, seed and
         features: they would all grow the same trees."""
-        limits = {i: self.limits[i] for i in sorted(x)}
+        # River sorts them too: Feature is River's Hashable, but names are str
+        limits = {i: self.limits[i] for i in sorted(x)}  # type: ignore[type-var]
         if self.seed is not None and self.rng.getstate() == _fresh_rng_state(self.seed):
             bounds = tuple((feature, tuple(limit)) for feature, limit in limits.items())
             key = (self.n_trees, self.height, self.seed, bounds)
@@ -358,7 +361,7 @@ class HalfSpaceTrees(anomaly.HalfSpaceTrees):
         thresholds = self._thresholds
         if not features or not all(isinstance(t, float) and not math.isnan(t) for t in thresholds):
             return derived  # a single leaf, or no total order to bisect: walk
-        grid = {f: set() for f in features}
+        grid: dict[Feature, set[float]] = {f: set() for f in features}
         for feature, threshold in zip(self._split_features, thresholds, strict=True):
             grid[feature].add(threshold)
         sorted_grid = tuple(sorted(grid[f]) for f in features)
@@ -436,7 +439,7 @@ class HalfSpaceTrees(anomaly.HalfSpaceTrees):
         if leaves is not None:
             return leaves
         masks = map(getitem, derived.rows, key)
-        common = next(masks)
+        common: Iterable[int] = next(masks)
         for more in masks:
             common = map(and_, common, more)
         # a tuple: the garbage collector stops tracking it (the cache is long-lived)
