@@ -34,9 +34,9 @@ from agents.faust_fixes import (
 )
 from agents.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 from agents.prometheus import Latencies, exposition
-from agents.services import ChildProcess
+from agents.services import ChildProcess, Role
 from engine.actor import CustomerActor
-from engine.config import Settings
+from engine.config import Settings, StageMode
 from engine.durations import DAY_S, HOUR_S
 from engine.kafka.clients import ssl_context
 from engine.loop_lag import LoopLag, watch_loop
@@ -154,11 +154,10 @@ class Runtime:
         self.summaries = SummaryPublisher(self)
         self.agent_logic = CustomerAgent(self)
         self.sink: Any = None
+        stages: dict[Role, StageMode] = {"ingest": w.ingest, "sink": w.sink}
         #: stages run as supervised child processes (agents.services)
         self.children: dict[str, ChildProcess] = {
-            role: ChildProcess(settings, role)
-            for role, mode in (("ingest", w.ingest), ("sink", w.sink))
-            if mode == "process"
+            role: ChildProcess(settings, role) for role, mode in stages.items() if mode == "process"
         }
         self.action_counts: dict[str, int] = {}
         self._wire()
@@ -212,7 +211,9 @@ class Runtime:
             if ruleset is not None:
                 self.actor.use_rules(RuleEngine(ruleset))
 
-        @app.on_partitions_revoked.connect
+        # mode's SignalHandlerT admits no function to mypy, not even one of
+        # its own shape (sender, *args, signal, **kwargs)
+        @app.on_partitions_revoked.connect  # type: ignore[arg-type]
         async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
             # Partitions may move: models are reloaded from their checkpoints and
             # the timer index is rebuilt from the timers table on the next batch.
@@ -222,10 +223,12 @@ class Runtime:
             self.agent_logic.due_index_stale = True
             self.agent_logic.forget_offsets()
 
+        # Faust starts service instances too (App._prepare_subservice), though
+        # its annotation has only the decorator's use, on a class.
         if w.sink == "inline":
-            app.service(SinkService(self.settings, self))
+            app.service(SinkService(self.settings, self))  # type: ignore[arg-type]
         for child in self.children.values():
-            app.service(child)
+            app.service(child)  # type: ignore[arg-type]
         self._pages()
 
     def _pages(self) -> None:
@@ -316,7 +319,9 @@ class Runtime:
         reasons = []
         if not self.app.assignor.assigned_actives():
             reasons.append("no partitions assigned yet")
-        if self.app.rebalancing or not self.app.tables.recovery.completed.is_set():
+        # recovery is the TableManager's, not in Faust's TableManagerT
+        recovery = self.app.tables.recovery  # type: ignore[attr-defined]
+        if self.app.rebalancing or not recovery.completed.is_set():
             reasons.append("recovering its tables after a rebalance")
         for role, child in self.children.items():
             status = child.status()

@@ -63,7 +63,7 @@ import weakref
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import faust
 import orjson
@@ -221,7 +221,8 @@ class CustomerAgent:
         never_fill_gaps(consumer, {self.rt.settings.kafka.customer_events_topic})
         bounded_flush(self.rt.app.producer)
         checkpoint_before_wait_empty(consumer, self.checkpoint_before_commit)
-        async for batch in stream.take_events(
+        # take_events is Faust's Stream's, not yet in its StreamT interface
+        async for batch in stream.take_events(  # type: ignore[attr-defined]
             records_per_batch(settings.batch_size), within=settings.batch_within_s
         ):
             try:
@@ -331,7 +332,10 @@ class CustomerAgent:
         self._batch_open = True
         for record, events in timed:  # every one, in order: each ingest instance ticks
             message = record.message
-            source, watermark, sent_at = time_headers(message.headers)
+            # Consumed records carry aiokafka's (name, value) pairs; Faust's
+            # Message type admits a mapping too, for the records it builds.
+            headers = cast("list[tuple[str, bytes]]", message.headers)
+            source, watermark, sent_at = time_headers(headers)
             if watermark is None and events:
                 # A record not written by ingest: its latest event time stands in.
                 watermark = max(event["ts"] for event in events)
@@ -352,10 +356,10 @@ class CustomerAgent:
                 continue
             state = self._state(customer_id, anchor)
             events = []
-            for record, event in items:
+            for record, carried in items:
                 topic = record.message.topic
-                if event is not None:
-                    events.append(event)
+                if carried is not None:
+                    events.append(carried)
                 elif topic == k.customers_topic:
                     apply_profile(state, orjson.loads(record.value) if record.value else None)
                     self.stats.profiles += 1

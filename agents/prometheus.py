@@ -120,7 +120,7 @@ class Latencies:
 
 
 def _histogram_dict(histogram: Histogram) -> dict[str, Any]:
-    count, total, buckets, previous = 0, 0.0, {}, 0
+    count, total, buckets, previous = 0, 0.0, {}, 0.0
     for metric in histogram.collect():
         for sample in metric.samples:
             if sample.name.endswith("_count"):

@@ -26,21 +26,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import faust
+from faust.types import TableT
 
 from engine.config import Settings
 
 
 @dataclass(frozen=True)
 class Tables:
-    customers: faust.Table
-    timers: faust.Table
-    model_checkpoints: faust.Table
+    customers: TableT
+    timers: TableT
+    model_checkpoints: TableT
 
 
 def define_tables(app: faust.App, settings: Settings) -> Tables:
     partitions = settings.kafka.partitions
 
-    def table(name: str, help_text: str) -> faust.Table:
+    def table(name: str, help_text: str) -> TableT:
         return app.Table(
             name,
             default=None,
