@@ -545,9 +545,7 @@ class Ingest:
         self._end_check = None
         self.end_offsets.drop()
         # Until their new owner is heard, they hold this instance's time back.
-        self.watermark.hand_over(
-            {tp: self._next_offset.get(tp, self._start.get(tp, -1)) for tp in gone}
-        )
+        self.watermark.hand_over({tp: self._read_to(tp) for tp in gone})
         self._assigned -= gone
         for tp in gone:
             self._next_offset.pop(tp, None)
@@ -602,12 +600,14 @@ class Ingest:
             # hand-over's grace is seconds, so twice a second is plenty.
             self._settled_at = now
             self._settle_hand_overs()
-        if not self._assigned:
+        if not self._assigned and not self.watermark.handed_over:
             return
         positions = self._positions()
         check = self.watermark.begin_check(positions)
         try:
-            self.end_offsets.ask(positions)
+            # Also the ends of the sources handed over: one with nothing past
+            # what this instance read stops holding its time back.
+            self.end_offsets.ask({*positions, *self.watermark.handed_over})
         except KafkaException as exc:
             log.warning("ingest: end offsets of its sources not known (%s); time holds", exc)
             return
@@ -634,16 +634,20 @@ class Ingest:
         if unknown:
             for tp in self.consumer.committed([KafkaPartition(*tp) for tp in unknown], timeout=10):
                 self._start[tp.topic, tp.partition] = tp.offset
-        positions = {}
-        for tp in self._assigned:
-            position = self._next_offset.get(tp)
-            if position is None:
-                position = self._start.get(tp, -1)
-                if position < 0:  # nothing committed: reading starts at the log's start
-                    low, _ = self.consumer.get_watermark_offsets(KafkaPartition(*tp), cached=True)
-                    position = max(low, 0)
-            positions[tp] = position
-        return positions
+        return {tp: self._read_to(tp) for tp in self._assigned}
+
+    def _read_to(self, tp: tuple[str, int]) -> int:
+        """The next offset this instance would have read of ``tp``, known
+        without a round trip (in a rebalance callback): where reading stood,
+        else the committed offset, else the log's start as last fetched."""
+        position = self._next_offset.get(tp, self._start.get(tp, -1))
+        if position < 0:  # nothing committed: reading starts at the log's start
+            try:
+                low, _ = self.consumer.get_watermark_offsets(KafkaPartition(*tp), cached=True)
+            except KafkaException:
+                low = 0  # unknown: 0 can only make the source hold time back longer
+            position = max(low, 0)
+        return position
 
     def _tick_if_due(self) -> None:
         """A tick record to each partition of the customer stream this ingest

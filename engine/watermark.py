@@ -69,11 +69,16 @@ SOURCE_SILENCE_S = 30.0
 RUN_GAP_S = 3.0
 
 #: A source handed to another ingest instance holds this one's time back until
-#: the new owner has forwarded past what this one read of it, and this long
-#: more (its first ticks reach every partition of the customer stream)...
+#: the new owner has forwarded past what this one read of it, or a check of
+#: its end after the hand-over found nothing past it, and this long more (the
+#: new owner's first ticks reach every partition of the customer stream).
 HANDOVER_GRACE_S = 2.0
-#: ...or, for a source nothing new arrives on, this long after the hand-over.
-HANDOVER_HOLD_S = SOURCE_SILENCE_S
+#: The longest a handed-over source holds time back without either, so a
+#: source nobody reads any more (its topic deleted) cannot stop time for good.
+#: Not shorter: after a broker restart the group can take tens of seconds to
+#: settle and the new owner's commits fail meanwhile, and time released
+#: before the new owner forwards the source's unread events runs past them.
+HANDOVER_HOLD_S = 300.0
 
 #: Record headers ingest stamps on every forwarded event and tick: its
 #: watermark, its instance id, and its wall clock when it stamped them (epoch
@@ -239,6 +244,13 @@ class IngestWatermark(Generic[Source]):
             if position < ends.get(source, position + 1)
         ]
         self.lagging = len(lagging)
+        for source, (offset, since, passed) in list(self.handed_over.items()):
+            end = ends.get(source)
+            if passed is None and end is not None and end <= offset and since < check.asked_at:
+                # Asked after the hand-over: nothing arrived past what this
+                # instance read and forwarded, so no event of it is in flight.
+                self.handed_over[source] = (offset, since, self._clock())
+        self._release_handed_over()
         self.sources.advance([*lagging, *self.handed_over], check.latest)
         # A source assigned after the snapshot was not judged: it stays joining.
         self.joining.difference_update(set(check.positions).difference(lagging))
@@ -270,13 +282,18 @@ class IngestWatermark(Generic[Source]):
         """The group's committed offsets of the handed-over sources. A source
         stops holding time back ``HANDOVER_GRACE_S`` after its new owner
         committed past what this instance had read (it forwarded something
-        new, and its ticks follow every commit), or ``HANDOVER_HOLD_S`` after
-        the hand-over if nothing new came."""
+        new, and its ticks follow every commit) or a check found nothing past
+        it (``finish_check``); without either, ``HANDOVER_HOLD_S`` after the
+        hand-over."""
         now = self._clock()
         for source, (offset, since, passed) in list(self.handed_over.items()):
             if passed is None and committed.get(source, -1) > offset:
-                passed = now
-                self.handed_over[source] = (offset, since, passed)
+                self.handed_over[source] = (offset, since, now)
+        self._release_handed_over()
+
+    def _release_handed_over(self) -> None:
+        now = self._clock()
+        for source, (_, since, passed) in list(self.handed_over.items()):
             if now - since >= HANDOVER_HOLD_S or (
                 passed is not None and now - passed >= HANDOVER_GRACE_S
             ):

@@ -16,6 +16,7 @@ from confluent_kafka import TopicPartition as KafkaPartition
 
 from agents.ingest import EndOffsets, Ingest
 from engine.config import load_settings
+from engine.watermark import IngestWatermark
 
 
 class Message:
@@ -131,6 +132,11 @@ def ingest(monkeypatch: pytest.MonkeyPatch, admin: FakeAdmin) -> tuple[Ingest, F
     ingest.consumer = consumer  # type: ignore[assignment]
     ingest.producer = FakeProducer()  # type: ignore[assignment]
     ingest.end_offsets = EndOffsets(admin, timeout_s=1.0)
+    ingest.watermark = IngestWatermark(
+        device_skew_s=settings.quality.device_skew_s,
+        idle_allowance_s=settings.worker.idle_allowance_s,
+        clock=clock,
+    )
     ingest._stream_partitions = 4
     ingest.registry.apply(
         b"d-1",
@@ -277,3 +283,26 @@ def test_a_revoke_drops_the_answer_in_flight(ingest, admin: FakeAdmin) -> None:
     admin.answer()
     ingest._update_watermark()
     assert len(admin.asked) == 2  # nothing assigned: nothing asked
+
+
+def test_the_ends_of_sources_handed_over_are_asked_for_until_they_stop_holding(
+    ingest, admin: FakeAdmin
+) -> None:
+    ingest, consumer, clock = ingest
+    kept, given = ("iot.device.d-1", 0), ("iot.device.d-1", 1)
+    ingest._on_assign(consumer, [KafkaPartition(*kept), KafkaPartition(*given)])  # type: ignore[arg-type]
+    ingest.ingest([telemetry(0, partition=0), telemetry(1, partition=1)])
+    ingest._on_revoke(consumer, [KafkaPartition(*given)])  # type: ignore[arg-type]
+    assert ingest.watermark.handed_over[given][0] == 2  # read to offset 2 of it
+    admin.ends = {kept: 1, given: 2}  # nothing past what it read
+    clock.now += 1.0
+    ingest._update_watermark()
+    assert admin.asked[-1] == {kept, given}
+    ingest._update_watermark()  # the answer is judged on the next turn of the loop
+    assert ingest.watermark.handed_over[given][2] is not None  # no longer waiting for its owner
+    clock.now += 3.0
+    ingest._update_watermark()
+    assert not ingest.watermark.handed_over
+    clock.now += 1.0
+    ingest._update_watermark()
+    assert admin.asked[-1] == {kept}
