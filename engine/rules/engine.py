@@ -159,9 +159,12 @@ class RuleEngine:
         )
         if due_device or due_customer:
             due_runs = []
+            # A key is due only when it has a state (the bools hold the checks).
             if due_device:
+                assert device_ks is not None
                 due_runs.append(Run(device_ks, "device", device_key, customer, device, late))
             if due_customer:
+                assert customer_ks is not None
                 due_runs.append(Run(customer_ks, "customer", customer_key, customer, device, late))
             self._fire_timers(due_runs, ts, firings)
         candidates = self._index.candidates(event)

@@ -99,21 +99,21 @@ def _count_starts(value: str, token: str, limit: int) -> int:
 
 def key_position(mapping: Any, key: str) -> Position | None:
     try:
-        return tuple(mapping.lc.key(key))  # type: ignore[return-value]
+        return tuple(mapping.lc.key(key))
     except (AttributeError, KeyError, TypeError):
         return node_position(mapping)
 
 
 def value_position(mapping: Any, key: str) -> Position | None:
     try:
-        return tuple(mapping.lc.value(key))  # type: ignore[return-value]
+        return tuple(mapping.lc.value(key))
     except (AttributeError, KeyError, TypeError):
         return key_position(mapping, key)
 
 
 def item_position(sequence: Any, index: int) -> Position | None:
     try:
-        return tuple(sequence.lc.item(index))  # type: ignore[return-value]
+        return tuple(sequence.lc.item(index))
     except (AttributeError, KeyError, TypeError, IndexError):
         return node_position(sequence)
 

@@ -34,8 +34,10 @@ class Trigger:
     #: shared ``$defs``: ``expression``, ``duration``).
     schema: ClassVar[dict[str, Any]] = {}
     #: True when matches summarise a closed window rather than one event
-    #: (a customer-keyed firing then names no device).
-    aggregates_events: ClassVar[bool] = False
+    #: (a customer-keyed firing then names no device). An instance attribute
+    #: with a class default, not a ClassVar: a window trigger decides it per
+    #: instance (a sliding window fires on one event).
+    aggregates_events: bool = False
 
     @classmethod
     def compile(cls, check: Checker, when: Any) -> Trigger | None:
