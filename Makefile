@@ -8,10 +8,13 @@ SERVICES := $(PYTHON) deploy/local/services.py
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Two distributions, both editable: the runtime (iotcrm, the root) and the load
+# tests (iotcrm-loadtest, loadtest/), which add simulate, score, demo, bench and
+# chaos to `iotcrm` through the entry-point group iotcrm.commands.
+$(VENV)/.installed: pyproject.toml loadtest/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/pip install -q -e '.[dev]' -e ./loadtest
 	touch $@
 
 # The demo runs on its own fresh Kafka and Cassandra (separate ports and data),

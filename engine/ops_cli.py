@@ -1,4 +1,7 @@
-"""Operator commands: ``setup``, ``worker``, ``state`` and ``demo``."""
+"""Operator commands: ``setup``, ``worker``, ``ingest``, ``sink``, ``mqtt-bridge``, ``state``.
+
+``demo``, like ``simulate`` and ``bench``, comes with the load tests (``loadtest.cli``).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from engine import cli_args
 from engine.config import ConfigError, Settings, load_settings
 
 
@@ -65,24 +67,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--url", default=None, help="worker web address (default http://127.0.0.1:<web_port>)"
     )
     customer.set_defaults(func=run_state_customer)
-
-    demo = subparsers.add_parser(
-        "demo",
-        help="start a worker, simulate a device fleet for about a minute, report what happened",
-    )
-    demo.add_argument("--customers", type=cli_args.count, default=40, help="customers (default 40)")
-    demo.add_argument(
-        "--devices-per-customer", type=cli_args.count, default=3, help="devices each (default 3)"
-    )
-    demo.add_argument("--span", default="3d", help="simulated time span (default 3d)")
-    demo.add_argument(
-        "--seconds",
-        type=cli_args.non_negative_number,
-        default=50.0,
-        help="publishing time (default 50)",
-    )
-    demo.add_argument("--seed", type=int, default=7, help="simulation seed (default 7)")
-    demo.set_defaults(func=run_demo)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -201,18 +185,3 @@ def run_state_customer(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(body, indent=2, sort_keys=True))
     return 0 if status == 200 else 1
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    from loadtest.demo import DemoOptions, run
-
-    settings = _settings(args)
-    options = DemoOptions(
-        customers=args.customers,
-        devices_per_customer=args.devices_per_customer,
-        span=args.span,
-        seconds=args.seconds,
-        seed=args.seed,
-        config=args.config,
-    )
-    return asyncio.run(run(settings, options))

@@ -1,4 +1,9 @@
-"""``iotcrm simulate`` and ``iotcrm score`` (the load test's commands).
+"""The load tests' ``iotcrm`` commands: ``simulate``, ``score``, ``demo``,
+``bench`` and ``chaos``.
+
+:func:`register` is the ``iotcrm.commands`` entry point of the load-test
+distribution (``loadtest/pyproject.toml``): ``iotcrm`` offers these commands
+where it is installed, and the runtime image, which lacks it, does not.
 
 Kafka is imported only when ``simulate`` actually publishes, so ``--dry-run``
 and ``score`` work without a broker library loaded.
@@ -297,6 +302,46 @@ def run_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo(subparsers: argparse._SubParsersAction) -> None:
+    demo = subparsers.add_parser(
+        "demo",
+        help="start a worker, simulate a device fleet for about a minute, report what happened",
+    )
+    demo.add_argument("--customers", type=cli_args.count, default=40, help="customers (default 40)")
+    demo.add_argument(
+        "--devices-per-customer", type=cli_args.count, default=3, help="devices each (default 3)"
+    )
+    demo.add_argument("--span", default="3d", help="simulated time span (default 3d)")
+    demo.add_argument(
+        "--seconds",
+        type=cli_args.non_negative_number,
+        default=50.0,
+        help="publishing time (default 50)",
+    )
+    demo.add_argument("--seed", type=int, default=7, help="simulation seed (default 7)")
+    demo.set_defaults(func=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    # The demo's module imports aiokafka: only when the demo runs.
+    from loadtest.demo import DemoOptions, run
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"iotcrm demo: {exc}", file=sys.stderr)
+        return 2
+    options = DemoOptions(
+        customers=args.customers,
+        devices_per_customer=args.devices_per_customer,
+        span=args.span,
+        seconds=args.seconds,
+        seed=args.seed,
+        config=args.config,
+    )
+    return asyncio.run(run(settings, options))
+
+
 def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     from loadtest.bench import __doc__ as bench_doc
     from loadtest.bench import add_arguments
@@ -347,6 +392,7 @@ def run_chaos(args: argparse.Namespace) -> int:
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_simulate,
     _add_score,
+    _add_demo,
     _add_bench,
     _add_chaos,
 )
