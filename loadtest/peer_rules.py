@@ -198,8 +198,10 @@ class HandRules:
         elif ts > ds["t"]:
             ds["t"] = ts
         cs = state["c"]
-        if cs["t"] is None or ts > cs["t"]:
-            cs["t"] = ts
+        # The customer's time: where every one of its devices has reached.
+        reached = min(ds["t"] for ds in state["d"].values())
+        if cs["t"] is None or reached > cs["t"]:
+            cs["t"] = reached
         customer_id = event.get("customer_id") or customer.get("customer_id")
         firings: list[Firing] = []
         self._fire_timers(
@@ -497,6 +499,7 @@ class HandRules:
         while True:
             best: tuple[float, int, str, Any, dict[str, Any]] | None = None
             for key_kind, key, ks in keys:
+                limit = upto if ks["t"] is None or ks["t"] >= upto else ks["t"]
                 if key_kind == "device":
                     candidates = [(due, rule) for rule, due, _s in self._device_dues(ks)]
                 elif ks["w"]:
@@ -504,7 +507,7 @@ class HandRules:
                 else:
                     candidates = []
                 for due, rule in candidates:
-                    if due <= upto and (best is None or (due, ORDER[rule]) < best[:2]):
+                    if due <= limit and (best is None or (due, ORDER[rule]) < best[:2]):
                         best = (due, ORDER[rule], rule, key, ks)
             if best is None:
                 break
@@ -692,7 +695,12 @@ class HandRules:
                     "payload": match.payload,
                     "evidence": {**match.evidence, "event_ids": match.ids},
                     "action_id": action_id(
-                        rule, VERSION[rule], match.key_kind, match.key, match.ids, match.bounds
+                        rule,
+                        VERSION[rule],
+                        match.key_kind,
+                        match.key,
+                        [] if rule == RETENTION else match.ids,  # a closed window: its bounds
+                        match.bounds,
                     ),
                 }
             )

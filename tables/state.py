@@ -194,6 +194,14 @@ def _add_usage(usage: dict[str, Any], ts: float, minutes: float) -> None:
         usage["day"], usage["today_min"] = day, 0.0
     if day == usage["day"]:
         usage["today_min"] += minutes
+    elif usage["first_day"] < day < usage["day"]:
+        # An earlier day's use arriving after the day moved on (another device
+        # of the customer ran ahead, e.g. backlogs after an outage): into that
+        # day's entry, as it would have been in order.
+        back = usage["day"] - day
+        daily = usage["daily"]
+        if back <= len(daily):
+            daily[-back] += minutes
     if minutes > 0:
         usage["last_use_ts"] = max(usage["last_use_ts"] or ts, ts)
         for name, size, kept in (("hours", HOUR_S, HOURS_KEPT), ("days", DAY_S, DAYS_KEPT)):

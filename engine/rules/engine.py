@@ -21,6 +21,7 @@ device-keyed rule state of each of its devices.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -129,17 +130,17 @@ class RuleEngine:
         device = EMPTY if device is None else device
         device_ks = customer_ks = None
         device_key = customer_key = ""
+        device_id = event.get("device_id")
+        if device_id is not None:
+            device_key = device_id if type(device_id) is str else str(device_id)
         # _key_state, inlined (twice per event)
-        if self._has_device_rules:
-            device_id = event.get("device_id")
-            if device_id is not None:
-                device_key = device_id if type(device_id) is str else str(device_id)
-                keys = state["device"]
-                device_ks = keys.get(device_key)
-                if device_ks is None:
-                    device_ks = keys[device_key] = new_key_state(ts)
-                elif device_ks["t"] is None or ts > device_ks["t"]:
-                    device_ks["t"] = ts
+        if self._has_device_rules and device_id is not None:
+            keys = state["device"]
+            device_ks = keys.get(device_key)
+            if device_ks is None:
+                device_ks = keys[device_key] = new_key_state(ts)
+            elif device_ks["t"] is None or ts > device_ks["t"]:
+                device_ks["t"] = ts
         if self._has_customer_rules:
             customer_id = event.get("customer_id")
             if customer_id is not None:
@@ -148,14 +149,30 @@ class RuleEngine:
                 customer_ks = keys.get(customer_key)
                 if customer_ks is None:
                     customer_ks = keys[customer_key] = new_key_state(ts)
-                elif customer_ks["t"] is None or ts > customer_ks["t"]:
-                    customer_ks["t"] = ts
+                # A customer's time is where every one of its devices has
+                # reached: after an outage their backlogs arrive one device
+                # after another, and the largest time seen would close the
+                # customer's windows before its other devices' events came.
+                reached: dict[str, float] | None = customer_ks.get("dt")
+                if reached is None:
+                    reached = customer_ks["dt"] = {}
+                if device_key:
+                    if ts > reached.get(device_key, -math.inf):
+                        reached[device_key] = ts
+                    now = min(reached.values())
+                else:
+                    now = min(reached.values()) if reached else ts
+                if customer_ks["t"] is None or now > customer_ks["t"]:
+                    customer_ks["t"] = now
         firings: list[Firing] = []
         device_run = customer_run = None
         late = self._late
         due_device = device_ks is not None and device_ks["m"] is not None and device_ks["m"] <= ts
         due_customer = (
-            customer_ks is not None and customer_ks["m"] is not None and customer_ks["m"] <= ts
+            customer_ks is not None
+            and customer_ks["m"] is not None
+            and customer_ks["m"] <= ts
+            and customer_ks["m"] <= customer_ks["t"]
         )
         if due_device or due_customer:
             due_runs = []
@@ -283,8 +300,11 @@ class RuleEngine:
             best: tuple[float, int, Run, str] | None = None
             for run in runs:
                 ks = run.ks
+                # A key's timers fire up to its own time: a customer's can be
+                # behind the event's (one of its devices is behind).
+                limit = upto if ks["t"] is None or ks["t"] >= upto else ks["t"]
                 bound = ks["m"]
-                if bound is None or bound > upto:
+                if bound is None or bound > limit:
                     continue
                 due = ks["due"]
                 if not due:
@@ -293,7 +313,7 @@ class RuleEngine:
                 state_key = min(due, key=lambda k: (due[k], order[k].order if k in order else -1))
                 at = due[state_key]
                 ks["m"] = at
-                if at > upto:
+                if at > limit:
                     continue
                 rank = order[state_key].order if state_key in order else -1
                 if best is None or (at, rank) < (best[0], best[1]):
@@ -382,7 +402,14 @@ class RuleEngine:
             payload=payload if isinstance(payload, dict) else {"value": payload},
             evidence=evidence,
             action_id=action_id(
-                rule.id, rule.version, run.key_kind, run.key, event_ids, match.bounds
+                rule.id,
+                rule.version,
+                run.key_kind,
+                run.key,
+                # A closed window is its bounds: its events arrive in an order
+                # that differs between runs (a customer's devices' backlogs).
+                [] if rule.trigger.aggregates_events else event_ids,
+                match.bounds,
             ),
             device_id=None if device_id is None else str(device_id),
             suppressed=suppressed,

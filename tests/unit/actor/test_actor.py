@@ -328,3 +328,27 @@ def test_an_unreadable_device_model_starts_over(caplog: pytest.LogCaptureFixture
     )
     fresh = restored["devices"]["d1"]["models"]["anomaly"][1]
     assert scores["anomaly"] == 0.0 and fresh["HalfSpaceTrees"].counter == 1
+
+
+def test_a_days_use_is_the_same_whatever_order_the_devices_events_come_in() -> None:
+    """A customer's backlogs after an outage arrive one device after the
+    other: the usage of a day the customer's time already left is still added
+    to that day (the daily baseline feeds rules and models)."""
+    from tables.state import new_customer_state, record_event
+
+    def usage(device: str, hour: int) -> dict[str, Any]:
+        return {"id": f"{device}-{hour}", "ts": 3600.0 * hour, "device_id": device,
+                "kind": "usage", "usage_min": 10.0 + hour % 7}  # fmt: skip
+
+    watch = [usage("watch", h) for h in range(1, 100, 3)]
+    band = [usage("band", h) for h in range(2, 100, 3)]
+
+    def daily(events: list[dict[str, Any]]) -> list[float]:
+        state = new_customer_state("c-1")
+        for item in events:
+            record_event(state, state["devices"].setdefault(item["device_id"], {}), item)
+        return [round(day, 6) for day in state["usage"]["daily"]]
+
+    in_order = daily(sorted(watch + band, key=lambda e: e["ts"]))
+    assert len(in_order) == 3
+    assert daily(watch[:2] + band[:2] + watch[2:] + band[2:]) == in_order
