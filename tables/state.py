@@ -296,6 +296,14 @@ def note_action(state: CustomerState, action: dict[str, Any]) -> None:
     state["counts"]["actions"] += 1
     recent: list[dict[str, Any]] = state["recent_actions"]
     recent.append({"action_id": action["action_id"], "type": action["type"], "at": action["at"]})
+    # In the order of their time, not of their processing: after a failover a
+    # customer's devices' backlogs come one after the other, and the same
+    # actions must leave the same list.
+    if len(recent) > 1 and (recent[-2]["at"], recent[-2]["action_id"]) > (
+        action["at"],
+        action["action_id"],
+    ):
+        recent.sort(key=lambda kept: (kept["at"], kept["action_id"]))
     del recent[: max(0, len(recent) - RECENT_ACTIONS_KEPT)]
     device = state["devices"].get(action.get("device_id") or "")
     if device is not None:

@@ -352,3 +352,21 @@ def test_a_days_use_is_the_same_whatever_order_the_devices_events_come_in() -> N
     in_order = daily(sorted(watch + band, key=lambda e: e["ts"]))
     assert len(in_order) == 3
     assert daily(watch[:2] + band[:2] + watch[2:] + band[2:]) == in_order
+
+
+def test_recent_actions_are_the_same_whatever_order_they_were_taken_in() -> None:
+    from tables.state import RECENT_ACTIONS_KEPT, new_customer_state, note_action
+
+    actions = [{"action_id": f"a{n:02d}", "type": "coupon", "at": float(n % 7 * 10 + n)}
+               for n in range(RECENT_ACTIONS_KEPT + 5)]  # fmt: skip
+
+    def recent(order: list[dict[str, Any]]) -> list[str]:
+        state = new_customer_state("c-1")
+        for action in order:
+            note_action(state, action)
+        return [kept["action_id"] for kept in state["recent_actions"]]
+
+    in_time = recent(sorted(actions, key=lambda a: a["at"]))
+    assert len(in_time) == RECENT_ACTIONS_KEPT
+    assert recent(actions) == in_time
+    assert recent(list(reversed(actions))) == in_time
