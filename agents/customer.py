@@ -5,28 +5,58 @@ stream together with ``crm.customers`` (profiles) and ``crm.outcomes``
 (delayed labels), all co-partitioned by customer_id, so one worker sees every
 record of a customer in order. The logic itself is ``engine.actor``.
 
-Per batch (``stream.take_events``, about ``worker.batch_size`` events):
+A batch (``stream.take_events``, about ``worker.batch_size`` events) goes
+through ``CustomerAgent.handle_batch`` in named steps, in this order:
 
-1. group records by customer (one customer's records share a partition; a
-   record of the event stream carries several events, packed by ingest);
-2. per customer: take its decoded state from memory (read from the table
-   only the first time), apply profiles, outcomes and events, fire its due
-   timers, collect actions;
-3. send the actions (and late events) without waiting for them;
-4. hold the batch's records: Faust's own ack after the batch does not let it
-   commit them yet.
+1. ``_admit``, the offset guard and the grouping, in one pass over the
+   records (it runs for every record): a customer-stream record that does not follow the last one
+   processed (a hole, see below) is left unprocessed; every other record is
+   grouped by customer (one customer's records share a partition; a record
+   of the event stream carries several events, packed by ingest, maybe of
+   several customers, and each event goes to its own);
+2. ``_rewind``: the partitions with a hole are sought back to it;
+3. ``_place_on_clocks``: every record that carries time (events, ticks) moves
+   its partition's clock, in stream order, so that the timers of step 5 see
+   the time of the whole batch;
+4. ``_process``: per customer, its decoded state (from memory; read from the
+   table only the first time) goes with its profiles, outcomes and events
+   through the plain-Python actor (``engine.actor``), which also fires the
+   customer's timers due up to each event's time; an erasure request wipes
+   the customer instead;
+5. ``_fire_timers``: the timers due up to each touched partition's time fire,
+   those of idle customers too;
+6. ``_send``: the actions and late events go to the producer, whose
+   acknowledgements are awaited only at the next checkpoint (a batch never
+   waits for Kafka's round trip);
+7. ``_hold``: the changed customers and models wait for the next checkpoint,
+   and so do the batch's records: Faust's own ack after the batch does not
+   let it commit them yet.
 
-Every ``worker.checkpoint_interval_s`` (the order is the delivery guarantee,
-as in Quix Streams' checkpoint):
+Steps 2 and 6 await Kafka, and only they: a rebalance can come only while
+they wait, so after each the batch checks for one and, if one came, gives
+its records back unprocessed (their new owner reads them again). From step 3
+to the end of step 6 the batch is open: one cut off there
+(``checkpoint_before_commit``) has half-applied states, which are dropped,
+never written.
 
-1. wait until Kafka acknowledged every action sent since the last checkpoint;
-2. only then write each changed customer's state once (and its timer), so
-   state that says "seen" implies its actions were delivered (at least
-   once; a replay repeats an action with the same ``action_id`` and never
-   loses one);
-3. wait until those state writes are acknowledged too
-   (``agents.faust_fixes.flush_table_writes``);
-4. release the held records, so Faust may commit past them.
+``CustomerAgent.checkpoint``, every ``worker.checkpoint_interval_s`` and
+before Faust's commit on a rebalance or a clean stop, runs its own steps;
+their order is the delivery guarantee, as in Quix Streams' checkpoint:
+
+1. ``_acknowledge_actions``: wait until Kafka acknowledged every action sent
+   since the last checkpoint (a rebalance meanwhile ends the checkpoint);
+2. ``_publish_erasures``: the tombstones of the customers erased since, once
+   their earlier actions are delivered, acknowledged too;
+3. ``_write_states``: only then each changed customer's state, once (and its
+   timer; a rebalance meanwhile ends the checkpoint), so state that says
+   "seen" implies its actions were delivered (at least once; a replay
+   repeats an action with the same ``action_id`` and never loses one);
+4. ``_checkpoint_models``, ``_checkpoint_clocks``: the partitions' models and
+   clocks with the states, so a replay starts all three from the same records;
+5. ``_release``, in the background while the stream goes on: after the
+   previous checkpoint's release, wait until the table writes are
+   acknowledged too (``agents.faust_fixes.flush_table_writes``), then release
+   the held records, so Faust may commit past them, and count them as done.
 
 A crash between checkpoints loses only work that the records still behind the
 committed offset will redo. On a rebalance the uncheckpointed work and the
@@ -130,6 +160,39 @@ class ActorStats:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One batch on its way through the steps of ``CustomerAgent.handle_batch``."""
+
+    #: records admitted past the offset guard, in stream order (held until a checkpoint)
+    held: list[faust.EventT] = field(default_factory=list)
+    #: customer -> its records in order, each with the event it carries
+    #: (a packed record carries several, maybe of several customers) or None
+    groups: dict[str, list[tuple[faust.EventT, dict[str, Any] | None]]] = field(
+        default_factory=dict
+    )
+    #: partition -> its latest tick record
+    ticked: dict[int, faust.EventT] = field(default_factory=dict)
+    #: records that carry time, in stream order, with their events (a tick: none)
+    timed: list[tuple[faust.EventT, list[dict[str, Any]]]] = field(default_factory=list)
+    #: packed records of events, with their events
+    packed: list[tuple[faust.EventT, list[dict[str, Any]]]] = field(default_factory=list)
+    #: customers with an erasure request or a tombstone among their records
+    erasing: set[str] = field(default_factory=set)
+    #: partition -> (offset to fetch again from, whether the hole is new)
+    rewinds: dict[int, tuple[int, bool]] = field(default_factory=dict)
+    #: when the batch was processed (wall clock): the actions' emission time
+    emitted_at: float = 0.0
+    #: customer -> (a record of its partition, its state), for every customer processed
+    written: dict[str, tuple[faust.EventT, CustomerState]] = field(default_factory=dict)
+    #: partitions whose models learned in this batch: a record of each
+    learned: dict[int, faust.EventT] = field(default_factory=dict)
+    #: the actions, late events and counts of the events and timers
+    out: ActorOutput = field(default_factory=ActorOutput)
+    #: publication times of the records that carried the events actions answer
+    triggered: list[float] = field(default_factory=list)
 
 
 def _positions(
@@ -271,25 +334,43 @@ class CustomerAgent:
             if self._checkpoint_due():
                 await self.checkpoint()
 
-    async def handle_batch(self, batch: Iterable[faust.EventT]) -> None:
-        k = self.rt.settings.kafka
+    async def handle_batch(self, records: Iterable[faust.EventT]) -> None:
+        """One batch, in the steps and the order of the module's docstring.
+
+        The only awaits are the rewind and the send; after each, a rebalance
+        that came meanwhile gives the batch's records back unprocessed."""
         generation = self._generation
         if self.due_index_stale:
             self._rebuild_due_index()
-        #: customer -> its records in order, each with the event it carries
-        #: (a packed record carries several, maybe of several customers) or None
-        groups: dict[str, list[tuple[faust.EventT, dict[str, Any] | None]]] = {}
-        ticked: dict[int, faust.EventT] = {}
-        #: records that carry time, in stream order, with their events (a tick: none)
-        timed: list[tuple[faust.EventT, list[dict[str, Any]]]] = []
-        #: partition -> (offset to fetch again from, whether the hole is new)
-        rewinds: dict[int, tuple[int, bool]] = {}
-        held: list[faust.EventT] = []
-        #: packed records of events, to be placed on their partition's clock
-        packed: list[tuple[faust.EventT, list[dict[str, Any]]]] = []
-        #: customers with an erasure request or a tombstone among their records
-        erasing: set[str] = set()
-        for record in batch:
+        batch = self._admit(records)
+        await self._rewind(batch.rewinds)
+        if generation != self._generation:
+            # Partitions were revoked meanwhile: these records come again.
+            self._give_back(batch.held)
+            return
+        batch.emitted_at = time.time()
+        self._batch_open = True
+        self._place_on_clocks(batch.timed)
+        self._process(batch)
+        self._fire_timers(batch)
+        await self._send(batch.out, batch.packed)
+        self._batch_open = False
+        if generation != self._generation:
+            self._give_back(batch.held)
+            return
+        self._observe_latencies(batch.packed, batch.triggered)
+        self._hold(batch)
+
+    def _admit(self, records: Iterable[faust.EventT]) -> _Batch:
+        """Step 1, in one pass over the records: the offset guard (a record of
+        the customer stream past a hole is left unprocessed and its partition
+        noted for ``_rewind``), then each record admitted is grouped by
+        customer; a packed record's events each go to their own customer."""
+        k = self.rt.settings.kafka
+        batch = _Batch()
+        groups, ticked, timed = batch.groups, batch.ticked, batch.timed
+        held, packed, erasing, rewinds = batch.held, batch.packed, batch.erasing, batch.rewinds
+        for record in records:
             message = record.message
             from_stream = message.topic == k.customer_events_topic
             if from_stream and not self._in_sequence(message, rewinds):
@@ -314,23 +395,24 @@ class CustomerAgent:
                 groups.setdefault(customer_id, []).append((record, None))
                 if message.topic == k.erasure_topic or record.value is None:
                     erasing.add(customer_id)  # an erasure, or tombstones: see _erasure_in
+        return batch
 
+    async def _rewind(self, rewinds: dict[int, tuple[int, bool]]) -> None:
+        """Step 2: seek each partition with a hole back to it (awaits the Kafka client)."""
+        topic = self.rt.settings.kafka.customer_events_topic
         for partition, (offset, new_hole) in rewinds.items():
-            tp = TP(k.customer_events_topic, partition)
+            tp = TP(topic, partition)
             if new_hole:
                 await self._seek_back(tp, offset)
             else:
                 # Records fetched before the seek still arrive, and Faust's
                 # read offset follows them past the seek: seek again.
                 await seek(self.rt.app.consumer, tp, offset)
-        if generation != self._generation:
-            # Partitions were revoked meanwhile: these records come again.
-            self._give_back(held)
-            return
 
-        emitted_at = time.time()
-        self._batch_open = True
-        for record, events in timed:  # every one, in order: each ingest instance ticks
+    def _place_on_clocks(self, timed: list[tuple[faust.EventT, list[dict[str, Any]]]]) -> None:
+        """Step 3: every record that carries time moves its partition's clock,
+        in stream order (each ingest instance ticks on its own)."""
+        for record, events in timed:
             message = record.message
             # Consumed records carry aiokafka's (name, value) pairs; Faust's
             # Message type admits a mapping too, for the records it builds.
@@ -341,13 +423,15 @@ class CustomerAgent:
                 watermark = max(event["ts"] for event in events)
             if watermark is not None:
                 self._clock(message.partition, record).heard(source, watermark, sent_at)
-        written: dict[str, tuple[faust.EventT, CustomerState]] = {}
-        #: partitions whose models learned in this batch: a record of each
-        learned: dict[int, faust.EventT] = {}
-        out = ActorOutput()
-        #: publication times of the records that carried the events actions answer
-        triggered: list[float] = []
-        for customer_id, items in groups.items():
+
+    def _process(self, batch: _Batch) -> None:
+        """Step 4: each customer's records, in order, through the plain-Python
+        actor (``engine.actor``), on its decoded state; an erasure request
+        wipes the customer instead."""
+        k = self.rt.settings.kafka
+        emitted_at, erasing = batch.emitted_at, batch.erasing
+        written, learned, out, triggered = batch.written, batch.learned, batch.out, batch.triggered
+        for customer_id, items in batch.groups.items():
             anchor = items[-1][0]
             if (customer_id in erasing or customer_id in self._erased) and (
                 self._erasure_in(customer_id, items, emitted_at)
@@ -377,38 +461,43 @@ class CustomerAgent:
                 out.extend(handled)
             written[customer_id] = (anchor, state)
 
-        # Time moves for idle keys: the partitions' time after this batch.
+    def _fire_timers(self, batch: _Batch) -> None:
+        """Step 5: time moves for idle keys. The timers due up to the time of
+        each partition the batch touched fire, after its events (which fired
+        their own customers' timers up to each event's time)."""
+        written = batch.written
         partitions = {anchor.message.partition: anchor for anchor, _ in written.values()}
-        partitions.update(ticked)
+        partitions.update(batch.ticked)
         for partition, anchor in partitions.items():
             now = self._clock(partition, anchor).now()
             if now is not None:
-                out.extend(self._advance_partition(partition, anchor, now, written, emitted_at))
+                batch.out.extend(
+                    self._advance_partition(partition, anchor, now, written, batch.emitted_at)
+                )
 
-        await self._send(out, packed)
-        self._batch_open = False
-        if generation != self._generation:
-            self._give_back(held)
-            return
-        self._observe_latencies(packed, triggered)
-        for customer_id, (anchor, state) in written.items():
+    def _hold(self, batch: _Batch) -> None:
+        """Step 7: what the batch changed waits for the next checkpoint, and
+        so do its records: Faust acks each record after the batch, and the
+        extra reference keeps it uncommitted until the checkpoint that makes
+        its effects durable."""
+        for customer_id, (anchor, state) in batch.written.items():
             self._dirty[customer_id] = anchor
             self._index_due(anchor.message.partition, customer_id, state)
-        self._dirty_partitions.update(learned)
+        self._dirty_partitions.update(batch.learned)
+        held = batch.held
         for record in held:
-            # Faust acks each record after the batch; the extra reference keeps
-            # it uncommitted until the checkpoint that makes its effects durable.
             record.message.incref()
         self._held += held
+        out = batch.out
         self.stats.batches += 1
-        self.stats.last_batch_at = emitted_at
+        self.stats.last_batch_at = batch.emitted_at
         self._uncounted.processed += out.processed
         self._uncounted.duplicates += out.duplicates
         self._uncounted.late += out.late
         self.stats.in_flight += out.processed + out.duplicates + len(out.late)
         for reason, count in out.suppressed.items():
             self.stats.suppressed[reason] = self.stats.suppressed.get(reason, 0) + count
-        self.rt.summaries.mark(written)
+        self.rt.summaries.mark(batch.written)
 
     # ----------------------------------------------------------- erasure
 
@@ -482,10 +571,11 @@ class CustomerAgent:
         return self.rt.customers.get(customer_id) is None  # tombstones of no one
 
     async def _publish_erasures(self) -> None:
-        """Tombstones of the customers erased since the last checkpoint, after
-        their earlier actions were acknowledged: registry entries, profile and
-        customer-360 record, the last with the report the sink acts on. Acknowledged
-        before the requests are released: a crash replays the request."""
+        """Checkpoint step 2: tombstones of the customers erased since the last
+        checkpoint, after their earlier actions were acknowledged: registry
+        entries, profile and customer-360 record, the last with the report the
+        sink acts on. Acknowledged before the requests are released: a crash
+        replays the request."""
         erasures, self._erasures = self._erasures, []
         if not erasures:
             return
@@ -523,9 +613,10 @@ class CustomerAgent:
             latencies.action.observe(max(0.0, sent_at - published))
 
     async def checkpoint(self) -> None:
-        """Make everything processed so far durable, in the order that keeps
-        at-least-once: actions acknowledged, then state written and
-        acknowledged, then the records released for Faust to commit.
+        """Make everything processed so far durable, in the steps and the
+        order of the module's docstring, the order that keeps at-least-once:
+        actions acknowledged, then state written and acknowledged, then the
+        records released for Faust to commit.
 
         The stream goes on while the state writes travel: their
         acknowledgement and the release run in the background, one
@@ -533,27 +624,16 @@ class CustomerAgent:
         here, so what a checkpoint writes is what its actions came from."""
         self._raise_release_failure()
         generation = self._generation
-        unacknowledged, self._unacknowledged = self._unacknowledged, []
-        if unacknowledged:
-            await asyncio.gather(*unacknowledged)
+        await self._acknowledge_actions()
         if generation != self._generation:
             return  # revoked while waiting: the new owner replays these records
         await self._publish_erasures()
         dirty, self._dirty = self._dirty, {}
         dirty_partitions, self._dirty_partitions = self._dirty_partitions, {}
         held, self._held = self._held, []
-        customers = self.rt.tables.customers
-        # Thousands of changed customers take long: let heartbeats and fetches
-        # through meanwhile (no batch can run: the caller holds the lock).
-        pauses = Pauses()
-        for customer_id, anchor in dirty.items():
-            if await pauses.maybe() and generation != self._generation:
-                self._give_back(held)  # revoked meanwhile: the new owner replays them
-                return
-            state = self._states[customer_id]
-            set_current(anchor)
-            customers[customer_id] = encode_state(state)
-            self._write_due(anchor.message.partition, customer_id)
+        if not await self._write_states(dirty, generation):
+            self._give_back(held)  # revoked meanwhile: the new owner replays them
+            return
         self._checkpoint_models(dirty_partitions)
         moved_clocks, self._moved_clocks = self._moved_clocks, {}
         self._checkpoint_clocks(moved_clocks)
@@ -564,6 +644,30 @@ class CustomerAgent:
         self._checkpointed_at = time.monotonic()
         self._trim_states()
 
+    async def _acknowledge_actions(self) -> None:
+        """Checkpoint step 1: until Kafka acknowledged every action and late
+        event sent since the last checkpoint."""
+        unacknowledged, self._unacknowledged = self._unacknowledged, []
+        if unacknowledged:
+            await asyncio.gather(*unacknowledged)
+
+    async def _write_states(self, dirty: dict[str, faust.EventT], generation: int) -> bool:
+        """Checkpoint step 3: each changed customer's state once, and its next
+        timer, each with a record of its partition current. False if the
+        partitions were revoked meanwhile (nothing more may be written)."""
+        customers = self.rt.tables.customers
+        # Thousands of changed customers take long: let heartbeats and fetches
+        # through meanwhile (no batch can run: the caller holds the lock).
+        pauses = Pauses()
+        for customer_id, anchor in dirty.items():
+            if await pauses.maybe() and generation != self._generation:
+                return False
+            state = self._states[customer_id]
+            set_current(anchor)
+            customers[customer_id] = encode_state(state)
+            self._write_due(anchor.message.partition, customer_id)
+        return True
+
     async def _release(
         self,
         previous: asyncio.Future[None] | None,
@@ -571,6 +675,9 @@ class CustomerAgent:
         counted: ActorOutput,
         generation: int,
     ) -> None:
+        """Checkpoint step 5, in the background: after the previous
+        checkpoint's release, once this one's table writes are acknowledged,
+        release its records to Faust's commit and count them as durable."""
         if previous is not None:
             await previous
         await flush_table_writes(self.rt.app.producer)
@@ -579,6 +686,9 @@ class CustomerAgent:
             return
         for record in held:
             record.ack()
+        self._count_durable(counted)
+
+    def _count_durable(self, counted: ActorOutput) -> None:
         self.stats.in_flight -= counted.processed + counted.duplicates + len(counted.late)
         self.stats.events += counted.processed
         self.stats.duplicates += counted.duplicates
@@ -669,8 +779,9 @@ class CustomerAgent:
     async def _send(
         self, out: ActorOutput, packed: list[tuple[faust.EventT, list[dict[str, Any]]]]
     ) -> None:
-        """Hand the actions and late events (with where ``packed`` read them) to
-        the producer; their acknowledgements are awaited at the next checkpoint."""
+        """Step 6: hand the actions and late events (with where ``packed`` read
+        them) to the producer; their acknowledgements are awaited at the next
+        checkpoint, so a batch never waits for Kafka's round trip."""
         producer = self.rt.app.producer
         k = self.rt.settings.kafka
         pending = self._unacknowledged
@@ -825,6 +936,8 @@ class CustomerAgent:
         return checkpoints
 
     def _checkpoint_clocks(self, partitions: dict[int, faust.EventT]) -> None:
+        """Checkpoint step 4 too: each moved partition clock, at the offset the
+        actor processes next there (a replay from that offset starts from it)."""
         if not partitions:
             return
         topic = self.rt.settings.kafka.customer_events_topic
@@ -852,10 +965,10 @@ class CustomerAgent:
         return models
 
     def _checkpoint_models(self, partitions: dict[int, faust.EventT]) -> None:
-        """The models of every partition they learned in since the last
-        checkpoint, with the states: a replay after a crash starts both from
-        the same events, so the models learn each event once and in the order
-        an uninterrupted worker did."""
+        """Checkpoint step 4: the models of every partition they learned in
+        since the last checkpoint, with the states: a replay after a crash
+        starts both from the same events, so the models learn each event once
+        and in the order an uninterrupted worker did."""
         for partition, anchor in partitions.items():
             models = self.rt.models_by_partition.get(partition)
             if models is None:
