@@ -27,7 +27,7 @@ import orjson
 from mode import Service
 
 from agents.customer import CustomerAgent, records_per_batch
-from agents.faust_fixes import (
+from agents.faust_compat import (
     SeekFirstTableManager,
     allow_table_write_bursts,
     survive_commit_failures,

@@ -55,7 +55,7 @@ their order is the delivery guarantee, as in Quix Streams' checkpoint:
    clocks with the states, so a replay starts all three from the same records;
 5. ``_release``, in the background while the stream goes on: after the
    previous checkpoint's release, wait until the table writes are
-   acknowledged too (``agents.faust_fixes.flush_table_writes``), then release
+   acknowledged too (``agents.faust_compat.flush_table_writes``), then release
    the held records, so Faust may commit past them, and count them as done.
 
 A crash between checkpoints loses only work that the records still behind the
@@ -65,7 +65,7 @@ over the states of the last checkpoint.
 
 The customer-event topic has no holes in its offsets (no compaction, no
 transactions), so a record that arrives past one means Faust dropped records
-before they reached the actor (it has, see ``agents.faust_fixes``). The actor
+before they reached the actor (it has, see ``agents.faust_compat``). The actor
 counts it in ``offset_gaps``, logs it, leaves the records past the hole
 unprocessed and unacknowledged, and seeks the partition back to the hole; and
 Faust is told never to commit across a hole in that topic.
@@ -100,7 +100,7 @@ import orjson
 from faust.streams import _current_event
 from faust.types import TP
 
-from agents.faust_fixes import (
+from agents.faust_compat import (
     bounded_flush,
     checkpoint_before_wait_empty,
     committed_offset,

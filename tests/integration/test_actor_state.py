@@ -338,7 +338,7 @@ async def test_a_hole_in_the_customer_stream_is_found_and_the_actor_resumes_afte
     read them: the actor finds the hole (its first record is past the committed
     offset), leaves the records it got past the hole unprocessed, seeks to the
     log's start, and processes everything that is left, once. The same repair
-    runs for records Faust drops (agents/faust_fixes.py), which no test can
+    runs for records Faust drops (agents/faust_compat.py), which no test can
     provoke on purpose."""
     from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 

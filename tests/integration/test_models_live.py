@@ -147,7 +147,7 @@ async def checkpoints(namespace: Namespace, models: Path) -> list[dict[str, Any]
 
 
 # At 5 s no offset is committed before the kill: the replacement must read the
-# stream from its start, not from its end (faust_fixes, _seek_uncommitted_to_earliest).
+# stream from its start, not from its end (faust_compat, _seek_uncommitted_to_earliest).
 @pytest.mark.parametrize("checkpoint_interval_s", ["1.0", "5.0"])
 async def test_learning_survives_a_crash_up_to_the_last_checkpoint(
     namespace: Namespace,

@@ -54,7 +54,7 @@ than 100 table writes wait in its producer buffer, which one checkpoint of a
 few hundred customers exceeds).
 
 All are checked against the installed Faust version by
-``tests/unit/actor/test_faust_fixes.py``: a Faust upgrade must re-read these.
+``tests/unit/actor/test_faust_compat.py``: a Faust upgrade must re-read these.
 """
 
 from __future__ import annotations

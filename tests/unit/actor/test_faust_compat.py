@@ -1,4 +1,4 @@
-"""The two Faust repairs of ``agents.faust_fixes``, against the installed Faust.
+"""The two Faust repairs of ``agents.faust_compat``, against the installed Faust.
 
 The recovery tests also pin the flaw itself on Faust's own ``Recovery``: when
 an upgrade fixes it upstream, that test fails and the repair can go.
@@ -16,7 +16,7 @@ import pytest
 from faust.tables.recovery import Recovery
 from faust.transport.producer import ProducerBuffer
 
-from agents.faust_fixes import (
+from agents.faust_compat import (
     FAUST_VERSION,
     SeekFirstRecovery,
     SeekFirstTableManager,
@@ -31,7 +31,7 @@ CHANGELOG_TP = faust.types.TP("app-customers-changelog", 0)
 
 def test_the_repairs_were_written_for_the_installed_faust() -> None:
     assert faust.__version__ == FAUST_VERSION, (
-        "Faust was upgraded: re-read agents/faust_fixes.py against the new "
+        "Faust was upgraded: re-read agents/faust_compat.py against the new "
         "Recovery and ProducerBuffer, then update FAUST_VERSION"
     )
 
@@ -312,7 +312,7 @@ async def test_seeking_back_starts_at_the_logs_start_when_retention_deleted_the_
 
     consumer = agent.rt.app.consumer
     consumer.earliest_offsets = earliest_offsets
-    # The seek runs in the Kafka client's own thread (faust_fixes.seek).
+    # The seek runs in the Kafka client's own thread (faust_compat.seek).
     kafka_client = SimpleNamespace(seek=seek)
     consumer._thread = SimpleNamespace(
         call_thread=call_thread, _ensure_consumer=lambda: kafka_client
@@ -368,7 +368,7 @@ async def test_a_refused_commit_is_counted_not_a_crash(error: str) -> None:
     from aiokafka import errors
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-    from agents.faust_fixes import survive_commit_failures
+    from agents.faust_compat import survive_commit_failures
 
     exc = eval(error, vars(errors))  # one of aiokafka's own errors
     original = AIOKafkaConsumerThread._commit
