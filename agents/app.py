@@ -31,6 +31,7 @@ from agents.faust_compat import (
     SeekFirstTableManager,
     allow_table_write_bursts,
     survive_commit_failures,
+    tables_recovered,
 )
 from agents.prometheus import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 from agents.prometheus import Latencies, exposition
@@ -319,9 +320,7 @@ class Runtime:
         reasons = []
         if not self.app.assignor.assigned_actives():
             reasons.append("no partitions assigned yet")
-        # recovery is the TableManager's, not in Faust's TableManagerT
-        recovery = self.app.tables.recovery  # type: ignore[attr-defined]
-        if self.app.rebalancing or not recovery.completed.is_set():
+        if self.app.rebalancing or not tables_recovered(self.app):
             reasons.append("recovering its tables after a rebalance")
         for role, child in self.children.items():
             status = child.status()

@@ -89,7 +89,6 @@ import base64
 import itertools
 import logging
 import time
-import weakref
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -97,7 +96,6 @@ from typing import Any, cast
 
 import faust
 import orjson
-from faust.streams import _current_event
 from faust.types import TP
 
 from agents.faust_compat import (
@@ -107,6 +105,7 @@ from agents.faust_compat import (
     flush_table_writes,
     never_fill_gaps,
     seek,
+    set_current_event,
     unacknowledged,
     unprocessed,
 )
@@ -220,11 +219,6 @@ def records_per_batch(events_per_batch: int) -> int:
     7
     """
     return max(1, events_per_batch // EVENTS_PER_RECORD)
-
-
-def set_current(event: faust.EventT) -> None:
-    """Make ``event`` Faust's current event: table writes go to its partition."""
-    _current_event.set(weakref.ref(event))
 
 
 class CustomerAgent:
@@ -520,7 +514,7 @@ class CustomerAgent:
             return False
         anchor = requests[-1]
         partition = anchor.message.partition
-        set_current(anchor)
+        set_current_event(anchor)
         had_state = customer_id in self._states or self.rt.customers.get(customer_id) is not None
         state = self._state(customer_id, anchor)
         devices = sorted(state["devices"])
@@ -567,7 +561,7 @@ class CustomerAgent:
             return False
         if any(event is not None or record.value is not None for record, event in items):
             return False
-        set_current(items[-1][0])
+        set_current_event(items[-1][0])
         return self.rt.customers.get(customer_id) is None  # tombstones of no one
 
     async def _publish_erasures(self) -> None:
@@ -663,7 +657,7 @@ class CustomerAgent:
             if await pauses.maybe() and generation != self._generation:
                 return False
             state = self._states[customer_id]
-            set_current(anchor)
+            set_current_event(anchor)
             customers[customer_id] = encode_state(state)
             self._write_due(anchor.message.partition, customer_id)
         return True
@@ -738,7 +732,7 @@ class CustomerAgent:
     def _state(self, customer_id: str, anchor: faust.EventT) -> CustomerState:
         state = self._states.get(customer_id)
         if state is None:
-            set_current(anchor)
+            set_current_event(anchor)
             blob = self.rt.customers.get(customer_id)
             state = decode_state(blob) if blob is not None else new_customer_state(customer_id)
             self._states[customer_id] = state
@@ -948,7 +942,7 @@ class CustomerAgent:
                 continue
             checkpoints = self._clock_checkpoints_of(partition)
             checkpoints.add(position, clock.snapshot())
-            set_current(anchor)
+            set_current_event(anchor)
             self.rt.model_checkpoints[f"clock-p{partition}"] = orjson.dumps(checkpoints.to_plain())
 
     # ----------------------------------------------------------- models
@@ -973,7 +967,7 @@ class CustomerAgent:
             models = self.rt.models_by_partition.get(partition)
             if models is None:
                 continue
-            set_current(anchor)
+            set_current_event(anchor)
             self.rt.model_checkpoints[f"p{partition}"] = models.snapshot()
 
 

@@ -1,4 +1,15 @@
-"""Repairs to faust-streaming 0.15.3 that at-least-once processing depends on.
+"""Every reach of the worker into Faust's internals, in one place, checked
+against the releases it was written for.
+
+Faust (faust-streaming) runs the actor, and at-least-once processing needs
+more of it than its public interface gives: repairs of its flaws, hooks into
+its commit, and readings of its consumer's bookkeeping. Each is a small named
+function or class here, and no other module touches a private attribute of
+Faust, or of the aiokafka client Faust drives. (mode, Faust's service
+library, is used only through its public interface.)
+
+Repairs
+-------
 
 They were found by ``tests/integration/test_actor_state.py`` (a worker killed
 mid-stream and restarted must end with the state of a worker that never
@@ -45,13 +56,27 @@ stopped), which failed about one run in ten before them.
    come again to whoever owns them after the rebalance (at least once).
    ``survive_commit_failures`` counts the refusal, logs it, and goes on.
 
-Besides the repairs, ``checkpoint_before_wait_empty`` lets the actor make
-its work durable before Faust's last commit on a rebalance or a clean stop
-(Faust waits for every record to be acked there, and at a stop gives up at
-once), ``allow_table_write_bursts`` keeps a checkpoint's table writes from
-stopping the stream (Faust's conductor stops delivering records while more
-than 100 table writes wait in its producer buffer, which one checkpoint of a
-few hundred customers exceeds).
+Hooks
+-----
+
+``checkpoint_before_wait_empty`` lets the actor make its work durable before
+Faust's last commit on a rebalance or a clean stop (Faust waits for every
+record to be acked there, and at a stop gives up at once);
+``allow_table_write_bursts`` keeps a checkpoint's table writes from stopping
+the stream (Faust's conductor stops delivering records while more than 100
+table writes wait in its producer buffer, which one checkpoint of a few
+hundred customers exceeds); ``bounded_flush`` makes the flush before each of
+Faust's commits wait for the table writes made so far, not for an empty
+buffer.
+
+Readings and small writes
+-------------------------
+
+``committed_offset`` (where a partition's stream resumed), ``unacknowledged``
+(the records Faust waits for before it commits), ``unprocessed`` (take a
+record out of them: it comes again), ``seek`` (in the Kafka client's
+thread), ``set_current_event`` (the record whose partition a table write goes
+to) and ``tables_recovered`` (for ``/ready``).
 
 All are checked against the installed Faust version by
 ``tests/unit/actor/test_faust_compat.py``: a Faust upgrade must re-read these.
@@ -62,9 +87,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
+import faust
+from faust.streams import _current_event
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 
@@ -148,8 +176,7 @@ class SeekFirstRecovery(Recovery):
             for tp in assignment
             if not self._is_changelog_tp(tp)
             and not tp.topic.endswith("__assignor-__leader")
-            # the Consumer's own record, not in Faust's ConsumerT
-            and consumer._committed_offset.get(tp) is None  # type: ignore[attr-defined]
+            and committed_offset(consumer, tp) is None
         ]
         if not fresh:
             return
@@ -251,6 +278,20 @@ def never_fill_gaps(consumer: Any, topics: set[str]) -> None:
             await fill_gap(tp, offset_from, offset_to)
 
     consumer._add_gap = add_gap
+
+
+def set_current_event(event: faust.EventT) -> None:
+    """Make ``event`` Faust's current event: a table write goes to the
+    changelog partition of the current event's record, and Faust offers no
+    public way to choose it."""
+    _current_event.set(weakref.ref(event))
+
+
+def tables_recovered(app: faust.App) -> bool:
+    """Whether Faust has recovered the tables since the last rebalance."""
+    # recovery is the TableManager's, not in Faust's TableManagerT
+    recovery = app.tables.recovery  # type: ignore[attr-defined]
+    return bool(recovery.completed.is_set())
 
 
 def committed_offset(consumer: Any, tp: Any) -> int | None:

@@ -1,4 +1,5 @@
-"""The two Faust repairs of ``agents.faust_compat``, against the installed Faust.
+"""The private Faust accesses of ``agents.faust_compat``, against the installed
+Faust: the repairs and the readings the actor makes.
 
 The recovery tests also pin the flaw itself on Faust's own ``Recovery``: when
 an upgrade fixes it upstream, that test fails and the repair can go.
