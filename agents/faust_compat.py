@@ -78,8 +78,23 @@ record out of them: it comes again), ``seek`` (in the Kafka client's
 thread), ``set_current_event`` (the record whose partition a table write goes
 to) and ``tables_recovered`` (for ``/ready``).
 
-All are checked against the installed Faust version by
-``tests/unit/actor/test_faust_compat.py``: a Faust upgrade must re-read these.
+Versions
+--------
+
+Everything here is written against ``FAUST_VERSION`` and ``AIOKAFKA_VERSION``,
+the releases pyproject.toml pins (a unit test keeps the two in step);
+aiokafka too, since the repairs seek, commit and flush Faust's aiokafka
+clients directly, and the seek repair rests on how aiokafka's fetcher works.
+Importing this module with another release installed raises
+``UnsupportedVersion``, naming the package, both versions and this file: a
+worker then refuses to start, and the tests fail at once. A warning was the
+alternative, and the wrong one: a patch that no longer fits fails silently
+(``consumer._add_gap = ...`` on a Faust that renamed the method patches
+nothing, and Faust commits across holes again), and the loss would show
+only as actions missing, long after a start-up line nobody read. An upgrade
+re-reads this module against the new release, updates the two constants,
+then runs ``tests/unit/actor/test_faust_compat.py``, whose tests pin each
+flaw on Faust itself: one that starts failing marks a repair that can go.
 """
 
 from __future__ import annotations
@@ -91,6 +106,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
+import aiokafka
 import faust
 from faust.streams import _current_event
 from faust.tables import TableManager
@@ -98,8 +114,35 @@ from faust.tables.recovery import Recovery
 
 log = logging.getLogger(__name__)
 
-#: The Faust release whose internals these repairs were written against.
+#: The releases whose internals this module was written against (pyproject.toml pins them).
 FAUST_VERSION = "0.15.3"
+AIOKAFKA_VERSION = "0.14.0"
+
+
+class UnsupportedVersion(RuntimeError):
+    """Faust or aiokafka is another release than this module was written against."""
+
+
+def check_versions(installed: Mapping[str, str]) -> None:
+    """Refuse releases (``installed``: distribution -> version) other than the
+    ones this module was written against."""
+    written_for = {"faust-streaming": FAUST_VERSION, "aiokafka": AIOKAFKA_VERSION}
+    differing = [
+        f"{name} {installed.get(name)} (written for {version})"
+        for name, version in written_for.items()
+        if installed.get(name) != version
+    ]
+    if differing:
+        raise UnsupportedVersion(
+            f"{__name__} reaches into Faust's internals, and the installed "
+            f"releases are not the ones it was written for: {', '.join(differing)}. "
+            f"Its repairs may no longer apply, silently. Re-read {__file__} against "
+            "the installed releases, then update FAUST_VERSION and AIOKAFKA_VERSION "
+            "(and pyproject.toml's pins)."
+        )
+
+
+check_versions({"faust-streaming": faust.__version__, "aiokafka": aiokafka.__version__})
 
 
 class SeekFirstRecovery(Recovery):

@@ -1,5 +1,5 @@
 """The private Faust accesses of ``agents.faust_compat``, against the installed
-Faust: the repairs and the readings the actor makes.
+Faust: the version check, the repairs and the readings the actor makes.
 
 The recovery tests also pin the flaw itself on Faust's own ``Recovery``: when
 an upgrade fixes it upstream, that test fails and the repair can go.
@@ -8,7 +8,10 @@ an upgrade fixes it upstream, that test fails and the repair can go.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import itertools
+import tomllib
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,11 +20,15 @@ import pytest
 from faust.tables.recovery import Recovery
 from faust.transport.producer import ProducerBuffer
 
+import agents.faust_compat
 from agents.faust_compat import (
+    AIOKAFKA_VERSION,
     FAUST_VERSION,
     SeekFirstRecovery,
     SeekFirstTableManager,
+    UnsupportedVersion,
     bounded_flush,
+    check_versions,
     flush_table_writes,
     never_fill_gaps,
 )
@@ -35,6 +42,53 @@ def test_the_repairs_were_written_for_the_installed_faust() -> None:
         "Faust was upgraded: re-read agents/faust_compat.py against the new "
         "Recovery and ProducerBuffer, then update FAUST_VERSION"
     )
+
+
+def test_the_releases_it_was_written_for_are_the_ones_pyproject_pins() -> None:
+    pyproject = tomllib.loads((Path(__file__).parents[3] / "pyproject.toml").read_text())
+    pins = dict(
+        requirement.split("==")
+        for requirement in pyproject["project"]["dependencies"]
+        if "==" in requirement
+    )
+    assert (pins["faust-streaming"], pins["aiokafka"]) == (FAUST_VERSION, AIOKAFKA_VERSION), (
+        "a pin moved: re-read agents/faust_compat.py against the new release, "
+        "then update its FAUST_VERSION and AIOKAFKA_VERSION"
+    )
+
+
+def test_the_releases_it_was_written_for_pass_the_check() -> None:
+    check_versions({"faust-streaming": FAUST_VERSION, "aiokafka": AIOKAFKA_VERSION})
+
+
+@pytest.mark.parametrize(
+    ("installed", "named"),
+    [
+        ({"faust-streaming": "0.16.0"}, "faust-streaming 0.16.0 (written for 0.15.3)"),
+        ({"aiokafka": "0.13.0"}, "aiokafka 0.13.0 (written for 0.14.0)"),
+        ({"faust-streaming": None}, "faust-streaming None (written for 0.15.3)"),
+    ],
+)
+def test_another_release_is_refused_by_name(installed: dict[str, Any], named: str) -> None:
+    releases = {"faust-streaming": FAUST_VERSION, "aiokafka": AIOKAFKA_VERSION, **installed}
+    found = {name: version for name, version in releases.items() if version is not None}
+    with pytest.raises(UnsupportedVersion) as refused:
+        check_versions(found)
+    message = str(refused.value)
+    assert named in message
+    assert "faust_compat.py" in message and "FAUST_VERSION" in message  # what to do
+
+
+def test_importing_it_with_another_faust_installed_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check runs at import, before any repair can be installed."""
+    monkeypatch.setattr(faust, "__version__", "0.16.0")
+    path = agents.faust_compat.__file__
+    spec = importlib.util.spec_from_file_location("faust_compat_on_another_faust", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    with pytest.raises(RuntimeError, match=r"faust-streaming 0\.16\.0 \(written for 0\.15\.3\)"):
+        spec.loader.exec_module(module)
+    assert not hasattr(module, "survive_commit_failures"), "it stopped at the check"
 
 
 class RecordingConsumer:
