@@ -262,7 +262,7 @@ class Runtime:
                 return web.json({"error": f"no state for customer {customer_id!r}"}, status=404)
             state = decode_state(blob)
             view = summary(state)
-            now = state["last_event_at"]
+            now = state.last_event_at
             if now is not None:
                 view["usage_by_hour"] = recent_usage(state, now, HOUR_S, 24)
                 view["usage_by_day"] = recent_usage(state, now, DAY_S, 7)

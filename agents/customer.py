@@ -517,7 +517,7 @@ class CustomerAgent:
         set_current_event(anchor)
         had_state = customer_id in self._states or self.rt.customers.get(customer_id) is not None
         state = self._state(customer_id, anchor)
-        devices = sorted(state["devices"])
+        devices = sorted(state.devices)
         for table in (self.rt.customers, self.rt.timers):
             if table.get(customer_id) is not None:
                 del table[customer_id]
@@ -525,7 +525,7 @@ class CustomerAgent:
             kept.pop(customer_id, None)
         self.due[partition].pop(customer_id, None)
         self.rt.summaries.pending.pop(customer_id, None)
-        action_ids = [action["action_id"] for action in state["recent_actions"]]
+        action_ids = [action.action_id for action in state.recent_actions]
         forgotten = self._models(partition).forget({customer_id, *devices, *action_ids})
         self._dirty_partitions[partition] = anchor  # the model snapshot without them
         self._erased.add(customer_id)

@@ -1,6 +1,6 @@
 """The customer actor's logic, without Faust: one customer's events in, actions out.
 
-A worker keeps one ``CustomerState`` (plain data, see ``tables.state``) per
+A worker keeps one ``CustomerState`` (typed data, see ``tables.state``) per
 customer in a Faust table and hands each customer's share of a batch to
 ``CustomerActor.handle_events``; ``iotcrm`` offline tools can call the same
 code. Order of work for one event, always the same:
@@ -101,9 +101,9 @@ class CustomerActor:
         self.rules = rules
 
     def _rules_state(self, state: CustomerState) -> dict[str, Any]:
-        rules_state = state.get("rules")
+        rules_state = state.rules
         if rules_state is None:
-            rules_state = state["rules"] = self.rules.new_state()
+            rules_state = state.rules = self.rules.new_state()
         else:
             self.rules.adopt(rules_state)
         return rules_state
@@ -123,7 +123,7 @@ class CustomerActor:
         # then processed in event-time order (a stable sort: equal times keep
         # their arrival order).
         admitted: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        devices = state["devices"]
+        devices = state.devices
         for event in events:
             # setdefault(..., {}) would build a dict per event only to drop it
             device_state = devices.get(event["device_id"])
@@ -171,7 +171,7 @@ class CustomerActor:
         """Fire the customer's timers due up to ``now`` (an idle key's clock moves)."""
         out = ActorOutput()
         rules_state = self._rules_state(state)
-        devices = {d: device_view(s) for d, s in state["devices"].items()}
+        devices = {d: device_view(s) for d, s in state.devices.items()}
         firings = self.rules.advance(
             rules_state, now, customer=customer_view(state), devices=devices
         )
@@ -179,7 +179,7 @@ class CustomerActor:
         return out
 
     def next_due(self, state: CustomerState) -> float | None:
-        rules_state = state.get("rules")
+        rules_state = state.rules
         return None if rules_state is None else self.rules.next_due(rules_state)
 
     def _emit(
@@ -191,7 +191,7 @@ class CustomerActor:
                 continue
             action = build_action(
                 firing,
-                customer_id=state["customer_id"],
+                customer_id=state.customer_id,
                 device_id=firing.device_id,
                 emitted_at=emitted_at,
             )

@@ -917,14 +917,14 @@ def encoded_states(
     ``customers`` customers after the first ``events`` records of ``work``
     (theirs among them) went through the worker's hot path, in process."""
     from loadtest.hotpath import HotPath
-    from tables.state import encode_state
+    from tables.state import CustomerState, encode_state
 
     class Capturing(HotPath):
-        """Keeps the hot path's own map of customer states (encoded or not)."""
+        """Keeps the hot path's own map of (decoded) customer states."""
 
-        states: dict[str, Any] | None = None
+        states: dict[str, CustomerState] | None = None
 
-        def _load(self, states: dict[str, Any], customer_id: str) -> dict[str, Any]:
+        def _load(self, states: dict[str, CustomerState], customer_id: str) -> CustomerState:
             self.states = states
             return super()._load(states, customer_id)
 
@@ -932,10 +932,7 @@ def encoded_states(
     records, _ = sample_records(work.records[:events], owner, customers)
     path = Capturing(settings, work.sim.registry_records(), work.sim.profiles())
     path.run(records, path.fresh())
-    sizes = sorted(
-        len(state) if isinstance(state, bytes | bytearray) else len(encode_state(state))
-        for state in (path.states or {}).values()
-    )
+    sizes = sorted(len(encode_state(state)) for state in (path.states or {}).values())
     return {
         "events": len(records),
         "customers": len(sizes),

@@ -37,6 +37,7 @@ from engine.quality import (
 )
 from engine.rules import RuleEngine, load_ruleset
 from tables.state import (
+    CustomerState,
     apply_profile,
     customer_view,
     device_view,
@@ -185,7 +186,7 @@ class HotPath:
         inspector, actor, models = objects
         # As the live worker: states stay decoded between batches, and each
         # changed one is encoded once per checkpoint (CHECKPOINT_BATCHES).
-        states: dict[str, dict[str, Any]] = {}
+        states: dict[str, CustomerState] = {}
         stored: dict[str, bytes] = {}
         dirty: set[str] = set()
         due: dict[str, float] = {}
@@ -204,7 +205,7 @@ class HotPath:
                 groups[event["customer_id"]].append(event)
                 now = event["ts"] if now is None else max(now, event["ts"])
             emitted_at = time.time()
-            touched: dict[str, dict[str, Any]] = {}
+            touched: dict[str, CustomerState] = {}
             for customer_id, events in groups.items():
                 state = self._load(states, customer_id)
                 out = actor.handle_events(state, events, models, emitted_at)
@@ -226,10 +227,10 @@ class HotPath:
                     stored[customer_id] = encode_state(states[customer_id])
                 dirty.clear()
             _ = [customer_view(s) for s in touched.values()]  # the 360 summaries
-            _ = [device_view(d) for s in touched.values() for d in s["devices"].values()]
+            _ = [device_view(d) for s in touched.values() for d in s.devices.values()]
         return actions
 
-    def _load(self, states: dict[str, dict[str, Any]], customer_id: str) -> dict[str, Any]:
+    def _load(self, states: dict[str, CustomerState], customer_id: str) -> CustomerState:
         state = states.get(customer_id)
         if state is None:
             state = states[customer_id] = new_customer_state(customer_id)

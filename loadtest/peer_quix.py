@@ -265,7 +265,7 @@ class PeerLogic:
         else:
             loaded = new_customer_state(customer_id)
             apply_profile(loaded, self.profiles.lookup(customer_id))
-            loaded["rules"] = self.rules.new_state()
+            loaded.rules = self.rules.new_state()
         self.states[customer_id] = loaded
         return loaded
 
@@ -281,7 +281,7 @@ class PeerLogic:
         emitted_at = time.time()
         out: list[dict[str, Any]] = []
         counters = self.counters
-        device_state = customer_state["devices"].setdefault(event["device_id"], {})
+        device_state = customer_state.devices.setdefault(event["device_id"], {})
         verdict = self.hygiene.admit(device_state, event)
         if verdict == "duplicate":
             counters.duplicates += 1
@@ -301,7 +301,7 @@ class PeerLogic:
             customer = customer_view(customer_state)
             device = device_view(device_state)
             scores = work.models.process(event, customer=customer, device=device)
-            firings = self.rules.process(customer_state["rules"], event, customer, device, scores)
+            firings = self.rules.process(customer_state.rules, event, customer, device, scores)
             self._emit(customer_state, firings, emitted_at, out)
         state.set_bytes(_STATE_KEY, encode_state(customer_state))
         self._index(work, customer_id, customer_state)
@@ -327,7 +327,7 @@ class PeerLogic:
                 "schema_version": ACTION_SCHEMA_VERSION,
                 "action_id": firing["action_id"],
                 "type": firing["type"],
-                "customer_id": customer_state["customer_id"],
+                "customer_id": customer_state.customer_id,
                 "device_id": firing["device_id"],
                 "rule": {"id": firing["rule"], "version": firing["version"]},
                 "at": firing["at"],
@@ -340,7 +340,7 @@ class PeerLogic:
         self.counters.actions += len(firings)
 
     def _index(self, work: PartitionWork, customer_id: str, customer_state: CustomerState) -> None:
-        next_due = self.rules.next_due(customer_state["rules"])
+        next_due = self.rules.next_due(customer_state.rules)
         if next_due == work.due.get(customer_id):
             return
         if next_due is None:
@@ -363,9 +363,7 @@ class PeerLogic:
             del work.due[customer_id]
             other = transaction.as_state(prefix=customer_id)
             customer_state = self._state(customer_id, other)
-            firings = self.rules.advance(
-                customer_state["rules"], now, customer_view(customer_state)
-            )
+            firings = self.rules.advance(customer_state.rules, now, customer_view(customer_state))
             self.counters.timer_firings += len(firings)
             self._emit(customer_state, firings, emitted_at, out)
             other.set_bytes(_STATE_KEY, encode_state(customer_state))

@@ -1,26 +1,33 @@
-"""The state one customer actor owns, as plain data, and the views rules see.
+"""The state one customer actor owns, as typed data, and the views rules see.
 
-A ``CustomerState`` is a dict of primitives, stored msgpack-encoded as one
-value of the ``customers`` table, written once per batch:
+A ``CustomerState`` is a ``msgspec.Struct``, stored msgpack-encoded as one
+value of the ``customers`` table, written once per batch. Its encoded form is
+a msgpack map with one key per field (the field names below), so states
+written when the state was a plain dict decode into it, and what reads the
+encoded form by key (the chaos suite's comparison) sees the same keys:
 
 ``customer_id``; ``profile`` (from ``crm.customers``: tier, segment, consent, ...);
-``devices`` (device_id -> device state: the stream-hygiene fields of
+``devices`` (device_id -> device state, a plain dict: the stream-hygiene fields of
 ``engine.quality.hygiene`` plus ``device_type``, ``last`` readings, ``last_ts``,
-``events``, and consumable tracking); ``usage`` (minutes of use per UTC day of
-event time, the running day, and a baseline over the last full days);
-``rules`` (the rule engine's per-key state); ``counts``; ``recent_actions``.
+``events``, and consumable tracking); ``usage`` (a ``UsageState``: minutes of use
+per UTC day of event time, the running day, and a baseline over the last full days);
+``rules`` (the rule engine's per-key state, its own plain data); ``counts``
+(a ``Counts``); ``last_event_at``; ``recent_actions`` (``RecentAction``);
+``support_case_times``.
 A device's own models (``scope: device``, see ``engine.models``) sit in its
 state under ``models`` (name -> [fingerprint, estimator]); an estimator is
 stored as a msgpack extension holding a model snapshot, and one that cannot
 be read back (a snapshot format of another version) starts over.
 
 >>> state = new_customer_state("c-1")
->>> device = state["devices"].setdefault("d-1", {})
+>>> device = state.devices.setdefault("d-1", {})
 >>> record_event(state, device, {"id": "e1", "ts": 86400.0 * 3 + 60, "device_id": "d-1",
 ...     "device_type": "wearable", "kind": "usage", "usage_min": 42.0})
 >>> customer_view(state)["usage_today_min"], device_view(device)["device_type"]
 (42.0, 'wearable')
 >>> decode_state(encode_state(state)) == state
+True
+>>> sorted(decode_state_plain(encode_state(state))) == sorted(CustomerState.__struct_fields__)
 True
 """
 
@@ -35,7 +42,10 @@ from engine.durations import DAY_S, HOUR_S
 
 log = logging.getLogger(__name__)
 
-CustomerState = dict[str, Any]
+#: A device's state: plain data, filled in by ``engine.quality.hygiene``
+#: (which starts from ``{}``), ``record_event``, ``note_action`` and the
+#: device models; its keys vary with the device's events.
+DeviceState = dict[str, Any]
 
 #: Days of daily usage kept, and how many full days make a baseline.
 USAGE_DAYS_KEPT = 14
@@ -81,28 +91,60 @@ def _decode_model(code: int, data: memoryview) -> Any:
         return None
 
 
+class UsageState(msgspec.Struct):
+    """Minutes of use per UTC day (of event time): the running ``day`` and its
+    ``today_min``, the ``daily`` minutes of the last full days (oldest first),
+    and buckets per hour and per day (``repr`` of the bucket's start -> minutes)
+    for ``recent_usage``."""
+
+    day: int | None = None
+    first_day: int | None = None
+    today_min: float = 0.0
+    daily: list[float] = msgspec.field(default_factory=list)
+    last_use_ts: float | None = None
+    hours: dict[str, float] = msgspec.field(default_factory=dict)
+    days: dict[str, float] = msgspec.field(default_factory=dict)
+
+
+class Counts(msgspec.Struct):
+    """Events processed and actions taken for the customer, ever."""
+
+    events: int = 0
+    actions: int = 0
+
+
+class RecentAction(msgspec.Struct):
+    """One of the customer's latest actions (``RECENT_ACTIONS_KEPT``)."""
+
+    action_id: str
+    type: str
+    at: float
+
+
+class CustomerState(msgspec.Struct):
+    """One customer's state (see the module's description of the fields).
+
+    Every field but ``customer_id`` has a default, so a state stored before a
+    field existed still decodes."""
+
+    customer_id: str
+    profile: dict[str, Any] = msgspec.field(default_factory=dict)
+    devices: dict[str, DeviceState] = msgspec.field(default_factory=dict)
+    usage: UsageState = msgspec.field(default_factory=UsageState)
+    rules: dict[str, Any] | None = None
+    counts: Counts = msgspec.field(default_factory=Counts)
+    last_event_at: float | None = None
+    recent_actions: list[RecentAction] = msgspec.field(default_factory=list)
+    support_case_times: list[float] = msgspec.field(default_factory=list)
+
+
 _encoder = msgspec.msgpack.Encoder(enc_hook=_encode_model)
-_decoder = msgspec.msgpack.Decoder(ext_hook=_decode_model)
+_decoder = msgspec.msgpack.Decoder(CustomerState, ext_hook=_decode_model)
+_plain_decoder = msgspec.msgpack.Decoder(ext_hook=_decode_model)
 
 
 def new_customer_state(customer_id: str) -> CustomerState:
-    return {
-        "customer_id": customer_id,
-        "profile": {},
-        "devices": {},
-        "usage": {
-            "day": None,
-            "first_day": None,
-            "today_min": 0.0,
-            "daily": [],
-            "last_use_ts": None,
-        },
-        "rules": None,
-        "counts": {"events": 0, "actions": 0},
-        "last_event_at": None,
-        "recent_actions": [],
-        "support_case_times": [],
-    }
+    return CustomerState(customer_id=customer_id)
 
 
 def encode_state(state: CustomerState) -> bytes:
@@ -113,12 +155,18 @@ def decode_state(blob: bytes) -> CustomerState:
     return _decoder.decode(blob)
 
 
+def decode_state_plain(blob: bytes) -> dict[str, Any]:
+    """An encoded state as the plain map it is stored as (for comparisons by key)."""
+    result: dict[str, Any] = _plain_decoder.decode(blob)
+    return result
+
+
 def apply_profile(state: CustomerState, profile: dict[str, Any] | None) -> None:
     """A ``crm.customers`` record (None: a tombstone, the profile is forgotten)."""
-    state["profile"] = dict(profile or {})
+    state.profile = dict(profile or {})
 
 
-def record_event(state: CustomerState, device_state: dict[str, Any], event: dict[str, Any]) -> None:
+def record_event(state: CustomerState, device_state: DeviceState, event: dict[str, Any]) -> None:
     """Update device and customer aggregates with an admitted event."""
     ts = event["ts"]
     device_state["device_type"] = event.get("device_type")
@@ -133,19 +181,19 @@ def record_event(state: CustomerState, device_state: dict[str, Any], event: dict
             last[name] = value
     if isinstance(event.get("level"), _NUMBER):
         _track_consumable(device_state, event, ts)
-    state["counts"]["events"] += 1
+    state.counts.events += 1
     # The latest event time, not the time of the latest event: a customer's
     # devices reach the actor interleaved as ingest read them, and what the
     # views derive from it must not depend on that order.
-    last_event_at = state["last_event_at"]
+    last_event_at = state.last_event_at
     if last_event_at is None or ts > last_event_at:
-        state["last_event_at"] = ts
+        state.last_event_at = ts
     usage_min = event.get("usage_min")
     if isinstance(usage_min, _NUMBER):
-        _add_usage(state["usage"], ts, float(usage_min))
+        _add_usage(state.usage, ts, float(usage_min))
 
 
-def _track_consumable(device_state: dict[str, Any], event: dict[str, Any], ts: float) -> None:
+def _track_consumable(device_state: DeviceState, event: dict[str, Any], ts: float) -> None:
     """Consumption per cycle and cycles per day, the inputs of the depletion estimate.
 
     A level that rises is a refill: the next drop is measured from it.
@@ -178,34 +226,36 @@ def _track_consumable(device_state: dict[str, Any], event: dict[str, Any], ts: f
     track.update(level=level, cycles=cycles if cycles is not None else track["cycles"], ts=ts)
 
 
-def _add_usage(usage: dict[str, Any], ts: float, minutes: float) -> None:
+def _add_usage(usage: UsageState, ts: float, minutes: float) -> None:
     day = int(ts // DAY_S)
-    if usage["day"] is None:
-        usage["day"] = usage["first_day"] = day
-    elif day > usage["day"]:
-        daily: list[float] = usage["daily"]
+    if usage.day is None:
+        usage.day = usage.first_day = day
+    elif day > usage.day:
+        daily = usage.daily
         # The first day is partial (the customer's history began during it):
         # it would bias the baseline low.
-        if usage["day"] != usage.get("first_day"):
-            daily.append(usage["today_min"])
+        if usage.day != usage.first_day:
+            daily.append(usage.today_min)
         # Days without any usage event count as zero use.
-        daily.extend([0.0] * min(day - usage["day"] - 1, USAGE_DAYS_KEPT))
+        daily.extend([0.0] * min(day - usage.day - 1, USAGE_DAYS_KEPT))
         del daily[: max(0, len(daily) - USAGE_DAYS_KEPT)]
-        usage["day"], usage["today_min"] = day, 0.0
-    if day == usage["day"]:
-        usage["today_min"] += minutes
-    elif usage["first_day"] < day < usage["day"]:
+        usage.day, usage.today_min = day, 0.0
+    if day == usage.day:
+        usage.today_min += minutes
+    elif usage.first_day is not None and usage.first_day < day < usage.day:
         # An earlier day's use arriving after the day moved on (another device
         # of the customer ran ahead, e.g. backlogs after an outage): into that
         # day's entry, as it would have been in order.
-        back = usage["day"] - day
-        daily = usage["daily"]
+        back = usage.day - day
+        daily = usage.daily
         if back <= len(daily):
             daily[-back] += minutes
     if minutes > 0:
-        usage["last_use_ts"] = max(usage["last_use_ts"] or ts, ts)
-        for name, size, kept in (("hours", HOUR_S, HOURS_KEPT), ("days", DAY_S, DAYS_KEPT)):
-            buckets: dict[str, float] = usage.setdefault(name, {})
+        usage.last_use_ts = max(usage.last_use_ts or ts, ts)
+        for buckets, size, kept in (
+            (usage.hours, HOUR_S, HOURS_KEPT),
+            (usage.days, DAY_S, DAYS_KEPT),
+        ):
             start = ts // size * size
             key = repr(start)
             buckets[key] = buckets.get(key, 0.0) + minutes
@@ -214,12 +264,14 @@ def _add_usage(usage: dict[str, Any], ts: float, minutes: float) -> None:
                     del buckets[old]
 
 
-def recent_usage(state: CustomerState, now: float, size_s: float, count: int) -> list:
+def recent_usage(
+    state: CustomerState, now: float, size_s: float, count: int
+) -> list[dict[str, float]]:
     """Minutes of use in the last ``count`` tumbling windows of ``size_s``
     (``HOUR_S`` or ``DAY_S``) up to ``now``: ``[{"start", "minutes"}]``, oldest first.
 
     >>> state = new_customer_state("c-1")
-    >>> device = state["devices"].setdefault("d-1", {})
+    >>> device = state.devices.setdefault("d-1", {})
     >>> for ts, minutes in [(7200.0, 10.0), (7300.0, 5.5), (10900.0, 4.0)]:
     ...     record_event(state, device, {"id": str(ts), "ts": ts, "device_id": "d-1",
     ...                                  "kind": "usage", "usage_min": minutes})
@@ -228,7 +280,7 @@ def recent_usage(state: CustomerState, now: float, size_s: float, count: int) ->
     >>> recent_usage(state, now=10900.0, size_s=HOUR_S, count=1)
     [{'start': 10800.0, 'minutes': 4.0}]
     """
-    buckets = state["usage"].get("hours" if size_s == HOUR_S else "days", {})
+    buckets = state.usage.hours if size_s == HOUR_S else state.usage.days
     first = now // size_s * size_s - (count - 1) * size_s
     # Sums are added event by event, so the last bits are rounded away.
     return [
@@ -237,27 +289,27 @@ def recent_usage(state: CustomerState, now: float, size_s: float, count: int) ->
     ]
 
 
-def usage_baseline(usage: dict[str, Any]) -> float | None:
+def usage_baseline(usage: UsageState) -> float | None:
     """Mean daily minutes over the last full days (None before the first full day)."""
-    daily = usage["daily"][-BASELINE_DAYS:]
+    daily = usage.daily[-BASELINE_DAYS:]
     return sum(daily) / len(daily) if len(daily) >= BASELINE_MIN_DAYS else None
 
 
 def customer_view(state: CustomerState) -> dict[str, Any]:
     """What rules see as ``customer`` and models as ``customer.*``."""
-    usage = state["usage"]
-    last_use = usage["last_use_ts"]
-    last_event = state["last_event_at"]
-    daily = usage["daily"]
+    usage = state.usage
+    last_use = usage.last_use_ts
+    last_event = state.last_event_at
+    daily = usage.daily
     # usage_baseline and _support_cases_30d, inlined: this runs for every event
     baseline = daily[-BASELINE_DAYS:]
-    times = state.get("support_case_times")
+    times = state.support_case_times
     # Key by key rather than {**profile, ...}: that form builds the literal part
     # as a second dict and merges it in. Same keys, order and values.
-    view = {**state["profile"]}
-    view["customer_id"] = state["customer_id"]
-    view["devices"] = len(state["devices"])
-    view["usage_today_min"] = usage["today_min"]
+    view = {**state.profile}
+    view["customer_id"] = state.customer_id
+    view["devices"] = len(state.devices)
+    view["usage_today_min"] = usage.today_min
     view["usage_yesterday_min"] = daily[-1] if daily else None
     view["usage_baseline_min"] = (
         sum(baseline) / len(baseline) if len(baseline) >= BASELINE_MIN_DAYS else None
@@ -265,18 +317,18 @@ def customer_view(state: CustomerState) -> dict[str, Any]:
     view["days_since_use"] = (
         None if last_use is None or last_event is None else (last_event - last_use) / DAY_S
     )
-    view["actions"] = state["counts"]["actions"]
+    view["actions"] = state.counts.actions
     view["support_cases_30d"] = _support_cases_30d(state) if times else 0
     return view
 
 
 def _support_cases_30d(state: CustomerState) -> int:
-    times: list[float] = state.get("support_case_times", [])
-    now = state["last_event_at"]
+    times = state.support_case_times
+    now = state.last_event_at
     return len(times) if now is None else sum(1 for t in times if t > now - SUPPORT_WINDOW_S)
 
 
-def device_view(device_state: dict[str, Any]) -> dict[str, Any]:
+def device_view(device_state: DeviceState) -> dict[str, Any]:
     """What rules see as ``device`` and models as ``device.*``."""
     consumable = device_state.get("consumable") or _NOTHING
     # Key by key, as in customer_view: same keys, order and values.
@@ -293,23 +345,23 @@ def device_view(device_state: dict[str, Any]) -> dict[str, Any]:
 
 
 def note_action(state: CustomerState, action: dict[str, Any]) -> None:
-    state["counts"]["actions"] += 1
-    recent: list[dict[str, Any]] = state["recent_actions"]
-    recent.append({"action_id": action["action_id"], "type": action["type"], "at": action["at"]})
+    state.counts.actions += 1
+    recent = state.recent_actions
+    recent.append(RecentAction(action["action_id"], action["type"], action["at"]))
     # In the order of their time, not of their processing: after a failover a
     # customer's devices' backlogs come one after the other, and the same
     # actions must leave the same list.
-    if len(recent) > 1 and (recent[-2]["at"], recent[-2]["action_id"]) > (
+    if len(recent) > 1 and (recent[-2].at, recent[-2].action_id) > (
         action["at"],
         action["action_id"],
     ):
-        recent.sort(key=lambda kept: (kept["at"], kept["action_id"]))
+        recent.sort(key=lambda kept: (kept.at, kept.action_id))
     del recent[: max(0, len(recent) - RECENT_ACTIONS_KEPT)]
-    device = state["devices"].get(action.get("device_id") or "")
+    device = state.devices.get(action.get("device_id") or "")
     if device is not None:
         device.setdefault("last_action_at", {})[action["type"]] = action["at"]
     if action["type"] == "support_case":
-        times: list[float] = state.setdefault("support_case_times", [])
+        times = state.support_case_times
         times.append(action["at"])
         cutoff = action["at"] - SUPPORT_WINDOW_S
         times[:] = [t for t in times if t > cutoff]
@@ -325,8 +377,11 @@ def summary(state: CustomerState) -> dict[str, Any]:
                 "gaps": device.get("gaps", []),
                 "counts": device.get("counts", {}),
             }
-            for device_id, device in state["devices"].items()
+            for device_id, device in state.devices.items()
         },
-        "counts": state["counts"],
-        "recent_actions": state["recent_actions"],
+        "counts": {"events": state.counts.events, "actions": state.counts.actions},
+        "recent_actions": [
+            {"action_id": kept.action_id, "type": kept.type, "at": kept.at}
+            for kept in state.recent_actions
+        ],
     }

@@ -439,7 +439,7 @@ def customer_summary(
     for device_id, ts in devices.items():
         record_event(
             state,
-            state["devices"].setdefault(device_id, {}),
+            state.devices.setdefault(device_id, {}),
             {"id": f"e-{device_id}", "ts": ts, "device_id": device_id, "device_type": "washer",
              "kind": "reading", "temperature_c": 41.5},
         )  # fmt: skip

@@ -75,8 +75,8 @@ def test_actions_follow_the_contract_and_the_configured_topics(actor: CustomerAc
     assert action["rule"] == {"id": "hot", "version": 2}
     assert action["at"] == 100.0 and action["emitted_at"] == 555.0
     assert action["evidence"]["event_ids"] == ["e1"]
-    assert state["counts"]["actions"] == 1
-    assert device_view(state["devices"]["d1"])["last_action_at"] == {"support_case": 100.0}
+    assert state.counts.actions == 1
+    assert device_view(state.devices["d1"])["last_action_at"] == {"support_case": 100.0}
 
 
 def test_an_explicit_rule_topic_is_kept(actor: CustomerActor) -> None:
@@ -156,7 +156,7 @@ def test_state_survives_encoding_mid_stream(actor: CustomerActor) -> None:
     got += [a for e in stream[17:] for _, a in actor.handle_events(halves, [e], None, 0.0).actions]
     assert got == expected and len(expected) > 3
     for state in (halves, whole):
-        for device in state["devices"].values():
+        for device in state.devices.values():
             device.pop("last_seen")  # wall-clock time of arrival
     assert halves == whole
 
@@ -185,7 +185,7 @@ def test_hot_reload_keeps_state_of_unchanged_rules(tmp_path: Path) -> None:
 
 def test_usage_baseline_and_days_since_use() -> None:
     state = new_customer_state("c1")
-    device = state["devices"].setdefault("w1", {})
+    device = state.devices.setdefault("w1", {})
     for day in range(4):
         for minutes in (30.0, 30.0):
             record_event(
@@ -203,14 +203,14 @@ def test_usage_baseline_and_days_since_use() -> None:
     assert view["usage_today_min"] == 60.0
     # days 1 and 2 are full days of 60 minutes; day 0 began the history (partial)
     assert view["usage_baseline_min"] == 60.0
-    assert state["usage"]["daily"] == [60.0, 60.0]
+    assert state.usage.daily == [60.0, 60.0]
     record_event(state, device, event("t", 5 * DAY_S + 3600, "w1"))
     assert customer_view(state)["days_since_use"] == pytest.approx(2.0, abs=0.01)
 
 
 def test_consumable_rates_for_the_depletion_model() -> None:
     state = new_customer_state("c1")
-    washer = state["devices"].setdefault("w1", {})
+    washer = state.devices.setdefault("w1", {})
     readings = [(0.0, 80.0, 10), (0.2 * DAY_S, 77.0, 11), (0.5 * DAY_S, 71.0, 13)]
     for i, (ts, level, cycles) in enumerate(readings):
         record_event(
@@ -300,7 +300,7 @@ def test_device_models_travel_in_the_state_and_ignore_interleaving(
             if restore_every and start % restore_every == 0:
                 state = decode_state(encode_state(state))
         seen.append(scorer.scores)
-        assert set(state["devices"]["d1"]["models"]) == {"anomaly"}
+        assert set(state.devices["d1"]["models"]) == {"anomaly"}
 
     assert seen[0] == seen[1]
     assert sum(s.get("anomaly", 0.0) > 0 for s in seen[0].values()) > 500
@@ -308,7 +308,7 @@ def test_device_models_travel_in_the_state_and_ignore_interleaving(
 
 def test_an_unreadable_device_model_starts_over(caplog: pytest.LogCaptureFixture) -> None:
     scorer, state = RecordingScorer(), new_customer_state("c1")
-    device = state["devices"].setdefault("d1", {})
+    device = state.devices.setdefault("d1", {})
     scorer.models.process(
         event("e1", 0.0, vibration=0.3, temperature=45.0, power=800.0),
         device_models=device.setdefault("models", {}),
@@ -320,13 +320,13 @@ def test_an_unreadable_device_model_starts_over(caplog: pytest.LogCaptureFixture
 
     restored = decode_state(tampered)
 
-    assert restored["devices"]["d1"]["models"]["anomaly"][1] is None
+    assert restored.devices["d1"]["models"]["anomaly"][1] is None
     assert "starts over" in caplog.text
     scores = scorer.models.process(
         event("e2", 60.0, vibration=0.3, temperature=45.0, power=800.0),
-        device_models=restored["devices"]["d1"]["models"],
+        device_models=restored.devices["d1"]["models"],
     )
-    fresh = restored["devices"]["d1"]["models"]["anomaly"][1]
+    fresh = restored.devices["d1"]["models"]["anomaly"][1]
     assert scores["anomaly"] == 0.0 and fresh["HalfSpaceTrees"].counter == 1
 
 
@@ -346,8 +346,8 @@ def test_a_days_use_is_the_same_whatever_order_the_devices_events_come_in() -> N
     def daily(events: list[dict[str, Any]]) -> list[float]:
         state = new_customer_state("c-1")
         for item in events:
-            record_event(state, state["devices"].setdefault(item["device_id"], {}), item)
-        return [round(day, 6) for day in state["usage"]["daily"]]
+            record_event(state, state.devices.setdefault(item["device_id"], {}), item)
+        return [round(day, 6) for day in state.usage.daily]
 
     in_order = daily(sorted(watch + band, key=lambda e: e["ts"]))
     assert len(in_order) == 3
@@ -364,7 +364,7 @@ def test_recent_actions_are_the_same_whatever_order_they_were_taken_in() -> None
         state = new_customer_state("c-1")
         for action in order:
             note_action(state, action)
-        return [kept["action_id"] for kept in state["recent_actions"]]
+        return [kept.action_id for kept in state.recent_actions]
 
     in_time = recent(sorted(actions, key=lambda a: a["at"]))
     assert len(in_time) == RECENT_ACTIONS_KEPT

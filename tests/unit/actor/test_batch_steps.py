@@ -22,7 +22,7 @@ from engine.actor import ActorOutput
 from engine.erasure import ErasureRequest, encode_request
 from engine.events import PUBLISHED_HEADER
 from engine.watermark import SOURCE_HEADER, TICK_KEY, WATERMARK_HEADER
-from tables.state import encode_state, new_customer_state
+from tables.state import CustomerState, encode_state, new_customer_state
 
 EVENTS, PROFILES, OUTCOMES, ERASURES = "events", "crm.customers", "crm.outcomes", "crm.erasure"
 
@@ -96,9 +96,9 @@ class Actor:
         self.journal = journal
 
     def handle_events(
-        self, state: dict[str, Any], events: list[dict[str, Any]], models: Any, emitted_at: float
+        self, state: CustomerState, events: list[dict[str, Any]], models: Any, emitted_at: float
     ) -> ActorOutput:
-        customer_id = state["customer_id"]
+        customer_id = state.customer_id
         self.journal.note("actor", customer_id, [e["id"] for e in events])
         out = ActorOutput()
         for e in events:
@@ -116,13 +116,13 @@ class Actor:
         out.suppressed["cooldown"] = 1
         return out
 
-    def advance(self, state: dict[str, Any], now: float, emitted_at: float) -> ActorOutput:
-        self.journal.note("timer", state["customer_id"], now)
-        action = {"customer_id": state["customer_id"], "action_id": "a-timer", "type": "silence"}
+    def advance(self, state: CustomerState, now: float, emitted_at: float) -> ActorOutput:
+        self.journal.note("timer", state.customer_id, now)
+        action = {"customer_id": state.customer_id, "action_id": "a-timer", "type": "silence"}
         return ActorOutput(actions=[("crm.actions", action)])
 
-    def next_due(self, state: dict[str, Any]) -> float | None:
-        return 150.0 if state["customer_id"] == "c1" else None
+    def next_due(self, state: CustomerState) -> float | None:
+        return 150.0 if state.customer_id == "c1" else None
 
 
 class Models:

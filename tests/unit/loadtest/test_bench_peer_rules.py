@@ -19,6 +19,7 @@ from loadtest.bench import BENCH_EPISODES
 from loadtest.peer_rules import HandRules
 from loadtest.simulator import SimParams, Simulation
 from tables.state import (
+    CustomerState,
     apply_profile,
     customer_view,
     device_view,
@@ -67,7 +68,8 @@ def _replay(consent_share: float) -> tuple[list[Fired], list[Fired], int]:
     engine = RuleEngine(load_ruleset(RULES))
     hand = HandRules()
     hygiene = StreamHygiene(QualitySettings(), clock=lambda: 0.0)
-    states: dict[str, dict[str, Any]] = {}
+    states: dict[str, CustomerState] = {}
+    hands: dict[str, Any] = {}  # the hand-written rules' state per customer
     engine_fired: list[Fired] = []
     hand_fired: list[Fired] = []
     now = 0.0
@@ -79,28 +81,26 @@ def _replay(consent_share: float) -> tuple[list[Fired], list[Fired], int]:
         if state is None:
             state = states[customer_id] = new_customer_state(customer_id)
             apply_profile(state, profiles[customer_id])
-            state["rules"] = engine.new_state()
-            state["hand"] = hand.new_state()
-        device_state = state["devices"].setdefault(event["device_id"], {})
+            state.rules = engine.new_state()
+            hands[customer_id] = hand.new_state()
+        device_state = state.devices.setdefault(event["device_id"], {})
         if hygiene.admit(device_state, event) != "ok":
             continue
         record_event(state, device_state, event)
         customer, device = customer_view(state), device_view(device_state)
         scores = _scores(event, customer)
-        firings = engine.process(
-            state["rules"], event, customer=customer, device=device, score=scores
-        )
+        firings = engine.process(state.rules, event, customer=customer, device=device, score=scores)
         _note(state, firings, engine_fired)
-        for firing in hand.process(state["hand"], event, customer, device, scores):
+        for firing in hand.process(hands[customer_id], event, customer, device, scores):
             hand_fired.append((firing["rule"], firing["key"], firing["at"], firing["action_id"]))
         now = max(now, event["ts"])
         if count % ADVANCE_EVERY == 0:
-            _advance(states, engine, hand, now, engine_fired, hand_fired)
-    _advance(states, engine, hand, END_TS + 3 * 3600, engine_fired, hand_fired)
+            _advance(states, hands, engine, hand, now, engine_fired, hand_fired)
+    _advance(states, hands, engine, hand, END_TS + 3 * 3600, engine_fired, hand_fired)
     return engine_fired, hand_fired, hand.suppressed
 
 
-def _note(state: dict[str, Any], firings: list[Any], fired: list[Fired]) -> None:
+def _note(state: CustomerState, firings: list[Any], fired: list[Fired]) -> None:
     """Record emitted firings as the actor does (rules then see
     ``device.last_action_at``); both sides read the same state."""
     for firing in firings:
@@ -114,23 +114,24 @@ def _note(state: dict[str, Any], firings: list[Any], fired: list[Fired]) -> None
 
 
 def _advance(
-    states: dict[str, dict[str, Any]],
+    states: dict[str, CustomerState],
+    hands: dict[str, Any],
     engine: RuleEngine,
     hand: HandRules,
     now: float,
     engine_fired: list[Fired],
     hand_fired: list[Fired],
 ) -> None:
-    for state in states.values():
+    for customer_id, state in states.items():
         customer = customer_view(state)
-        due = engine.next_due(state["rules"])
-        assert due == hand.next_due(state["hand"])
+        due = engine.next_due(state.rules)
+        assert due == hand.next_due(hands[customer_id])
         if due is None or due > now:
             continue
-        devices = {d: device_view(s) for d, s in state["devices"].items()}
-        _note(state, engine.advance(state["rules"], now, customer=customer, devices=devices),
+        devices = {d: device_view(s) for d, s in state.devices.items()}
+        _note(state, engine.advance(state.rules, now, customer=customer, devices=devices),
               engine_fired)  # fmt: skip
-        for firing in hand.advance(state["hand"], now, customer):
+        for firing in hand.advance(hands[customer_id], now, customer):
             hand_fired.append((firing["rule"], firing["key"], firing["at"], firing["action_id"]))
 
 

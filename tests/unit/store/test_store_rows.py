@@ -221,7 +221,7 @@ def published_summary() -> dict[str, Any]:
         },
     )
     for device_id, ts in (("d-1", 1763700000.0), ("d-2", 1763700300.5), ("d-1", 1763700100.0)):
-        device = state["devices"].setdefault(device_id, {})
+        device = state.devices.setdefault(device_id, {})
         record_event(
             state,
             device,
