@@ -4,8 +4,9 @@ All are keyed so that they are co-partitioned with the customer-keyed stream
 (the actor writes every key with one of that customer's records as the
 current event):
 
-- ``customers``: customer_id -> msgpack ``CustomerState`` (``tables.state``):
-  profile, consent, devices and their health, usage aggregates, rule state;
+- ``customers``: customer_id -> msgpack ``CustomerState`` (``tables.state``, a
+  msgspec Struct stored as a map keyed by field name): profile, consent,
+  devices and their health, usage aggregates, rule state;
 - ``timers``: customer_id -> JSON ``[partition, next due time]``, so a worker
   that takes over a partition knows which idle customers have timers;
 - ``model-checkpoints``: ``p<partition>`` -> the models' snapshot of that
