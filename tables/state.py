@@ -33,6 +33,7 @@ True
 
 from __future__ import annotations
 
+import bisect
 import logging
 from typing import Any
 
@@ -357,13 +358,18 @@ def note_action(state: CustomerState, action: dict[str, Any]) -> None:
     ):
         recent.sort(key=lambda kept: (kept.at, kept.action_id))
     del recent[: max(0, len(recent) - RECENT_ACTIONS_KEPT)]
+    # Likewise the latest time per type and the support cases' window: by
+    # the actions' times, whatever order they were taken in.
     device = state.devices.get(action.get("device_id") or "")
     if device is not None:
-        device.setdefault("last_action_at", {})[action["type"]] = action["at"]
+        latest = device.setdefault("last_action_at", {})
+        previous = latest.get(action["type"])
+        if previous is None or action["at"] > previous:
+            latest[action["type"]] = action["at"]
     if action["type"] == "support_case":
         times = state.support_case_times
-        times.append(action["at"])
-        cutoff = action["at"] - SUPPORT_WINDOW_S
+        bisect.insort(times, action["at"])
+        cutoff = times[-1] - SUPPORT_WINDOW_S
         times[:] = [t for t in times if t > cutoff]
 
 

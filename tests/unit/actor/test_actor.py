@@ -370,3 +370,24 @@ def test_recent_actions_are_the_same_whatever_order_they_were_taken_in() -> None
     assert len(in_time) == RECENT_ACTIONS_KEPT
     assert recent(actions) == in_time
     assert recent(list(reversed(actions))) == in_time
+
+
+def test_support_cases_and_latest_actions_are_the_same_whatever_order_they_were_taken_in() -> None:
+    from tables.state import SUPPORT_WINDOW_S, new_customer_state, note_action
+
+    day = 86400.0
+    actions = [{"action_id": f"s{n}", "type": "support_case", "device_id": "d-1",
+                "at": day * n * 7} for n in range(8)]  # fmt: skip
+
+    def kept(order: list[dict[str, Any]]) -> tuple[list[float], float]:
+        state = new_customer_state("c-1")
+        state.devices["d-1"] = {}
+        for action in order:
+            note_action(state, action)
+        return state.support_case_times, state.devices["d-1"]["last_action_at"]["support_case"]
+
+    in_time = kept(actions)
+    ats = [action["at"] for action in actions]
+    assert in_time == ([at for at in ats if at > ats[-1] - SUPPORT_WINDOW_S], ats[-1])
+    assert kept(list(reversed(actions))) == in_time
+    assert kept(actions[4:] + actions[:4]) == in_time
