@@ -287,15 +287,22 @@ def counters(agent: Any) -> dict[str, Any]:
     return {name: value for name, value in figures.items() if value}
 
 
-async def test_a_batch_and_its_checkpoint_keep_their_documented_order() -> None:
+def started() -> tuple[Journal, Any, Any, list[Record]]:
+    """A journal, the runtime around it, an actor, and one batch of records
+    Faust holds unacknowledged (as it does for what it delivered)."""
     from agents.customer import CustomerAgent
 
     journal = Journal()
     rt = runtime(journal)
     agent = CustomerAgent(rt)
     records = batch(journal)
+    rt.app.consumer._unacked_messages.update(r.message for r in records)
+    return journal, rt, agent, records
+
+
+async def test_a_batch_and_its_checkpoint_keep_their_documented_order() -> None:
+    journal, rt, agent, records = started()
     consumer = rt.app.consumer
-    consumer._unacked_messages.update(r.message for r in records)
 
     await agent.handle_batch(records)
     assert journal == [
@@ -390,14 +397,8 @@ async def test_a_batch_and_its_checkpoint_keep_their_documented_order() -> None:
 
 
 async def test_a_revocation_during_the_seek_gives_the_batch_back_unprocessed() -> None:
-    from agents.customer import CustomerAgent
-
-    journal = Journal()
-    rt = runtime(journal)
-    agent = CustomerAgent(rt)
-    records = batch(journal)
+    journal, rt, agent, records = started()
     consumer = rt.app.consumer
-    consumer._unacked_messages.update(r.message for r in records)
     consumer.on_seek = agent.drop_uncheckpointed
 
     await agent.handle_batch(records)
@@ -407,14 +408,8 @@ async def test_a_revocation_during_the_seek_gives_the_batch_back_unprocessed() -
 
 
 async def test_a_revocation_while_actions_are_sent_gives_the_batch_back() -> None:
-    from agents.customer import CustomerAgent
-
-    journal = Journal()
-    rt = runtime(journal)
-    agent = CustomerAgent(rt)
-    records = batch(journal)
+    journal, rt, agent, records = started()
     consumer = rt.app.consumer
-    consumer._unacked_messages.update(r.message for r in records)
     rt.app.producer.on_send = agent.drop_uncheckpointed
 
     await agent.handle_batch(records)
@@ -426,14 +421,8 @@ async def test_a_revocation_while_actions_are_sent_gives_the_batch_back() -> Non
 
 
 async def test_a_revocation_while_actions_are_acknowledged_writes_nothing() -> None:
-    from agents.customer import CustomerAgent
-
-    journal = Journal()
-    rt = runtime(journal)
-    agent = CustomerAgent(rt)
-    records = batch(journal)
+    journal, rt, agent, records = started()
     consumer = rt.app.consumer
-    consumer._unacked_messages.update(r.message for r in records)
     await agent.handle_batch(records)
 
     journal.clear()

@@ -225,18 +225,25 @@ def caught_up_check(mark: IngestWatermark, read_to: dict[str, int]) -> None:
     mark.finish_check(mark.begin_check(read_to), ends=read_to)
 
 
-def test_a_source_handed_over_holds_time_until_its_new_owner_forwarded_past_it() -> None:
-    """A rebalance gives d2 to another ingest instance, which partitions of
-    the customer stream may not have heard from yet: this instance's time
-    must not run past d2's events on their way through the other one (the
-    chaos suite saw silences invented for devices just handed over)."""
-    wall = Wall()
+def handed_d2_over(wall: Wall) -> IngestWatermark[str]:
+    """An instance that read d1 and d2 to their ends (to offsets 5 and 7),
+    gave d2 to another instance, and read on in d1 far ahead."""
     mark = IngestWatermark(device_skew_s=0.0, idle_allowance_s=5.0, clock=wall)
     mark.observe("d1", 100.0)
     mark.observe("d2", 100.0)
     caught_up_check(mark, {"d1": 5, "d2": 7})
     mark.hand_over({"d2": 7})
     mark.observe("d1", 9000.0)
+    return mark
+
+
+def test_a_source_handed_over_holds_time_until_its_new_owner_forwarded_past_it() -> None:
+    """A rebalance gives d2 to another ingest instance, which partitions of
+    the customer stream may not have heard from yet: this instance's time
+    must not run past d2's events on their way through the other one (the
+    chaos suite saw silences invented for devices just handed over)."""
+    wall = Wall()
+    mark = handed_d2_over(wall)
     caught_up_check(mark, {"d1": 9})
     assert mark.stamp() == 100.0 and not mark.caught_up
 
@@ -333,17 +340,11 @@ def test_a_source_handed_over_with_nothing_past_what_was_read_stops_holding_at_o
 
 
 def test_a_source_handed_over_with_unread_events_holds_until_its_new_owner_passes() -> None:
-    """After a broker restart the group takes a while to settle and the new
-    owner's commits fail meanwhile: time released by the clock alone ran past
-    the unread events of the source (the chaos suite's broker restart saw
-    day windows close with 2 of their 24 events)."""
+    """After a broker restart the ingest group takes tens of seconds to
+    settle and the new owner's commits fail meanwhile: a hold released by
+    the clock alone could let time run past the source's unread events."""
     wall = Wall()
-    mark = IngestWatermark(device_skew_s=0.0, idle_allowance_s=5.0, clock=wall)
-    mark.observe("d1", 100.0)
-    mark.observe("d2", 100.0)
-    caught_up_check(mark, {"d1": 5, "d2": 7})
-    mark.hand_over({"d2": 7})
-    mark.observe("d1", 9000.0)
+    mark = handed_d2_over(wall)
     for second in range(1, 120):
         wall.now = float(second)
         mark.settle({"d2": 7})  # the new owner has committed nothing past it
