@@ -1,5 +1,6 @@
 """Argument types for the command line: numbers checked where they are read,
-so a negative count is refused with a clear message instead of running.
+so a negative count is refused with a clear message instead of running; and
+the configuration file, refused the same way.
 
 >>> count("3"), non_negative("0"), non_negative_number("12.5")
 (3, 0, 12.5)
@@ -12,7 +13,9 @@ argparse.ArgumentTypeError: must be a whole number of at least 1, not 0
 from __future__ import annotations
 
 import argparse
+import sys
 
+from engine.config import ConfigError, Settings, load_settings
 from engine.durations import parse_duration
 
 
@@ -59,3 +62,13 @@ def _int(text: str, minimum: int) -> int:
             f"must be a whole number of at least {minimum}, not {value}"
         )
     return value
+
+
+def settings(config: str | None, command: str) -> Settings:
+    """The configuration ``config`` names (None or "": the default), or, when
+    it is unusable, the reason on stderr as ``<command>: ...`` and exit status 2."""
+    try:
+        return load_settings(config or "")
+    except ConfigError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from engine import cli_args
-from engine.config import ConfigError, Settings, load_settings
+from engine.config import Settings
 from engine.erasure import ErasureRequest, encode_request, new_request
 
 
@@ -45,11 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_erase(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings(getattr(args, "config", "") or "")
-    except ConfigError as exc:
-        print(f"iotcrm customer erase: {exc}", file=sys.stderr)
-        return 2
+    settings = cli_args.settings(getattr(args, "config", ""), "iotcrm customer erase")
     if not args.customer_id:
         print("iotcrm customer erase: the customer id is empty", file=sys.stderr)
         return 2

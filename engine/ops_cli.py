@@ -15,7 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from engine.config import ConfigError, Settings, load_settings
+from engine import cli_args
+from engine.config import ConfigError, Settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -70,11 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    try:
-        return load_settings(args.config)
-    except ConfigError as exc:
-        print(f"iotcrm: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
+    return cli_args.settings(args.config, "iotcrm")
 
 
 async def setup(settings: Settings) -> dict[str, Any]:

@@ -22,7 +22,6 @@ from typing import Any
 import orjson
 
 from engine import cli_args
-from engine.config import ConfigError, load_settings
 from engine.progress import progress
 from loadtest.accuracy import format_score, read_actions, score
 from loadtest.episodes import EpisodeShares
@@ -219,11 +218,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         written = _write_jsonl(sim, args.dry_run)
         summary: dict[str, Any] = {"records": written, "file": args.dry_run}
     else:
-        try:
-            settings = load_settings(args.config)
-        except ConfigError as exc:
-            print(f"iotcrm simulate: {exc}", file=sys.stderr)
-            return 2
+        settings = cli_args.settings(args.config, "iotcrm simulate")
         from loadtest.publish import PublishOptions, publish
 
         options = PublishOptions(
@@ -326,11 +321,7 @@ def run_demo(args: argparse.Namespace) -> int:
     # The demo's module imports aiokafka: only when the demo runs.
     from loadtest.demo import DemoOptions, run
 
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(f"iotcrm demo: {exc}", file=sys.stderr)
-        return 2
+    settings = cli_args.settings(args.config, "iotcrm demo")
     options = DemoOptions(
         customers=args.customers,
         devices_per_customer=args.devices_per_customer,

@@ -134,12 +134,9 @@ def run_backtest(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from engine.config import ConfigError, load_settings
+    from engine import cli_args
 
-    try:
-        return load_settings(getattr(args, "config", "") or "")
-    except ConfigError as exc:
-        raise SystemExit(_fail(str(exc), 2)) from exc
+    return cli_args.settings(getattr(args, "config", ""), "iotcrm models")
 
 
 def run_status(args: argparse.Namespace) -> int:

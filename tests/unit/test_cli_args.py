@@ -55,3 +55,26 @@ def test_every_flag_of_every_command_has_help() -> None:
         if action.option_strings and not action.help and action.dest != "help"
     ]
     assert silent == [], f"flags without help: {silent}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["demo"], "iotcrm demo:"),
+        (["simulate"], "iotcrm simulate:"),
+        (["customer", "erase", "c-1"], "iotcrm customer erase:"),
+        (["setup"], "iotcrm:"),
+    ],
+)
+def test_an_unusable_configuration_is_refused_by_the_command_that_read_it(
+    argv: list[str], said: str, tmp_path: Any, capsys: pytest.CaptureFixture
+) -> None:
+    from engine.cli import main
+
+    broken = tmp_path / "iotcrm.toml"
+    broken.write_text("[kafka]\nbootstrap = 5\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(broken), *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(said) and "bootstrap" in err
