@@ -101,15 +101,6 @@ class RuleEngine:
         """A fresh state for one customer actor (plain, serialisable data)."""
         return {"v": STATE_VERSION, "sig": self.signature, "device": {}, "customer": {}}
 
-    def _key_state(self, state: dict[str, Any], kind: str, key: str, ts: float) -> dict[str, Any]:
-        keys = state[kind]
-        ks = keys.get(key)
-        if ks is None:
-            ks = keys[key] = new_key_state(ts)
-        elif ks["t"] is None or ts > ks["t"]:
-            ks["t"] = ts
-        return ks
-
     # events -------------------------------------------------------------------
     def process(
         self,
@@ -133,7 +124,7 @@ class RuleEngine:
         device_id = event.get("device_id")
         if device_id is not None:
             device_key = device_id if type(device_id) is str else str(device_id)
-        # _key_state, inlined (twice per event)
+        # The device's and the customer's key states, inline: this runs per event.
         if self._has_device_rules and device_id is not None:
             keys = state["device"]
             device_ks = keys.get(device_key)
