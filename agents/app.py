@@ -30,6 +30,7 @@ from agents.customer import CustomerAgent, records_per_batch
 from agents.faust_compat import (
     SeekFirstTableManager,
     allow_table_write_bursts,
+    bound_fetch_wait,
     survive_commit_failures,
     tables_recovered,
 )
@@ -108,6 +109,7 @@ class Runtime:
         # A checkpoint writes every changed customer (state and timer).
         allow_table_write_bursts(max(10_000, 4 * w.state_cache_size))
         survive_commit_failures(self._on_commit_failure)
+        bound_fetch_wait(w.actor_fetch_max_wait_ms)
         self.app = faust.App(
             w.app_id,
             broker=[f"kafka://{host}" for host in k.bootstrap.split(",")],

@@ -82,6 +82,11 @@ class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: actor's consumer, over a few partitions, is answered from the first byte.)
     fetch_min_bytes: int = 32 * 1024
     fetch_max_wait_ms: int = 25
+    #: The longest the broker holds a fetch of the actor's consumer (Faust's
+    #: own is 1,500 ms): a partition the actor drained waits for the fetch in
+    #: flight to return before it is fetched again (``agents.faust_compat``,
+    #: repair 6), so this bounds the delay a busy partition can suffer.
+    actor_fetch_max_wait_ms: int = 20
     #: Decoded customer states kept in memory between batches (clean ones
     #: beyond this are dropped after a checkpoint, least recently used first).
     state_cache_size: int = 50_000

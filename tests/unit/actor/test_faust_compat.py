@@ -475,3 +475,43 @@ async def test_faust_itself_crashes_on_a_refused_commit() -> None:
     faust_commit = getattr(commit, "_iotcrm_original", commit)  # the repair may be in place
     assert await faust_commit(thread, {STREAM_TP: 42}) is False
     assert len(crashed) == 1
+
+
+async def _worker_consumer_fetch_wait_ms() -> int:
+    """The fetch wait of the Kafka consumer Faust's worker would create now."""
+    app = faust.App("fetch-wait", broker="kafka://127.0.0.1:1")
+    kafka = app.consumer._thread._create_worker_consumer(app.transport)
+    try:
+        return int(kafka._fetch_max_wait_ms)
+    finally:
+        await kafka.stop()  # never started: releases its client
+
+
+async def test_faust_lets_the_broker_hold_a_worker_fetch_for_1_5_s() -> None:
+    # The flaw bound_fetch_wait exists for: when an upgrade makes the wait
+    # configurable or short, this test fails and the repair can go.
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    patched = AIOKafkaConsumerThread._create_worker_consumer
+    AIOKafkaConsumerThread._create_worker_consumer = getattr(  # type: ignore[method-assign]
+        patched, "_iotcrm_original", patched
+    )
+    try:
+        assert await _worker_consumer_fetch_wait_ms() == 1500
+    finally:
+        AIOKafkaConsumerThread._create_worker_consumer = patched  # type: ignore[method-assign]
+
+
+async def test_the_worker_consumers_fetch_wait_is_bounded_and_rebounded() -> None:
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from agents.faust_compat import bound_fetch_wait
+
+    original = AIOKafkaConsumerThread._create_worker_consumer
+    try:
+        bound_fetch_wait(20)
+        assert await _worker_consumer_fetch_wait_ms() == 20
+        bound_fetch_wait(7)  # replaces the bound, does not wrap the first patch
+        assert await _worker_consumer_fetch_wait_ms() == 7
+    finally:
+        AIOKafkaConsumerThread._create_worker_consumer = original  # type: ignore[method-assign]
