@@ -109,6 +109,7 @@ from agents.faust_compat import (
     unacknowledged,
     unprocessed,
 )
+from agents.prometheus import STAGES
 from engine.actor import ActorOutput
 from engine.erasure import ERASURE_HEADER, ErasureReport, decode_request, encode_report
 from engine.events import EVENTS_PER_RECORD, published_at, unpack_events
@@ -182,6 +183,8 @@ class _Batch:
     erasing: set[str] = field(default_factory=set)
     #: partition -> (offset to fetch again from, whether the hole is new)
     rewinds: dict[int, tuple[int, bool]] = field(default_factory=dict)
+    #: when the batch began (wall clock), its records taken from Faust's stream
+    began_at: float = 0.0
     #: when the batch was processed (wall clock): the actions' emission time
     emitted_at: float = 0.0
     #: customer -> (a record of its partition, its state), for every customer processed
@@ -334,9 +337,11 @@ class CustomerAgent:
         The only awaits are the rewind and the send; after each, a rebalance
         that came meanwhile gives the batch's records back unprocessed."""
         generation = self._generation
+        began_at = time.time()
         if self.due_index_stale:
             self._rebuild_due_index()
         batch = self._admit(records)
+        batch.began_at = began_at
         await self._rewind(batch.rewinds)
         if generation != self._generation:
             # Partitions were revoked meanwhile: these records come again.
@@ -352,7 +357,7 @@ class CustomerAgent:
         if generation != self._generation:
             self._give_back(batch.held)
             return
-        self._observe_latencies(batch.packed, batch.triggered)
+        self._observe_latencies(batch)
         self._hold(batch)
 
     def _admit(self, records: Iterable[faust.EventT]) -> _Batch:
@@ -594,16 +599,22 @@ class CustomerAgent:
             )
         await asyncio.gather(*sent)
 
-    def _observe_latencies(
-        self, packed: list[tuple[faust.EventT, list[dict[str, Any]]]], triggered: list[float]
-    ) -> None:
+    def _observe_latencies(self, batch: _Batch) -> None:
         sent_at = time.time()
         latencies = self.rt.latencies
-        for record, _events in packed:
-            published = published_at(record.message.headers)
-            if published is not None:
-                latencies.event.observe(max(0.0, sent_at - published))
-        for published in triggered:
+        ingest, transit, actor = (latencies.stage.labels(stage) for stage in STAGES)
+        for record, _events in batch.packed:
+            headers = cast("list[tuple[str, bytes]]", record.message.headers)
+            published = published_at(headers)
+            if published is None:
+                continue
+            latencies.event.observe(max(0.0, sent_at - published))
+            forwarded = time_headers(headers).sent_at
+            if forwarded is not None:
+                ingest.observe(max(0.0, forwarded - published))
+                transit.observe(max(0.0, batch.began_at - forwarded))
+                actor.observe(max(0.0, sent_at - batch.began_at))
+        for published in batch.triggered:
             latencies.action.observe(max(0.0, sent_at - published))
 
     async def checkpoint(self) -> None:
@@ -618,16 +629,21 @@ class CustomerAgent:
         here, so what a checkpoint writes is what its actions came from."""
         self._raise_release_failure()
         generation = self._generation
+        timed = self.rt.latencies.checkpoint
+        began = time.monotonic()
         await self._acknowledge_actions()
         if generation != self._generation:
             return  # revoked while waiting: the new owner replays these records
         await self._publish_erasures()
+        acknowledged = time.monotonic()
+        timed.labels("acknowledge").observe(acknowledged - began)
         dirty, self._dirty = self._dirty, {}
         dirty_partitions, self._dirty_partitions = self._dirty_partitions, {}
         held, self._held = self._held, []
         if not await self._write_states(dirty, generation):
             self._give_back(held)  # revoked meanwhile: the new owner replays them
             return
+        timed.labels("write").observe(time.monotonic() - acknowledged)
         self._checkpoint_models(dirty_partitions)
         moved_clocks, self._moved_clocks = self._moved_clocks, {}
         self._checkpoint_clocks(moved_clocks)

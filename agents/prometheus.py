@@ -83,6 +83,12 @@ GAUGES: dict[tuple[str, str], tuple[str, str]] = {
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+#: The stages of ``Latencies.stage``, in the order an event goes through them.
+STAGES = ("ingest", "transit", "actor")
+#: The steps of a checkpoint that hold the actor's stream (``Latencies.checkpoint``).
+CHECKPOINT_STEPS = ("acknowledge", "write")
+
+
 class Latencies:
     """The worker's latency histograms, observed by the customer actor.
 
@@ -113,10 +119,32 @@ class Latencies:
             buckets=LATENCY_BUCKETS,
             registry=None,
         )
+        self.stage = Histogram(
+            "iotcrm_stage_latency_seconds",
+            "The event latency by stage: ingest, transit (broker, fetch, buffers), actor.",
+            labelnames=["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
+        self.checkpoint = Histogram(
+            "iotcrm_actor_checkpoint_seconds",
+            "How long a checkpoint held the actor's stream, by step: acknowledge, write.",
+            labelnames=["step"],
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
-        """Count, sum and the cumulative counts of the buckets that changed, per histogram."""
-        return {"event": _histogram_dict(self.event), "action": _histogram_dict(self.action)}
+        """Count, sum and the cumulative counts of the buckets that changed, per histogram
+        (``stages``: per stage; ``checkpoint``: per step)."""
+        return {
+            "event": _histogram_dict(self.event),
+            "action": _histogram_dict(self.action),
+            "stages": {stage: _histogram_dict(self.stage.labels(stage)) for stage in STAGES},
+            "checkpoint": {
+                step: _histogram_dict(self.checkpoint.labels(step)) for step in CHECKPOINT_STEPS
+            },
+        }
 
 
 def _histogram_dict(histogram: Histogram) -> dict[str, Any]:
@@ -181,6 +209,8 @@ def exposition(figures: Callable[[], dict[str, Any]], latencies: Latencies | Non
     if latencies is not None:
         registry.register(latencies.event)
         registry.register(latencies.action)
+        registry.register(latencies.stage)
+        registry.register(latencies.checkpoint)
     return generate_latest(registry)
 
 

@@ -90,6 +90,7 @@ from loadtest.measure import (
     per_million,
     ratio,
     split_by_trigger,
+    stage_split,
     state_memory_per_customer,
     step_end,
     step_verdict,
@@ -601,9 +602,14 @@ async def sustainable_search(
             step["expected_actions"] = expected
             steps.append(step)
             position += step["events"]
+            stages = ", ".join(
+                f"{stage} {split['mean_ms']}/{split['p99_below_ms']}"
+                for stage, split in {**step["stages"], **step["checkpoint"]}.items()
+            )
             _log(
                 f"{contender.name}: {rate:,.0f}/s for {step['seconds']} s, "
                 f"{step['latency_samples']} samples, p99 {step['p99_ms']} ms: {step['verdict']}"
+                + (f" (stages, mean/p99 under, ms: {stages})" if stages else "")
             )
     finally:
         await reader.stop()
@@ -639,6 +645,8 @@ async def _search_step(
     cpu = contender.tree.cpu_s()
     budget = MachineBudget(contender.name, contender.tree)
     machine_before = budget.reading()
+    stages_before = _stages(contender)
+    checkpoints_before = _stages(contender, "checkpoint")
     started = time.time()
     limit = rate * options.search_abort_lag_s
     lags: list[tuple[float, int]] = []
@@ -691,6 +699,10 @@ async def _search_step(
         "timer_p50_ms": timers["p50_ms"],
         "timer_p99_ms": timers["p99_ms"],
         "max_lag_events": max((lag for _, lag in lags), default=None),
+        #: The engine's event latency by stage (its records, not only the timed actions').
+        "stages": stage_split(stages_before, _stages(contender)),
+        #: How long its checkpoints held its stream, by step.
+        "checkpoint": stage_split(checkpoints_before, _stages(contender, "checkpoint")),
         #: (seconds into the step, events published but not yet fully processed)
         "lag_series": [[round(at - started, 1), lag] for at, lag in lags],
         "cpu_s_per_million": _rounded(per_million(cpu, len(walls)), 1),
@@ -701,6 +713,14 @@ async def _search_step(
         #: Publishing ran out of time before the step's events were all out.
         "cut_short": "deadline" in stopped,
     }
+
+
+def _stages(contender: Contender, histogram: str = "stages") -> dict[str, Any] | None:
+    """Labelled latency histograms (``stages`` or ``checkpoint``) of the
+    contender's latest ``/metrics.json`` (the engine's)."""
+    latency = (getattr(contender, "metrics", None) or {}).get("latency") or {}
+    stages: dict[str, Any] | None = latency.get(histogram)
+    return stages
 
 
 def offered_rate(asked: float, walls: list[float], slack: float = 0.95) -> float:

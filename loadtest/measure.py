@@ -564,3 +564,45 @@ def state_memory_per_customer(
     if small_mb is None or large_mb is None or large_customers == small_customers:
         return None
     return round((large_mb - small_mb) * 1024 / (large_customers - small_customers), 1)
+
+
+def stage_split(
+    before: Mapping[str, Mapping[str, Any]] | None, after: Mapping[str, Mapping[str, Any]] | None
+) -> dict[str, dict[str, Any]]:
+    """Where a phase's event latency went, per stage: the difference of two
+    readings of a worker's stage histograms (``/metrics.json``
+    ``latency.stages``: count, sum and cumulative bucket counts), as the
+    mean and the bucket bound under which 99 % of the phase's records fell.
+    Empty when the worker reports no stages (the peer).
+
+    >>> before = {"transit": {"count": 10, "sum_s": 1.0, "le": {"0.05": 10}}}
+    >>> after = {"transit": {"count": 110, "sum_s": 6.0, "le": {"0.05": 60, "0.1": 110}}}
+    >>> stage_split(before, after)
+    {'transit': {'records': 100, 'mean_ms': 50.0, 'p99_below_ms': 100.0}}
+    >>> stage_split(None, None)
+    {}
+    """
+    split: dict[str, dict[str, Any]] = {}
+    for stage, now in (after or {}).items():
+        then = (before or {}).get(stage) or {"count": 0, "sum_s": 0.0, "le": {}}
+        records = int(now["count"]) - int(then["count"])
+        if records <= 0:
+            continue
+        below = None
+        earlier = 0
+        # cumulative counts, listed only where they changed: carry the last one forward
+        for bound in sorted({*now["le"], *then["le"]}, key=float):
+            earlier = then["le"].get(bound, earlier)
+            count_then = earlier
+            count_now = now["le"].get(bound)
+            if count_now is None:
+                continue
+            if count_now - count_then >= 0.99 * records:
+                below = float(bound) * 1000
+                break
+        split[stage] = {
+            "records": records,
+            "mean_ms": round((float(now["sum_s"]) - float(then["sum_s"])) / records * 1000, 1),
+            "p99_below_ms": below,
+        }
+    return split

@@ -203,9 +203,13 @@ class Consumer:
 class Observed:
     def __init__(self) -> None:
         self.count = 0
+        self.stages: dict[str, Observed] = {}
 
     def observe(self, seconds: float) -> None:
         self.count += 1
+
+    def labels(self, stage: str) -> Observed:
+        return self.stages.setdefault(stage, Observed())
 
 
 class Summaries:
@@ -245,7 +249,9 @@ def runtime(journal: Journal) -> Any:
             consumer=Consumer(journal), producer=Producer(journal), should_stop=False
         ),
         on_actions=lambda actions: journal.note("counted", len(actions)),
-        latencies=SimpleNamespace(event=Observed(), action=Observed()),
+        latencies=SimpleNamespace(
+            event=Observed(), action=Observed(), stage=Observed(), checkpoint=Observed()
+        ),
         summaries=Summaries(journal),
     )
 

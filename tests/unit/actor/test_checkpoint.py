@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 from faust.types import TP
 
+from agents.prometheus import Latencies
+
 
 class Anchor:
     """A record of a customer's partition (weak-referenceable, as Faust's events are)."""
@@ -50,6 +52,7 @@ def fake_runtime(customers: dict) -> Any:
             consumer=SimpleNamespace(_unacked_messages=set(), _committed_offset={})
         ),
         actor=SimpleNamespace(next_due=lambda state: None),
+        latencies=Latencies(),
     )
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from agents.customer import trigger_publications
+import pytest
+
+from agents.customer import CustomerAgent, _Batch, trigger_publications
 from agents.prometheus import Latencies, exposition
 from engine.events import PUBLISHED_HEADER, published_at
+from engine.watermark import SENT_HEADER
 
 
 def record(published_ms: int | None) -> Any:
@@ -63,3 +66,25 @@ def test_both_histograms_reach_json_and_the_prometheus_text() -> None:
     assert "iotcrm_action_latency_seconds_count 1.0" in exposition(dict, latencies).decode(), (
         "a scrape does not reset or double the histograms"
     )
+
+
+def test_the_event_latency_is_split_into_ingest_transit_and_actor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    forwarded = record(1_000)
+    forwarded.message.headers.append((SENT_HEADER, b"1200"))  # ingest stamped it 0.2 s later
+    not_stamped = record(1_000)  # not written by ingest: no stages, only the event latency
+    batch = _Batch(packed=[(forwarded, [{"id": "e1"}]), (not_stamped, [{"id": "e2"}])])
+    batch.began_at = 1.5
+    monkeypatch.setattr("agents.customer.time.time", lambda: 1.6)  # its actions sent
+    agent: Any = SimpleNamespace(rt=SimpleNamespace(latencies=Latencies()))
+    CustomerAgent._observe_latencies(agent, batch)
+    figures = agent.rt.latencies.as_dict()
+    assert figures["event"]["count"] == 2
+    assert {stage: (f["count"], f["sum_s"]) for stage, f in figures["stages"].items()} == {
+        "ingest": (1, 0.2),
+        "transit": (1, 0.3),
+        "actor": (1, 0.1),
+    }
+    text = exposition(dict, agent.rt.latencies).decode()
+    assert 'iotcrm_stage_latency_seconds_count{stage="transit"} 1.0' in text
