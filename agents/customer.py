@@ -50,13 +50,21 @@ their order is the delivery guarantee, as in Quix Streams' checkpoint:
 3. ``_write_states``: only then each changed customer's state, once (and its
    timer; a rebalance meanwhile ends the checkpoint), so state that says
    "seen" implies its actions were delivered (at least once; a replay
-   repeats an action with the same ``action_id`` and never loses one);
+   repeats an action with the same ``action_id`` and never loses one). The
+   writes run in the background, in slices of ``WRITE_SLICE_S`` between
+   which batches run: encoding and handing over a few hundred states takes
+   a tenth of a second or more, which every event waiting behind a held
+   stream would pay. Each state is written as the checkpoint found it: a
+   batch that takes a customer not yet written writes it first
+   (``_state``), and the next checkpoint writes what is left first;
 4. ``_checkpoint_models``, ``_checkpoint_clocks``: the partitions' models and
-   clocks with the states, so a replay starts all three from the same records;
-5. ``_release``, in the background while the stream goes on: after the
-   previous checkpoint's release, wait until the table writes are
-   acknowledged too (``agents.faust_compat.flush_table_writes``), then release
-   the held records, so Faust may commit past them, and count them as done.
+   clocks with the states (written while the checkpoint holds the stream), so
+   a replay starts all three from the same records;
+5. ``_write_then_release``, in the background while the stream goes on: the
+   states of step 3, then, after the previous checkpoint's release, wait
+   until the table writes are acknowledged too
+   (``agents.faust_compat.flush_table_writes``), then release the held
+   records, so Faust may commit past them, and count them as done.
 
 A crash between checkpoints loses only work that the records still behind the
 committed offset will redo. On a rebalance the uncheckpointed work and the
@@ -124,6 +132,9 @@ from tables.state import (
 )
 
 log = logging.getLogger(__name__)
+
+#: The longest a checkpoint's writer runs before it lets a batch in.
+WRITE_SLICE_S = 0.005
 
 
 @dataclass
@@ -251,6 +262,9 @@ class CustomerAgent:
         #: changed since the last checkpoint: customer -> a record of its partition
         #: (Faust writes a table key to the changelog partition of the current event)
         self._dirty: dict[str, faust.EventT] = {}
+        #: of the latest checkpoint, the customers whose states its writer has
+        #: not written yet (their states are as the checkpoint found them)
+        self._unwritten: dict[str, faust.EventT] = {}
         #: partitions whose models moved since the last checkpoint: a record of each
         self._dirty_partitions: dict[int, faust.EventT] = {}
         #: records processed since the last checkpoint, not yet released to Faust
@@ -526,7 +540,7 @@ class CustomerAgent:
         for table in (self.rt.customers, self.rt.timers):
             if table.get(customer_id) is not None:
                 del table[customer_id]
-        for kept in (self._states, self._dirty, self._written_due):
+        for kept in (self._states, self._dirty, self._unwritten, self._written_due):
             kept.pop(customer_id, None)
         self.due[partition].pop(customer_id, None)
         self.rt.summaries.pending.pop(customer_id, None)
@@ -623,10 +637,12 @@ class CustomerAgent:
         actions acknowledged, then state written and acknowledged, then the
         records released for Faust to commit.
 
-        The stream goes on while the state writes travel: their
+        The stream goes on while the states are written: the writes, their
         acknowledgement and the release run in the background, one
-        checkpoint after the other (``wait_released``). The states are encoded
-        here, so what a checkpoint writes is what its actions came from."""
+        checkpoint after the other (``wait_released``). What a checkpoint
+        writes is each state as it was here, when its actions were
+        acknowledged: a batch that touches a customer whose state is not yet
+        written writes it first (``_state``)."""
         self._raise_release_failure()
         generation = self._generation
         timed = self.rt.latencies.checkpoint
@@ -637,22 +653,23 @@ class CustomerAgent:
         await self._publish_erasures()
         acknowledged = time.monotonic()
         timed.labels("acknowledge").observe(acknowledged - began)
-        dirty, self._dirty = self._dirty, {}
+        # The previous checkpoint's writer may still be at it: what it has
+        # left goes now, so a customer's writes keep the checkpoints' order.
+        for customer_id in list(self._unwritten):
+            self._write_state(customer_id)
+        self._unwritten, self._dirty = self._dirty, {}
+        self._trim_states()  # under the lock: no batch holds a state it changed
         dirty_partitions, self._dirty_partitions = self._dirty_partitions, {}
         held, self._held = self._held, []
-        if not await self._write_states(dirty, generation):
-            self._give_back(held)  # revoked meanwhile: the new owner replays them
-            return
-        timed.labels("write").observe(time.monotonic() - acknowledged)
         self._checkpoint_models(dirty_partitions)
         moved_clocks, self._moved_clocks = self._moved_clocks, {}
         self._checkpoint_clocks(moved_clocks)
         counted, self._uncounted = self._uncounted, ActorOutput()
         self._releasing = asyncio.ensure_future(
-            self._release(self._releasing, held, counted, generation)
+            self._write_then_release(self._releasing, held, counted, generation)
         )
         self._checkpointed_at = time.monotonic()
-        self._trim_states()
+        timed.labels("write").observe(self._checkpointed_at - acknowledged)
 
     async def _acknowledge_actions(self) -> None:
         """Checkpoint step 1: until Kafka acknowledged every action and late
@@ -661,35 +678,23 @@ class CustomerAgent:
         if unacknowledged:
             await asyncio.gather(*unacknowledged)
 
-    async def _write_states(self, dirty: dict[str, faust.EventT], generation: int) -> bool:
-        """Checkpoint step 3: each changed customer's state once, and its next
-        timer, each with a record of its partition current. False if the
-        partitions were revoked meanwhile (nothing more may be written)."""
-        customers = self.rt.tables.customers
-        # Thousands of changed customers take long: let heartbeats and fetches
-        # through meanwhile (no batch can run: the caller holds the lock).
-        pauses = Pauses()
-        for customer_id, anchor in dirty.items():
-            if await pauses.maybe() and generation != self._generation:
-                return False
-            state = self._states[customer_id]
-            set_current_event(anchor)
-            customers[customer_id] = encode_state(state)
-            self._write_due(anchor.message.partition, customer_id)
-        return True
-
-    async def _release(
+    async def _write_then_release(
         self,
         previous: asyncio.Future[None] | None,
         held: list[faust.EventT],
         counted: ActorOutput,
         generation: int,
     ) -> None:
-        """Checkpoint step 5, in the background: after the previous
+        """Checkpoint steps 3 and 5, in the background: each changed
+        customer's state (``_write_states``); then, after the previous
         checkpoint's release, once this one's table writes are acknowledged,
         release its records to Faust's commit and count them as durable."""
+        written = await self._write_states(generation)
         if previous is not None:
             await previous
+        if not written:
+            self._give_back(held)  # revoked meanwhile: the new owner replays them
+            return
         await flush_table_writes(self.rt.app.producer)
         if generation != self._generation:
             self._give_back(held)
@@ -697,6 +702,26 @@ class CustomerAgent:
         for record in held:
             record.ack()
         self._count_durable(counted)
+
+    async def _write_states(self, generation: int) -> bool:
+        """Checkpoint step 3: each changed customer's state once, and its next
+        timer, in slices between which batches run (and write the states
+        they touch first). False if the partitions were revoked meanwhile."""
+        unwritten = self._unwritten
+        pauses = Pauses(WRITE_SLICE_S)
+        while unwritten:  # emptied by batches, and by the next checkpoint
+            if await pauses.maybe() and generation != self._generation:
+                return False
+            self._write_state(next(iter(unwritten)))
+        return generation == self._generation
+
+    def _write_state(self, customer_id: str) -> None:
+        """Write a customer of the latest checkpoint whose state is not yet
+        written, and its next timer, with a record of its partition current."""
+        anchor = self._unwritten.pop(customer_id)
+        set_current_event(anchor)
+        self.rt.tables.customers[customer_id] = encode_state(self._states[customer_id])
+        self._write_due(anchor.message.partition, customer_id)
 
     def _count_durable(self, counted: ActorOutput) -> None:
         self.stats.in_flight -= counted.processed + counted.duplicates + len(counted.late)
@@ -728,6 +753,7 @@ class CustomerAgent:
         self._clock_checkpoints.clear()
         self._moved_clocks.clear()
         self._dirty.clear()
+        self._unwritten.clear()  # its writer stops and gives its records back
         self._dirty_partitions.clear()
         self._give_back(self._held)
         self._held = []
@@ -746,6 +772,10 @@ class CustomerAgent:
             unprocessed(consumer, record.message)
 
     def _state(self, customer_id: str, anchor: faust.EventT) -> CustomerState:
+        """The customer's decoded state, for a batch to change: written first
+        if the latest checkpoint has not written it yet."""
+        if customer_id in self._unwritten:
+            self._write_state(customer_id)
         state = self._states.get(customer_id)
         if state is None:
             set_current_event(anchor)
@@ -760,7 +790,7 @@ class CustomerAgent:
     def _trim_states(self) -> None:
         excess = len(self._states) - self.rt.settings.worker.state_cache_size
         for customer_id in list(itertools.islice(self._states, max(0, excess))):
-            if customer_id not in self._dirty:
+            if customer_id not in self._dirty and customer_id not in self._unwritten:
                 del self._states[customer_id]
         self.stats.cached_states = len(self._states)
 

@@ -365,16 +365,17 @@ async def test_a_batch_and_its_checkpoint_keep_their_documented_order() -> None:
         ("send", "crm.customer360", "c3", True),
         ("-- Kafka acknowledges",),
         *[("acknowledged",)] * 2,
-        # states (with their timers) once per changed customer, each to its
-        # own partition's changelog, then the models and the clocks
+        # the models and the clocks, while the checkpoint holds the stream
+        ("write", "models", "p0", (OUTCOMES, 7)),
+        ("write", "models", "clock-p0", (OUTCOMES, 7)),
+        ("write", "models", "clock-p1", (EVENTS, 10)),
+        # then, in the background, the states (with their timers) once per
+        # changed customer, each to its own partition's changelog
         ("write", "customers", "c1", (PROFILES, 3)),
         ("write", "timers", "c1", (PROFILES, 3)),
         ("write", "customers", "c2", (OUTCOMES, 7)),
         ("write", "customers", "c9", (EVENTS, 10)),
         ("write", "timers", "c9", (EVENTS, 10)),
-        ("write", "models", "p0", (OUTCOMES, 7)),
-        ("write", "models", "clock-p0", (OUTCOMES, 7)),
-        ("write", "models", "clock-p1", (EVENTS, 10)),
         # those writes acknowledged, and only then the records released
         ("table writes flushed",),
         ("client flushed",),
