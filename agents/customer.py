@@ -709,9 +709,12 @@ class CustomerAgent:
         they touch first). False if the partitions were revoked meanwhile."""
         unwritten = self._unwritten
         pauses = Pauses(WRITE_SLICE_S)
-        while unwritten:  # emptied by batches, and by the next checkpoint
-            if await pauses.maybe() and generation != self._generation:
-                return False
+        while unwritten:
+            if await pauses.maybe():
+                if generation != self._generation:
+                    return False
+                if not unwritten:
+                    break  # batches and the next checkpoint wrote the rest meanwhile
             self._write_state(next(iter(unwritten)))
         return generation == self._generation
 

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import orjson
+import pytest
 from faust.types import TP
 
 from agents.prometheus import Latencies
@@ -61,7 +62,8 @@ def fake_runtime(customers: dict) -> Any:
         models_by_partition={},
         model_checkpoints={},
         app=SimpleNamespace(
-            consumer=SimpleNamespace(_unacked_messages=set(), _committed_offset={})
+            consumer=SimpleNamespace(_unacked_messages=set(), _committed_offset={}),
+            producer=None,
         ),
         actor=SimpleNamespace(next_due=lambda state: None),
         latencies=Latencies(),
@@ -214,3 +216,35 @@ async def test_a_rebalance_stops_the_writer_and_its_records_come_again() -> None
     await asyncio.wait_for(agent.wait_released(), 5)
     assert customers == {}, "nothing of the revoked partitions' checkpoint is written"
     assert record.message.acked and not runtime.app.consumer._unacked_messages, "given back"
+
+
+async def test_the_writer_ends_cleanly_when_a_batch_wrote_its_last_states(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from agents.customer import CustomerAgent
+    from tables.state import new_customer_state
+
+    async def flushed(producer: Any) -> None:
+        return None
+
+    monkeypatch.setattr("agents.customer.flush_table_writes", flushed)
+    customers = SlowTable(write_s=0.01)  # each write outlasts a slice: the writer yields
+    agent = CustomerAgent(fake_runtime(customers))
+    anchor = Anchor(partition=0)
+    for customer_id in ("c1", "c2"):
+        agent._states[customer_id] = new_customer_state(customer_id)
+        agent._dirty[customer_id] = anchor
+    agent._held = [anchor]  # type: ignore[list-item]
+    anchor.ack = lambda: None  # type: ignore[attr-defined]
+
+    async def batch() -> None:  # takes c2 while the writer yields after c1
+        while len(customers) < 1:
+            await asyncio.sleep(0)
+        agent._state("c2", anchor)
+
+    batching = asyncio.ensure_future(batch())
+    await agent.checkpoint()
+    await asyncio.wait_for(batching, 5)
+    await asyncio.wait_for(agent.wait_released(), 5)  # raises if the writer failed
+    assert sorted(customers) == ["c1", "c2"]
+    assert agent.stats.checkpoints == 1
