@@ -126,8 +126,17 @@ async def test_events_become_actions_on_kafka_and_in_cassandra(
     latency, since_first_sent = metrics["latency"], time.time() - first_sent_at
     assert latency["event"]["count"] == metrics["ingest"]["records_sent"]
     assert latency["action"]["count"] == 2
-    for histogram in latency.values():
+    for histogram in (latency["event"], latency["action"]):
         assert 0 < histogram["sum_s"] <= histogram["count"] * since_first_sent
+    # ... split by stage, per record: ingest, transit and actor add up to it
+    stages = latency["stages"]
+    assert {stage: stages[stage]["count"] for stage in stages} == dict.fromkeys(
+        ("ingest", "transit", "actor"), metrics["ingest"]["records_sent"]
+    )
+    assert sum(stage["sum_s"] for stage in stages.values()) == pytest.approx(
+        latency["event"]["sum_s"], abs=0.001 * latency["event"]["count"]
+    )
+    assert latency["checkpoint"]["acknowledge"]["count"] >= 1
     scraped = worker.text("/metrics") or ""
     assert "iotcrm_action_latency_seconds_count 2.0" in scraped
     assert 'iotcrm_event_latency_seconds_bucket{le="0.25"}' in scraped
