@@ -19,12 +19,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from msgspec import UNSET
+
 from engine.actions import build_action
 from engine.pseudonyms import Pseudonyms
 from engine.quality import StreamHygiene
 from engine.rules.compiler import DEFAULT_TOPICS as DEFAULT_ACTION_TOPICS
 from tables.state import (
     CustomerState,
+    DeviceState,
     customer_view,
     device_view,
     note_action,
@@ -122,13 +125,13 @@ class CustomerActor:
         # does not depend on where batches were cut; the admitted events are
         # then processed in event-time order (a stable sort: equal times keep
         # their arrival order).
-        admitted: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        admitted: list[tuple[dict[str, Any], DeviceState]] = []
         devices = state.devices
         for event in events:
-            # setdefault(..., {}) would build a dict per event only to drop it
+            # setdefault(..., DeviceState()) would build a state per event only to drop it
             device_state = devices.get(event["device_id"])
             if device_state is None:
-                device_state = devices[event["device_id"]] = {}
+                device_state = devices[event["device_id"]] = DeviceState()
             verdict = self.hygiene.admit(device_state, event)
             if verdict == "duplicate":
                 out.duplicates += 1
@@ -147,9 +150,9 @@ class CustomerActor:
                 scores = {}
             elif per_device:
                 # a device's own models are part of its state (see tables.state)
-                held = device_state.get("models")
-                if held is None:
-                    held = device_state["models"] = {}
+                held = device_state.models
+                if held is UNSET:
+                    held = device_state.models = {}
                 scores = models.process(event, customer=customer, device=device, device_models=held)
             else:
                 scores = models.process(event, customer=customer, device=device)
@@ -201,5 +204,5 @@ class CustomerActor:
             out.actions.append((self.topic_for(firing), action))
 
 
-def _admitted_ts(admitted: tuple[dict[str, Any], dict[str, Any]]) -> float:
+def _admitted_ts(admitted: tuple[dict[str, Any], DeviceState]) -> float:
     return admitted[0]["ts"]

@@ -28,6 +28,7 @@ import msgspec
 from engine.quality import (
     Accepted,
     DeviceRegistry,
+    HygieneState,
     Inspector,
     QualityOptions,
     SourcePosition,
@@ -186,9 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     inspect = inspector.inspect
 
     def admit_all() -> None:
-        states: dict[str, dict[str, Any]] = {}
+        states: dict[str, HygieneState] = {}
         for event in accepted:
-            hygiene.admit(states.setdefault(event["device_id"], {}), event)
+            state = states.get(event["device_id"])
+            if state is None:
+                state = states[event["device_id"]] = HygieneState()
+            hygiene.admit(state, event)
 
     cases: list[tuple[str, Callable[[], object], int]] = [
         ("msgspec.json decode (untyped, floor)", lambda: [decode(r) for r in events], len(events)),

@@ -62,6 +62,7 @@ from engine.watermark import PartitionClock, SourceWatermarks, sent_header, time
 from loadtest.peer_rules import HandRules
 from tables.state import (
     CustomerState,
+    DeviceState,
     apply_profile,
     customer_view,
     decode_state,
@@ -281,7 +282,9 @@ class PeerLogic:
         emitted_at = time.time()
         out: list[dict[str, Any]] = []
         counters = self.counters
-        device_state = customer_state.devices.setdefault(event["device_id"], {})
+        device_state = customer_state.devices.get(event["device_id"])
+        if device_state is None:
+            device_state = customer_state.devices[event["device_id"]] = DeviceState()
         verdict = self.hygiene.admit(device_state, event)
         if verdict == "duplicate":
             counters.duplicates += 1

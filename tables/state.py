@@ -2,25 +2,27 @@
 
 A ``CustomerState`` is a ``msgspec.Struct``, stored msgpack-encoded as one
 value of the ``customers`` table, written once per batch. Its encoded form is
-a msgpack map with one key per field (the field names below), so states
-written when the state was a plain dict decode into it, and what reads the
-encoded form by key (the chaos suite's comparison) sees the same keys:
+a msgpack map with one key per field (the field names below), and so is each
+Struct inside it, so states written when the state and its device states were
+plain dicts decode into it, and what reads the encoded form by key (the chaos
+suite's comparison) sees the same keys:
 
 ``customer_id``; ``profile`` (from ``crm.customers``: tier, segment, consent, ...);
-``devices`` (device_id -> device state, a plain dict: the stream-hygiene fields of
-``engine.quality.hygiene`` plus ``device_type``, ``last`` readings, ``last_ts``,
-``events``, and consumable tracking); ``usage`` (a ``UsageState``: minutes of use
-per UTC day of event time, the running day, and a baseline over the last full days);
-``rules`` (the rule engine's per-key state, its own plain data); ``counts``
-(a ``Counts``); ``last_event_at``; ``recent_actions`` (``RecentAction``);
-``support_case_times``.
+``devices`` (device_id -> ``DeviceState``: the stream-hygiene fields of
+``engine.quality.HygieneState``, then ``device_type``, ``kind``, ``last_ts``,
+``events``, the ``last`` readings by name, the ``consumable`` tracking, the
+device's own ``models`` and its ``last_action_at`` per action type); ``usage``
+(a ``UsageState``: minutes of use per UTC day of event time, the running day,
+and a baseline over the last full days); ``rules`` (the rule engine's per-key
+state, its own plain data); ``counts`` (a ``Counts``); ``last_event_at``;
+``recent_actions`` (``RecentAction``); ``support_case_times``.
 A device's own models (``scope: device``, see ``engine.models``) sit in its
 state under ``models`` (name -> [fingerprint, estimator]); an estimator is
 stored as a msgpack extension holding a model snapshot, and one that cannot
 be read back (a snapshot format of another version) starts over.
 
 >>> state = new_customer_state("c-1")
->>> device = state.devices.setdefault("d-1", {})
+>>> device = state.devices.setdefault("d-1", DeviceState())
 >>> record_event(state, device, {"id": "e1", "ts": 86400.0 * 3 + 60, "device_id": "d-1",
 ...     "device_type": "wearable", "kind": "usage", "usage_min": 42.0})
 >>> customer_view(state)["usage_today_min"], device_view(device)["device_type"]
@@ -38,15 +40,12 @@ import logging
 from typing import Any
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from engine.durations import DAY_S, HOUR_S
+from engine.quality.hygiene import HygieneState
 
 log = logging.getLogger(__name__)
-
-#: A device's state: plain data, filled in by ``engine.quality.hygiene``
-#: (which starts from ``{}``), ``record_event``, ``note_action`` and the
-#: device models; its keys vary with the device's events.
-DeviceState = dict[str, Any]
 
 #: Days of daily usage kept, and how many full days make a baseline.
 USAGE_DAYS_KEPT = 14
@@ -66,9 +65,6 @@ _NOT_READINGS = frozenset({"id", "ts", "device_id", "customer_id", "device_type"
 #: What counts as a number in a reading (bool too, being an int); a tuple
 #: because isinstance checks it faster than the equivalent ``int | float``.
 _NUMBER = (int, float)
-
-#: An empty mapping to read from, never handed out (so never changed).
-_NOTHING: dict[str, Any] = {}
 
 #: msgpack extension code of a device's model: ``engine.models.snapshot`` bytes.
 MODEL_EXT = 1
@@ -122,6 +118,48 @@ class RecentAction(msgspec.Struct):
     at: float
 
 
+class Consumable(msgspec.Struct):
+    """A device's consumable (detergent, filter ...), from the events with a
+    ``level`` (``_track_consumable``): the latest ``level``, ``cycles`` (the
+    device's cycle counter, None until one came) and ``ts``; the cycle count
+    and time the rates are measured from (``first_cycles``, ``first_ts``); the
+    smoothed level drop per cycle and the cycles per day, None until measured."""
+
+    level: float
+    cycles: int | float | None
+    ts: float
+    first_cycles: int | float | None
+    first_ts: float
+    drop_per_cycle: float | None = None
+    cycles_per_day: float | None = None
+
+
+class DeviceState(HygieneState):
+    """One device's state: the stream-hygiene fields (``HygieneState``,
+    filled in by ``engine.quality.StreamHygiene``), then what ``record_event``
+    keeps (``device_type``, ``kind`` and ``last_ts`` of the latest event,
+    ``events`` counted, the ``last`` value of each reading by name, and the
+    ``consumable``), the device's own ``models`` (filled in by the actor and
+    ``engine.models``) and ``last_action_at`` (action type -> time of the
+    latest, by ``note_action``). ``DeviceState()`` is a device before its
+    first event.
+
+    Every field has a default, so a state stored before a field existed still
+    decodes. The three that a device only gains with their first use are
+    ``UNSET`` until then and left out of the encoded map, as the dict-shaped
+    state left the key out: ``consumable``, ``models`` (only where models of
+    ``scope: device`` are configured) and ``last_action_at``."""
+
+    device_type: str | None = None
+    kind: str | None = None
+    last_ts: float | None = None
+    events: int = 0
+    last: dict[str, Any] = msgspec.field(default_factory=dict)
+    consumable: Consumable | UnsetType = UNSET
+    models: dict[str, list[Any]] | UnsetType = UNSET
+    last_action_at: dict[str, float] | UnsetType = UNSET
+
+
 class CustomerState(msgspec.Struct):
     """One customer's state (see the module's description of the fields).
 
@@ -170,13 +208,11 @@ def apply_profile(state: CustomerState, profile: dict[str, Any] | None) -> None:
 def record_event(state: CustomerState, device_state: DeviceState, event: dict[str, Any]) -> None:
     """Update device and customer aggregates with an admitted event."""
     ts = event["ts"]
-    device_state["device_type"] = event.get("device_type")
-    device_state["kind"] = event.get("kind")
-    device_state["last_ts"] = ts
-    device_state["events"] = device_state.get("events", 0) + 1
-    last = device_state.get("last")
-    if last is None:  # not setdefault: it would build a dict per event
-        last = device_state["last"] = {}
+    device_state.device_type = event.get("device_type")
+    device_state.kind = event.get("kind")
+    device_state.last_ts = ts
+    device_state.events += 1
+    last = device_state.last
     for name, value in event.items():
         if name not in _NOT_READINGS:
             last[name] = value
@@ -201,30 +237,30 @@ def _track_consumable(device_state: DeviceState, event: dict[str, Any], ts: floa
     """
     level = event["level"]
     cycles = event.get("cycles")
-    track = device_state.get("consumable")
-    if track is None:
-        device_state["consumable"] = {
-            "level": level, "cycles": cycles, "ts": ts, "first_cycles": cycles,
-            "first_ts": ts, "drop_per_cycle": None, "cycles_per_day": None,
-        }  # fmt: skip
+    track = device_state.consumable
+    if track is UNSET:
+        device_state.consumable = Consumable(level, cycles, ts, cycles, ts)
         return
-    if isinstance(cycles, _NUMBER) and isinstance(track["cycles"], _NUMBER):
-        used_cycles = cycles - track["cycles"]
-        drop = track["level"] - level
+    if isinstance(cycles, _NUMBER) and isinstance(track.cycles, _NUMBER):
+        used_cycles = cycles - track.cycles
+        drop = track.level - level
         if used_cycles > 0 and drop > 0:
             per_cycle = drop / used_cycles
-            previous = track["drop_per_cycle"]
-            track["drop_per_cycle"] = (
+            previous = track.drop_per_cycle
+            track.drop_per_cycle = (
                 per_cycle
                 if previous is None
                 else previous + CONSUMABLE_SMOOTHING * (per_cycle - previous)
             )
-        if track["first_cycles"] is None:
-            track.update(first_cycles=cycles, first_ts=ts)
-        elapsed_days = (ts - track["first_ts"]) / DAY_S
+        if track.first_cycles is None:
+            track.first_cycles, track.first_ts = cycles, ts
+        elapsed_days = (ts - track.first_ts) / DAY_S
         if elapsed_days >= 0.25:
-            track["cycles_per_day"] = (cycles - track["first_cycles"]) / elapsed_days
-    track.update(level=level, cycles=cycles if cycles is not None else track["cycles"], ts=ts)
+            track.cycles_per_day = (cycles - track.first_cycles) / elapsed_days
+    track.level = level
+    if cycles is not None:
+        track.cycles = cycles
+    track.ts = ts
 
 
 def _add_usage(usage: UsageState, ts: float, minutes: float) -> None:
@@ -272,7 +308,7 @@ def recent_usage(
     (``HOUR_S`` or ``DAY_S``) up to ``now``: ``[{"start", "minutes"}]``, oldest first.
 
     >>> state = new_customer_state("c-1")
-    >>> device = state.devices.setdefault("d-1", {})
+    >>> device = state.devices.setdefault("d-1", DeviceState())
     >>> for ts, minutes in [(7200.0, 10.0), (7300.0, 5.5), (10900.0, 4.0)]:
     ...     record_event(state, device, {"id": str(ts), "ts": ts, "device_id": "d-1",
     ...                                  "kind": "usage", "usage_min": minutes})
@@ -331,17 +367,22 @@ def _support_cases_30d(state: CustomerState) -> int:
 
 def device_view(device_state: DeviceState) -> dict[str, Any]:
     """What rules see as ``device`` and models as ``device.*``."""
-    consumable = device_state.get("consumable") or _NOTHING
     # Key by key, as in customer_view: same keys, order and values.
-    view = {**device_state.get("last", _NOTHING)}
-    view["device_type"] = device_state.get("device_type")
-    view["last_ts"] = device_state.get("last_ts")
-    view["events"] = device_state.get("events", 0)
-    view["gap_count"] = device_state.get("gap_count", 0)
+    view = {**device_state.last}
+    view["device_type"] = device_state.device_type
+    view["last_ts"] = device_state.last_ts
+    view["events"] = device_state.events
+    view["gap_count"] = device_state.gap_count
     # Time of the device's latest action per type, e.g. last_action_at.maintenance_booking
-    view["last_action_at"] = device_state.get("last_action_at", {})
-    view["level_drop_per_cycle"] = consumable.get("drop_per_cycle")
-    view["cycles_per_day"] = consumable.get("cycles_per_day")
+    latest = device_state.last_action_at
+    view["last_action_at"] = {} if latest is UNSET else latest
+    consumable = device_state.consumable
+    if consumable is UNSET:
+        view["level_drop_per_cycle"] = None
+        view["cycles_per_day"] = None
+    else:
+        view["level_drop_per_cycle"] = consumable.drop_per_cycle
+        view["cycles_per_day"] = consumable.cycles_per_day
     return view
 
 
@@ -362,7 +403,9 @@ def note_action(state: CustomerState, action: dict[str, Any]) -> None:
     # the actions' times, whatever order they were taken in.
     device = state.devices.get(action.get("device_id") or "")
     if device is not None:
-        latest = device.setdefault("last_action_at", {})
+        latest = device.last_action_at
+        if latest is UNSET:
+            latest = device.last_action_at = {}
         previous = latest.get(action["type"])
         if previous is None or action["at"] > previous:
             latest[action["type"]] = action["at"]
@@ -380,8 +423,8 @@ def summary(state: CustomerState) -> dict[str, Any]:
         "devices": {
             device_id: {
                 **device_view(device),
-                "gaps": device.get("gaps", []),
-                "counts": device.get("counts", {}),
+                "gaps": device.gaps,
+                "counts": device.counts,
             }
             for device_id, device in state.devices.items()
         },

@@ -4,15 +4,15 @@
   units normalised, enriched from the registry) or ``Rejection``.
 - ``deadletter_value``: the JSON envelope for ``iot.deadletter`` / ``iot.late``.
 - ``DeviceRegistry`` / ``CustomerProfiles``: views of the compacted topics.
-- ``StreamHygiene``: per-device dedup, lateness and gap tracking on
-  plain-data state, for the customer actor.
+- ``StreamHygiene``: per-device dedup, lateness and gap tracking on a
+  device's ``HygieneState`` (typed plain fields), for the customer actor.
 
 The contract is docs/events.md.
 """
 
 from engine.events import DeviceInfo, SourcePosition
 from engine.quality.deadletter import deadletter_value, original_bytes
-from engine.quality.hygiene import Admission, StreamHygiene, new_device_state
+from engine.quality.hygiene import Admission, HygieneState, StreamHygiene
 from engine.quality.inspector import Inspector
 from engine.quality.options import QualityOptions
 from engine.quality.registry import CustomerProfiles, DeviceLookup, DeviceRegistry
@@ -25,6 +25,7 @@ __all__ = [
     "DeviceInfo",
     "DeviceLookup",
     "DeviceRegistry",
+    "HygieneState",
     "Inspector",
     "QualityOptions",
     "ReasonCode",
@@ -32,6 +33,5 @@ __all__ = [
     "SourcePosition",
     "StreamHygiene",
     "deadletter_value",
-    "new_device_state",
     "original_bytes",
 ]

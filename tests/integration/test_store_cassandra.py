@@ -25,7 +25,14 @@ from engine.store.backoff import Backoff
 from engine.store.cassandra import CassandraStore, build_cluster
 from engine.store.migrations import MIGRATIONS, MigrationError, apply_migrations
 from engine.store.sink import CassandraSink, action_topics
-from tables.state import apply_profile, new_customer_state, note_action, record_event, summary
+from tables.state import (
+    DeviceState,
+    apply_profile,
+    new_customer_state,
+    note_action,
+    record_event,
+    summary,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -439,7 +446,7 @@ def customer_summary(
     for device_id, ts in devices.items():
         record_event(
             state,
-            state.devices.setdefault(device_id, {}),
+            state.devices.setdefault(device_id, DeviceState()),
             {"id": f"e-{device_id}", "ts": ts, "device_id": device_id, "device_type": "washer",
              "kind": "reading", "temperature_c": 41.5},
         )  # fmt: skip

@@ -107,5 +107,5 @@ def test_the_actor_publishes_pseudonyms_and_keeps_real_ids_in_the_state(tmp_path
 
     assert published["customer_id"] == names.of("cust-1")
     assert published["payload"] == {"device": names.of("dev-9")}
-    assert state.devices["dev-9"]["last_action_at"] == {"support_case": 100.0}
+    assert state.devices["dev-9"].last_action_at == {"support_case": 100.0}
     assert state.customer_id == "cust-1"

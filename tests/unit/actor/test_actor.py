@@ -15,6 +15,7 @@ from engine.quality import StreamHygiene
 from engine.rules import RuleEngine, compile_rules, load_ruleset
 from tables.state import (
     DAY_S,
+    DeviceState,
     apply_profile,
     customer_view,
     decode_state,
@@ -157,7 +158,7 @@ def test_state_survives_encoding_mid_stream(actor: CustomerActor) -> None:
     assert got == expected and len(expected) > 3
     for state in (halves, whole):
         for device in state.devices.values():
-            device.pop("last_seen")  # wall-clock time of arrival
+            device.last_seen = None  # wall-clock time of arrival
     assert halves == whole
 
 
@@ -185,7 +186,7 @@ def test_hot_reload_keeps_state_of_unchanged_rules(tmp_path: Path) -> None:
 
 def test_usage_baseline_and_days_since_use() -> None:
     state = new_customer_state("c1")
-    device = state.devices.setdefault("w1", {})
+    device = state.devices.setdefault("w1", DeviceState())
     for day in range(4):
         for minutes in (30.0, 30.0):
             record_event(
@@ -210,7 +211,7 @@ def test_usage_baseline_and_days_since_use() -> None:
 
 def test_consumable_rates_for_the_depletion_model() -> None:
     state = new_customer_state("c1")
-    washer = state.devices.setdefault("w1", {})
+    washer = state.devices.setdefault("w1", DeviceState())
     readings = [(0.0, 80.0, 10), (0.2 * DAY_S, 77.0, 11), (0.5 * DAY_S, 71.0, 13)]
     for i, (ts, level, cycles) in enumerate(readings):
         record_event(
@@ -300,7 +301,7 @@ def test_device_models_travel_in_the_state_and_ignore_interleaving(
             if restore_every and start % restore_every == 0:
                 state = decode_state(encode_state(state))
         seen.append(scorer.scores)
-        assert set(state.devices["d1"]["models"]) == {"anomaly"}
+        assert set(state.devices["d1"].models) == {"anomaly"}
 
     assert seen[0] == seen[1]
     assert sum(s.get("anomaly", 0.0) > 0 for s in seen[0].values()) > 500
@@ -308,10 +309,10 @@ def test_device_models_travel_in_the_state_and_ignore_interleaving(
 
 def test_an_unreadable_device_model_starts_over(caplog: pytest.LogCaptureFixture) -> None:
     scorer, state = RecordingScorer(), new_customer_state("c1")
-    device = state.devices.setdefault("d1", {})
+    device = state.devices.setdefault("d1", DeviceState(models={}))
     scorer.models.process(
         event("e1", 0.0, vibration=0.3, temperature=45.0, power=800.0),
-        device_models=device.setdefault("models", {}),
+        device_models=device.models,
     )
     blob = encode_state(state)
     # another snapshot format version inside the model's extension
@@ -320,13 +321,13 @@ def test_an_unreadable_device_model_starts_over(caplog: pytest.LogCaptureFixture
 
     restored = decode_state(tampered)
 
-    assert restored.devices["d1"]["models"]["anomaly"][1] is None
+    assert restored.devices["d1"].models["anomaly"][1] is None
     assert "starts over" in caplog.text
     scores = scorer.models.process(
         event("e2", 60.0, vibration=0.3, temperature=45.0, power=800.0),
-        device_models=restored.devices["d1"]["models"],
+        device_models=restored.devices["d1"].models,
     )
-    fresh = restored.devices["d1"]["models"]["anomaly"][1]
+    fresh = restored.devices["d1"].models["anomaly"][1]
     assert scores["anomaly"] == 0.0 and fresh["HalfSpaceTrees"].counter == 1
 
 
@@ -346,7 +347,7 @@ def test_a_days_use_is_the_same_whatever_order_the_devices_events_come_in() -> N
     def daily(events: list[dict[str, Any]]) -> list[float]:
         state = new_customer_state("c-1")
         for item in events:
-            record_event(state, state.devices.setdefault(item["device_id"], {}), item)
+            record_event(state, state.devices.setdefault(item["device_id"], DeviceState()), item)
         return [round(day, 6) for day in state.usage.daily]
 
     in_order = daily(sorted(watch + band, key=lambda e: e["ts"]))
@@ -381,10 +382,10 @@ def test_support_cases_and_latest_actions_are_the_same_whatever_order_they_were_
 
     def kept(order: list[dict[str, Any]]) -> tuple[list[float], float]:
         state = new_customer_state("c-1")
-        state.devices["d-1"] = {}
+        state.devices["d-1"] = DeviceState()
         for action in order:
             note_action(state, action)
-        return state.support_case_times, state.devices["d-1"]["last_action_at"]["support_case"]
+        return state.support_case_times, state.devices["d-1"].last_action_at["support_case"]
 
     in_time = kept(actions)
     ats = [action["at"] for action in actions]

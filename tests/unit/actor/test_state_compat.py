@@ -15,6 +15,7 @@ from typing import Any
 
 import dict_device_state
 import msgspec
+from msgspec import UNSET
 
 from engine.actor import CustomerActor
 from engine.durations import DAY_S
@@ -24,8 +25,10 @@ from engine.quality.options import QualityOptions
 from engine.rules import RuleEngine, compile_rules
 from loadtest.chaos import plain
 from tables.state import (
+    Consumable,
     Counts,
     CustomerState,
+    DeviceState,
     RecentAction,
     UsageState,
     _encode_model,
@@ -73,7 +76,21 @@ def old_state() -> dict[str, Any]:
                     "cycles_per_day": None,
                 },
                 "last_action_at": {"support_case": 259300.0},
-            }
+            },
+            # Keys a device gains with their first use are absent until then.
+            "d-2": {
+                "stream_ts": 259800.0,
+                "last_seen": 12.0,
+                "seen": {"e3": 259800.0},
+                "gaps": [],
+                "gap_count": 0,
+                "counts": {"ok": 1, "duplicate": 0, "late": 0},
+                "device_type": "wearable",
+                "kind": "status",
+                "last_ts": 259800.0,
+                "events": 1,
+                "last": {"state": "online", "battery": 81.5},
+            },
         },
         "usage": {
             "day": 3,
@@ -102,7 +119,13 @@ def test_a_state_stored_by_the_dict_encoder_decodes_to_the_same_values() -> None
     assert isinstance(state, CustomerState)
     assert state.customer_id == old["customer_id"]
     assert state.profile == old["profile"]
-    assert state.devices == old["devices"]
+    d1, d2 = old["devices"]["d-1"], old["devices"]["d-2"]
+    assert state.devices == {
+        "d-1": DeviceState(**{**d1, "consumable": Consumable(**d1["consumable"])}),
+        "d-2": DeviceState(**d2),
+    }
+    assert state.devices["d-2"].consumable is UNSET and state.devices["d-2"].models is UNSET
+    assert device_view(state.devices["d-2"])["last_action_at"] == {}
     assert state.usage == UsageState(**old["usage"])
     assert state.rules == old["rules"]
     assert state.counts == Counts(events=2, actions=2)
@@ -138,7 +161,7 @@ def test_a_state_built_today_reads_the_same_through_the_dict_codec() -> None:
     hygiene = StreamHygiene(QualityOptions(), clock=lambda: 0.0)
     state = new_customer_state("c-1")
     for n, (ts, minutes) in enumerate([(86400.0 * 2 + 60, 5.0), (86400.0 * 3 + 90, 7.5)]):
-        device = state.devices.setdefault("d-1", {})
+        device = state.devices.setdefault("d-1", DeviceState())
         event = {
             "id": f"e{n}", "ts": ts, "device_id": "d-1", "device_type": "washer",
             "kind": "usage", "usage_min": minutes, "level": 0.9 - n / 10, "cycles": n,
@@ -326,5 +349,7 @@ def test_device_states_of_the_same_history_store_the_same_maps_either_way() -> N
         decode_state(old_encoder.encode({**stored, "devices": devices})),
         stored["devices"],
     )
+    assert isinstance(state.devices["w-1"].consumable, Consumable)
+    assert state.devices["b-1"].consumable is UNSET and state.devices["b-1"].last_action_at is UNSET
     replay(items[half:], state, devices, scorer, models)
     assert comparable(decode_state_plain(encode_state(state))["devices"]) == comparable(devices)

@@ -20,6 +20,7 @@ from loadtest.peer_rules import HandRules
 from loadtest.simulator import SimParams, Simulation
 from tables.state import (
     CustomerState,
+    DeviceState,
     apply_profile,
     customer_view,
     device_view,
@@ -83,7 +84,7 @@ def _replay(consent_share: float) -> tuple[list[Fired], list[Fired], int]:
             apply_profile(state, profiles[customer_id])
             state.rules = engine.new_state()
             hands[customer_id] = hand.new_state()
-        device_state = state.devices.setdefault(event["device_id"], {})
+        device_state = state.devices.setdefault(event["device_id"], DeviceState())
         if hygiene.admit(device_state, event) != "ok":
             continue
         record_event(state, device_state, event)

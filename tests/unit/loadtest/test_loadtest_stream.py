@@ -16,6 +16,7 @@ from loadtest_helpers import END_TS, PARAMS, Run, simulate
 from engine.quality import (
     Accepted,
     DeviceRegistry,
+    HygieneState,
     Inspector,
     QualityOptions,
     SourcePosition,
@@ -151,9 +152,10 @@ def test_duplicates_are_exact_resends_that_dedup_drops_and_nothing_is_late(
 ) -> None:
     _, accepted, _ = ingested
     hygiene = StreamHygiene(QualityOptions(), clock=lambda: END_TS)
-    states: dict[str, dict[str, Any]] = {}
+    states: dict[str, HygieneState] = {}
     verdicts = Counter(
-        hygiene.admit(states.setdefault(event["device_id"], {}), event) for event in accepted
+        hygiene.admit(states.setdefault(event["device_id"], HygieneState()), event)
+        for event in accepted
     )
     assert verdicts == {
         "ok": wire_run.truth["counts"]["events"],

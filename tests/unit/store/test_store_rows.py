@@ -25,6 +25,7 @@ from engine.store.rows import (
     to_millis,
 )
 from tables.state import (
+    DeviceState,
     apply_profile,
     new_customer_state,
     note_action,
@@ -221,7 +222,7 @@ def published_summary() -> dict[str, Any]:
         },
     )
     for device_id, ts in (("d-1", 1763700000.0), ("d-2", 1763700300.5), ("d-1", 1763700100.0)):
-        device = state.devices.setdefault(device_id, {})
+        device = state.devices.setdefault(device_id, DeviceState())
         record_event(
             state,
             device,
