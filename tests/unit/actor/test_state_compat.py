@@ -1,4 +1,5 @@
-"""States stored while ``CustomerState`` was a plain dict decode into the Structs.
+"""States stored while ``CustomerState`` and its device states were plain dicts
+decode into the Structs, and what the Structs store reads as those dicts.
 
 The old codec was ``msgspec.msgpack.Encoder(enc_hook=_encode_model)`` over a
 dict of primitives; the blobs below are written that way. The device states
