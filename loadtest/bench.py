@@ -645,8 +645,8 @@ async def _search_step(
     cpu = contender.tree.cpu_s()
     budget = MachineBudget(contender.name, contender.tree)
     machine_before = budget.reading()
-    stages_before = _stages(contender)
-    checkpoints_before = _stages(contender, "checkpoint")
+    stages_before = _labelled(contender, "stages")
+    checkpoints_before = _labelled(contender, "checkpoint")
     started = time.time()
     limit = rate * options.search_abort_lag_s
     lags: list[tuple[float, int]] = []
@@ -700,9 +700,9 @@ async def _search_step(
         "timer_p99_ms": timers["p99_ms"],
         "max_lag_events": max((lag for _, lag in lags), default=None),
         #: The engine's event latency by stage (its records, not only the timed actions').
-        "stages": stage_split(stages_before, _stages(contender)),
+        "stages": stage_split(stages_before, _labelled(contender, "stages")),
         #: How long its checkpoints held its stream, by step.
-        "checkpoint": stage_split(checkpoints_before, _stages(contender, "checkpoint")),
+        "checkpoint": stage_split(checkpoints_before, _labelled(contender, "checkpoint")),
         #: (seconds into the step, events published but not yet fully processed)
         "lag_series": [[round(at - started, 1), lag] for at, lag in lags],
         "cpu_s_per_million": _rounded(per_million(cpu, len(walls)), 1),
@@ -715,12 +715,12 @@ async def _search_step(
     }
 
 
-def _stages(contender: Contender, histogram: str = "stages") -> dict[str, Any] | None:
+def _labelled(contender: Contender, histogram: str) -> dict[str, Any] | None:
     """Labelled latency histograms (``stages`` or ``checkpoint``) of the
     contender's latest ``/metrics.json`` (the engine's)."""
     latency = (getattr(contender, "metrics", None) or {}).get("latency") or {}
-    stages: dict[str, Any] | None = latency.get(histogram)
-    return stages
+    labelled: dict[str, Any] | None = latency.get(histogram)
+    return labelled
 
 
 def offered_rate(asked: float, walls: list[float], slack: float = 0.95) -> float:

@@ -588,15 +588,12 @@ def stage_split(
         records = int(now["count"]) - int(then["count"])
         if records <= 0:
             continue
+        # the bucket counts are cumulative and listed only where they changed
         below = None
-        earlier = 0
-        # cumulative counts, listed only where they changed: carry the last one forward
+        count_now = count_then = 0
         for bound in sorted({*now["le"], *then["le"]}, key=float):
-            earlier = then["le"].get(bound, earlier)
-            count_then = earlier
-            count_now = now["le"].get(bound)
-            if count_now is None:
-                continue
+            count_now = now["le"].get(bound, count_now)
+            count_then = then["le"].get(bound, count_then)
             if count_now - count_then >= 0.99 * records:
                 below = float(bound) * 1000
                 break
