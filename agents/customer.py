@@ -666,7 +666,7 @@ class CustomerAgent:
         self._checkpoint_clocks(moved_clocks)
         counted, self._uncounted = self._uncounted, ActorOutput()
         self._releasing = asyncio.ensure_future(
-            self._write_then_release(self._releasing, held, counted, generation)
+            self._write_then_release(self._releasing, self._unwritten, held, counted, generation)
         )
         self._checkpointed_at = time.monotonic()
         timed.labels("write").observe(self._checkpointed_at - acknowledged)
@@ -681,6 +681,7 @@ class CustomerAgent:
     async def _write_then_release(
         self,
         previous: asyncio.Future[None] | None,
+        unwritten: dict[str, faust.EventT],
         held: list[faust.EventT],
         counted: ActorOutput,
         generation: int,
@@ -689,7 +690,7 @@ class CustomerAgent:
         customer's state (``_write_states``); then, after the previous
         checkpoint's release, once this one's table writes are acknowledged,
         release its records to Faust's commit and count them as durable."""
-        written = await self._write_states(generation)
+        written = await self._write_states(unwritten, generation)
         if previous is not None:
             await previous
         if not written:
@@ -703,11 +704,11 @@ class CustomerAgent:
             record.ack()
         self._count_durable(counted)
 
-    async def _write_states(self, generation: int) -> bool:
-        """Checkpoint step 3: each changed customer's state once, and its next
-        timer, in slices between which batches run (and write the states
-        they touch first). False if the partitions were revoked meanwhile."""
-        unwritten = self._unwritten
+    async def _write_states(self, unwritten: dict[str, faust.EventT], generation: int) -> bool:
+        """Checkpoint step 3: each changed customer's state once (``unwritten``:
+        this checkpoint's, which ``_write_state`` empties), and its next timer,
+        in slices between which batches run (and write the states they touch
+        first). False if the partitions were revoked meanwhile."""
         pauses = Pauses(WRITE_SLICE_S)
         while unwritten:
             if await pauses.maybe():
