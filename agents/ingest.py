@@ -62,6 +62,7 @@ from engine.quality import Accepted, DeviceRegistry, Inspector, deadletter_value
 from engine.watermark import (
     SOURCE_HEADER,
     TICK_KEY,
+    UNKNOWN,
     WATERMARK_HEADER,
     EndCheck,
     IngestWatermark,
@@ -82,6 +83,8 @@ END_OFFSETS_TIMEOUT_S = 5.0
 TICK_INTERVAL_S = 1.0
 #: Customers whose partition of the customer stream ingest remembers.
 PARTITION_CACHE_SIZE = 100_000
+#: At most one warning this often about events read behind the stamped time.
+BEHIND_WARNING_INTERVAL_S = 10.0
 #: Longest wait for the broker to acknowledge a poll's records before retrying the flush.
 FLUSH_TIMEOUT_S = 30.0
 
@@ -250,6 +253,10 @@ class IngestMetrics:
         self.lagging_sources = 0
         #: tick rounds sent to quiet customer-stream partitions
         self.ticks = 0
+        #: events read after ingest had stamped a later time than theirs: their
+        #: devices' events reached Kafka more than ``quality.device_skew_s`` out
+        #: of order, so timers of idle keys (a silence) may have fired early
+        self.behind_watermark = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -290,6 +297,9 @@ class Ingest:
         self._failed_sends: list[KafkaError] = []
         #: partitions of the customer stream (read at start; they never change under a running app)
         self._stream_partitions = 0
+        #: the latest time ingest has stamped: every event read after it should be no older
+        self._vouched = UNKNOWN
+        self._warned_behind_at = float("-inf")
         options = librdkafka_options(settings)
         self.producer = Producer(producer_options(settings))
         self.end_offsets = EndOffsets(AdminClient(options), END_OFFSETS_TIMEOUT_S)
@@ -392,9 +402,17 @@ class Ingest:
         watermark.note_read()
         observe = watermark.observe
         self._next_offset.update(offsets)
+        vouched, oldest = self._vouched, None
         for (_, source), verdict in zip(records, verdicts, strict=True):
             if isinstance(verdict, Accepted):
-                observe((source.topic, source.partition), verdict.event["ts"])
+                ts = verdict.event["ts"]
+                observe((source.topic, source.partition), ts)
+                if ts < vouched:
+                    self.metrics.behind_watermark += 1
+                    if oldest is None or ts < oldest[0]:
+                        oldest = (ts, source.topic)
+        if oldest is not None:
+            self._warn_behind(vouched - oldest[0], oldest[1])
         if watermark.current is None:
             # Until it is known, find it before stamping: an unknown watermark
             # holds the actor's idle-key time back, and a quiet stream would
@@ -455,6 +473,18 @@ class Ingest:
         self.metrics.consumed += len(records)
         self.metrics.batches += 1
         self.metrics.last_batch_at = received_at
+
+    def _warn_behind(self, seconds: float, topic: str) -> None:
+        now = time.monotonic()
+        if now - self._warned_behind_at < BEHIND_WARNING_INTERVAL_S:
+            return
+        self._warned_behind_at = now
+        log.warning(
+            "ingest: events read %.0f s of event time behind the time already stamped "
+            "(e.g. %s; %d so far): devices reach Kafka further out of order than "
+            "quality.device_skew_s, so timers of idle keys may fire early",
+            seconds, topic, self.metrics.behind_watermark,
+        )  # fmt: skip
 
     def _partition_count(self, topic: str, timeout_s: float = 30.0) -> int:
         metadata = self.producer.list_topics(topic, timeout=timeout_s).topics.get(topic)
@@ -530,6 +560,9 @@ class Ingest:
     def _on_assign(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
         self.watermark.take_back((tp.topic, tp.partition) for tp in partitions)
+        # Sources read by another instance until now may be behind what this
+        # one stamped; its stamps vouched only for its own.
+        self._vouched = UNKNOWN
         self.metrics.subscribed_topics = len({topic for topic, _ in self._assigned})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
@@ -575,9 +608,11 @@ class Ingest:
     def _headers(self) -> list[tuple[str, bytes]]:
         # Unknown (a lagging source has yielded no valid event yet) holds time
         # back; leaving the header out would let the actor use the event's own time.
+        stamp = self.watermark.stamp()
+        self._vouched = max(self._vouched, stamp)
         return [
             (SOURCE_HEADER, self.instance_id.encode()),
-            (WATERMARK_HEADER, repr(self.watermark.stamp()).encode()),
+            (WATERMARK_HEADER, repr(stamp).encode()),
             sent_header(),
         ]
 

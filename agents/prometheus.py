@@ -35,6 +35,10 @@ COUNTERS: dict[str, dict[str, str]] = {
         "commit_failures": "Ingest commits refused (the records come again).",
         "rebalances": "Times ingest's device partitions were taken away or lost.",
         "send_retries": "Ingest produce attempts retried.",
+        "behind_watermark": (
+            "Events read after ingest had stamped a later time (devices out of order "
+            "by more than quality.device_skew_s: idle keys' timers may have fired early)."
+        ),
         "restarts": "Times the worker restarted its ingest process.",
     },
     "actor": {

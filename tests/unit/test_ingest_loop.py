@@ -306,3 +306,31 @@ def test_the_ends_of_sources_handed_over_are_asked_for_until_they_stop_holding(
     clock.now += 1.0
     ingest._update_watermark()
     assert admin.asked[-1] == {kept}
+
+
+def test_events_older_than_the_time_already_stamped_are_counted(ingest, admin: FakeAdmin) -> None:
+    """A device whose events reach Kafka more than ``device_skew_s`` behind
+    the others breaks what ingest vouched for (an idle key's timer may have
+    fired early): each such event is counted, so operators see it."""
+    ingest, consumer, _ = ingest
+    ingest.registry.apply(
+        b"d-2", orjson.dumps({"device_id": "d-2", "customer_id": "c-2", "device_type": "washer"})
+    )
+    sources = [("iot.device.d-1", 0), ("iot.device.d-2", 0)]
+    ingest._on_assign(consumer, [KafkaPartition(*tp) for tp in sources])  # type: ignore[arg-type]
+    admin.ends = {sources[0]: 1, sources[1]: 0}
+
+    def event(device: str, offset: int, ts: float) -> Message:
+        value = {"id": f"{device}-{offset}", "ts": ts, "device_id": device, "kind": "telemetry"}
+        return Message(f"iot.device.{device}", 0, offset, orjson.dumps(value))
+
+    ingest.ingest([event("d-1", 0, 1_700_001_000)])  # both read to their ends: stamped 1000 - 60
+    ingest.ingest([event("d-1", 1, 1_700_001_001)])
+    assert ingest.metrics.behind_watermark == 0
+    # d-2's events arrive late: one within the skew, one 900 s behind the stamp.
+    ingest.ingest([event("d-2", 0, 1_700_000_950), event("d-2", 1, 1_700_000_100)])
+    assert ingest.metrics.behind_watermark == 1
+    # Sources taken over: what this instance stamped vouched only for its own.
+    ingest._on_assign(consumer, [KafkaPartition("iot.device.d-3", 0)])  # type: ignore[arg-type]
+    ingest.ingest([event("d-2", 2, 1_700_000_200)])
+    assert ingest.metrics.behind_watermark == 1
