@@ -76,15 +76,19 @@ class Pacer:
     0.5
     """
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, rate: float, clock: Callable[[], float] = time.monotonic, started_with: int = 0
+    ) -> None:
         self.rate = rate
         self.clock = clock
         self.started = clock()
+        #: records already out when pacing started (not paced)
+        self.started_with = started_with
 
     def delay(self, sent: int) -> float:
         if self.rate <= 0:
             return 0.0
-        return max(0.0, self.started + sent / self.rate - self.clock())
+        return max(0.0, self.started + (sent - self.started_with) / self.rate - self.clock())
 
 
 def device_topic(device_id: str) -> str:
