@@ -427,6 +427,8 @@ async def measure(
             budget = MachineBudget(contender.name, contender.tree)
             machine_before = budget.reading()
             before = len(work.warmup) + len(work.backlog)
+            stages_before = _labelled(contender, "stages")
+            checkpoints_before = _labelled(contender, "checkpoint")
             lag = asyncio.create_task(_sample_lag(contender, before, rate, live_started, len(live)))
             try:
                 walls = await _feed(contender, live, rate=rate, linger_ms=1)
@@ -443,6 +445,10 @@ async def measure(
                 live_seconds=round(live_s, 1),
                 live_cpu_s_per_million=_rounded(per_million(live_cpu, len(live)), 1),
                 live_lag=_lag_summary(lags if isinstance(lags, list) else []),
+                #: The engine's event latency by stage over the paced phase, and
+                #: how long its checkpoints held the stream (None for the others).
+                live_stages=stage_split(stages_before, _labelled(contender, "stages")),
+                live_checkpoint=stage_split(checkpoints_before, _labelled(contender, "checkpoint")),
             )
             if isinstance(contender, EngineContender) and tail:
                 rest = work.rest[len(live) :]

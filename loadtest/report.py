@@ -722,6 +722,18 @@ def diagnosis(results: Mapping[str, Any]) -> list[str]:
             f"{engine.get('live_seconds')} s for {engine.get('live_events', 0):,} events, so "
             "the latency is mostly queueing."
         )
+    stages = engine.get("live_stages") or {}
+    if stages:
+        split = ", ".join(
+            f"{name} {figures['mean_ms']:,.1f} ms" for name, figures in stages.items()
+        )
+        lines.append(
+            f"- Where its records' latency went over the paced phase (mean per customer-stream "
+            f"record, `iotcrm_stage_latency_seconds`): {split}. *ingest* is publication to "
+            "ingest forwarding (the broker taking the devices' records, ingest's fetch); "
+            "*transit* the broker, the actor's fetch and buffers; *actor* its batch up to the "
+            "actions sent."
+        )
     components = profile.get("components_pct") or {}
     models = sum(pct for name, pct in components.items() if name.startswith("models"))
     if models:
