@@ -392,3 +392,21 @@ def test_support_cases_and_latest_actions_are_the_same_whatever_order_they_were_
     assert in_time == ([at for at in ats if at > ats[-1] - SUPPORT_WINDOW_S], ats[-1])
     assert kept(list(reversed(actions))) == in_time
     assert kept(actions[4:] + actions[:4]) == in_time
+
+
+def test_the_customer_view_counts_the_support_cases_of_the_last_30_days() -> None:
+    from tables.state import SUPPORT_WINDOW_S, new_customer_state, note_action
+
+    state = new_customer_state("c-1")
+    state.devices["d-1"] = DeviceState()
+    for n, at in enumerate((1000.0, 2000.0, 3000.0)):
+        note_action(state, {"action_id": f"s{n}", "type": "support_case", "device_id": "d-1",
+                            "at": at})  # fmt: skip
+    assert customer_view(state)["support_cases_30d"] == 3  # no event yet: every case kept
+    # A case exactly 30 days old is out; one a moment younger is in.
+    state.last_event_at = 2000.0 + SUPPORT_WINDOW_S
+    assert customer_view(state)["support_cases_30d"] == 1
+    state.last_event_at = 2000.0 + SUPPORT_WINDOW_S - 0.001
+    assert customer_view(state)["support_cases_30d"] == 2
+    state.last_event_at = 3000.0 + SUPPORT_WINDOW_S
+    assert customer_view(state)["support_cases_30d"] == 0
