@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,13 @@ from loadtest.publish import Pacer
 Record = tuple[str, bytes]
 #: A paced publisher's steps per second.
 STEPS_PER_S = 50
+#: Steps of a paced publisher that may be unacknowledged at once (100 ms).
+#: librdkafka sends each device topic's records in requests of their own, a
+#: few at a time: with no bound, a busy broker took some devices' records
+#: seconds after others published later, hours apart in a simulation's
+#: compressed time, and the engine and the peer called devices silent whose
+#: next events were on their way (see ``Feeder._ready``).
+STEPS_IN_FLIGHT = 5
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,8 @@ class Feeder:
             }
         )
         self._failures: list[Any] = []
+        #: paced step -> its records not yet acknowledged
+        self._unacknowledged: dict[int, int] = {}
 
     def topic_of(self, device_id: str) -> str:
         return self.device_prefix + device_id
@@ -149,8 +159,12 @@ class Feeder:
         acknowledged.
 
         Paced, the records go out in steps of ~20 ms, so bursts stay small next
-        to the latencies measured; and only once the producer is ready
-        (``_ready``), so they reach Kafka in the order they were published.
+        to the latencies measured; only once the producer is ready
+        (``_ready``); and a step only once the records of the step
+        ``STEPS_IN_FLIGHT`` before it are acknowledged, so devices' records
+        reach Kafka at most about 100 ms out of the order they were published
+        in (when the broker cannot take them that fast, the offered rate
+        falls, and the bench reports the rate achieved).
         """
         chunk = max(1, int(rate / STEPS_PER_S)) if rate > 0 else 2000
         topic_of = self.topic_of
@@ -165,6 +179,7 @@ class Feeder:
                 shared_topic or topic_of(device_id),
                 value,
                 device_id.encode(),
+                step=(sent - 1) // chunk if rate > 0 else None,
                 partition=partition,
                 timestamp=int(wall * 1000),
             )
@@ -175,6 +190,8 @@ class Feeder:
                 if stop is not None and stop.is_set():
                     break
                 await asyncio.sleep(pacer.delay(sent))
+                if rate > 0:
+                    await self._acknowledged_before(sent // chunk - STEPS_IN_FLIGHT + 1)
         await self._flush()
         return walls
 
@@ -196,17 +213,41 @@ class Feeder:
         await self._produce(topic, value, key, **options)
         await self._flush()
 
-    async def _produce(self, topic: str, value: bytes, key: bytes, **options: Any) -> None:
+    async def _produce(
+        self, topic: str, value: bytes, key: bytes, step: int | None = None, **options: Any
+    ) -> None:
+        """Hand a record to the producer; ``step``: the paced step it belongs
+        to, counted until it is acknowledged (``_acknowledged_before``)."""
+        delivered = self._delivered
+        if step is not None:
+            self._unacknowledged[step] = self._unacknowledged.get(step, 0) + 1
+            delivered = functools.partial(self._step_delivered, step)
         while True:
             try:
-                self.producer.produce(topic, value, key, on_delivery=self._delivered, **options)
+                self.producer.produce(topic, value, key, on_delivery=delivered, **options)
                 return
             except BufferError:  # librdkafka's queue is full: let it deliver
                 await asyncio.to_thread(self.producer.poll, 0.05)
 
+    async def _acknowledged_before(self, step: int) -> None:
+        """Until every record of the paced steps before ``step`` is acknowledged."""
+        unacknowledged = self._unacknowledged
+        while unacknowledged and min(unacknowledged) < step:
+            self.producer.poll(0)
+            if min(unacknowledged, default=step) < step:
+                await asyncio.sleep(0.001)
+
     def _delivered(self, error: Any, _message: Any) -> None:
         if error is not None:
             self._failures.append(error)
+
+    def _step_delivered(self, step: int, error: Any, message: Any) -> None:
+        left = self._unacknowledged[step] - 1
+        if left:
+            self._unacknowledged[step] = left
+        else:
+            del self._unacknowledged[step]
+        self._delivered(error, message)
 
     async def _flush(self) -> None:
         """Until every record is acknowledged; a record refused raises."""
