@@ -144,7 +144,7 @@ class CustomerActor:
         per_device = models is not None and models.per_device
         for event, device_state in admitted:
             record_event(state, device_state, event)
-            customer = customer_view(state)
+            customer = customer_view(state, event["ts"])
             device = device_view(device_state)
             if models is None:
                 scores = {}
@@ -176,7 +176,7 @@ class CustomerActor:
         rules_state = self._rules_state(state)
         devices = {d: device_view(s) for d, s in state.devices.items()}
         firings = self.rules.advance(
-            rules_state, now, customer=customer_view(state), devices=devices
+            rules_state, now, customer=customer_view(state, now), devices=devices
         )
         self._emit(state, firings, out, emitted_at)
         return out

@@ -301,7 +301,7 @@ class PeerLogic:
             )
         else:
             record_event(customer_state, device_state, event)
-            customer = customer_view(customer_state)
+            customer = customer_view(customer_state, event["ts"])
             device = device_view(device_state)
             scores = work.models.process(event, customer=customer, device=device)
             firings = self.rules.process(customer_state.rules, event, customer, device, scores)
@@ -366,7 +366,9 @@ class PeerLogic:
             del work.due[customer_id]
             other = transaction.as_state(prefix=customer_id)
             customer_state = self._state(customer_id, other)
-            firings = self.rules.advance(customer_state.rules, now, customer_view(customer_state))
+            firings = self.rules.advance(
+                customer_state.rules, now, customer_view(customer_state, now)
+            )
             self.counters.timer_firings += len(firings)
             self._emit(customer_state, firings, emitted_at, out)
             other.set_bytes(_STATE_KEY, encode_state(customer_state))

@@ -332,12 +332,39 @@ def usage_baseline(usage: UsageState) -> float | None:
     return sum(daily) / len(daily) if len(daily) >= BASELINE_MIN_DAYS else None
 
 
-def customer_view(state: CustomerState) -> dict[str, Any]:
-    """What rules see as ``customer`` and models as ``customer.*``."""
+def customer_view(state: CustomerState, at: float | None = None) -> dict[str, Any]:
+    """What rules see as ``customer`` and models as ``customer.*``: for an
+    event or a timer at ``at``, its usage fields as of ``at``'s UTC day.
+
+    A customer's devices can reach the actor days apart (backlogs after an
+    outage arrive one device after another), and the customer's windows wait
+    for the device behind; the usage of the days that the device ahead has
+    already reported is not part of a day before them: a day's window must
+    not be judged against a baseline of the days after it.
+
+    >>> state = new_customer_state("c-1")
+    >>> device = state.devices.setdefault("w-1", DeviceState())
+    >>> for day, minutes in [(0, 10.0), (1, 60.0), (2, 50.0), (3, 5.0)]:
+    ...     record_event(state, device, {"id": str(day), "ts": day * DAY_S + 3600,
+    ...                                  "device_id": "w-1", "kind": "usage",
+    ...                                  "usage_min": minutes})
+    >>> customer_view(state)["usage_baseline_min"]  # days 1 and 2 (day 0 was partial)
+    55.0
+    >>> view = customer_view(state, at=1 * DAY_S + 900)  # a timer of day 1
+    >>> view["usage_baseline_min"], view["usage_yesterday_min"], view["usage_today_min"]
+    (None, None, 60.0)
+    """
     usage = state.usage
     last_use = usage.last_use_ts
     last_event = state.last_event_at
     daily = usage.daily
+    today = usage.today_min
+    if at is not None and usage.day is not None:
+        day = int(at // DAY_S)
+        behind = usage.day - day
+        if behind > 0:
+            daily = daily[: max(0, len(daily) - behind)]
+            today = usage.days.get(repr(day * DAY_S), 0.0)
     # usage_baseline and _support_cases_30d, inlined: this runs for every event
     baseline = daily[-BASELINE_DAYS:]
     times = state.support_case_times
@@ -346,7 +373,7 @@ def customer_view(state: CustomerState) -> dict[str, Any]:
     view = {**state.profile}
     view["customer_id"] = state.customer_id
     view["devices"] = len(state.devices)
-    view["usage_today_min"] = usage.today_min
+    view["usage_today_min"] = today
     view["usage_yesterday_min"] = daily[-1] if daily else None
     view["usage_baseline_min"] = (
         sum(baseline) / len(baseline) if len(baseline) >= BASELINE_MIN_DAYS else None

@@ -410,3 +410,51 @@ def test_the_customer_view_counts_the_support_cases_of_the_last_30_days() -> Non
     assert customer_view(state)["support_cases_30d"] == 2
     state.last_event_at = 3000.0 + SUPPORT_WINDOW_S
     assert customer_view(state)["support_cases_30d"] == 0
+
+
+DAILY_DROP = """
+- id: drop
+  version: 1
+  key: customer
+  when:
+    window:
+      type: tumbling
+      size: 1d
+      grace: 15m
+      filter: "event.kind == 'usage'"
+      aggregates: {minutes: sum(event.usage_min)}
+      having: "window.minutes < 0.4 * customer.usage_baseline_min"
+  action: {type: retention_offer, payload: {baseline: "{{ customer.usage_baseline_min }}"}}
+"""
+
+
+def test_a_day_is_judged_on_the_usage_before_it_when_a_device_ran_days_ahead(
+    tmp_path: Path,
+) -> None:
+    """A backlog arrives one device after another: the wearable's days, then
+    the other device's. The customer's windows close as the device
+    behind catches up, and each day must be judged against the days before
+    it, not against the days the wearable has reported since: the partial
+    first day (10 min) is no drop against a later day's 60; the third day
+    (5 min, against the mean of the second and itself, 32.5) is."""
+    settings = load_settings(path=None, environ={})
+    actor = CustomerActor(engine_from(tmp_path, DAILY_DROP), StreamHygiene(settings.quality))
+    state = new_customer_state("c1")
+    wearable = [
+        event(f"w{day}", day * DAY_S + hour * 3600, "w1", kind="usage", usage_min=minutes)
+        for day, hour, minutes in [(0, 20, 10.0), (1, 12, 60.0), (2, 12, 5.0), (3, 12, 50.0)]
+    ]
+    other = [event(f"d{day}", day * DAY_S + (1 if day else 20.5) * 3600, "d2") for day in range(4)]
+    # Both devices heard on the first day, then each one's backlog in turn.
+    fired = actor.handle_events(state, [wearable[0], other[0]], None, 1.0).actions
+    fired += actor.handle_events(state, wearable[1:], None, 2.0).actions
+    fired += actor.handle_events(state, other[1:], None, 3.0).actions
+    assert [(action["at"], action["payload"]["baseline"]) for _, action in fired] == [
+        (3 * DAY_S + 900, 32.5)
+    ]
+    # In order, the same: one offer, for the third day.
+    in_order = new_customer_state("c1")
+    replayed = actor.handle_events(
+        in_order, sorted(wearable + other, key=lambda e: e["ts"]), None, 1.0
+    ).actions
+    assert [action["at"] for _, action in replayed] == [3 * DAY_S + 900]
