@@ -402,17 +402,18 @@ class Ingest:
         watermark.note_read()
         observe = watermark.observe
         self._next_offset.update(offsets)
-        vouched, oldest = self._vouched, None
+        vouched = self._vouched
+        furthest_behind: tuple[float, str] | None = None
         for (_, source), verdict in zip(records, verdicts, strict=True):
             if isinstance(verdict, Accepted):
                 ts = verdict.event["ts"]
                 observe((source.topic, source.partition), ts)
                 if ts < vouched:
                     self.metrics.behind_watermark += 1
-                    if oldest is None or ts < oldest[0]:
-                        oldest = (ts, source.topic)
-        if oldest is not None:
-            self._warn_behind(vouched - oldest[0], oldest[1])
+                    if furthest_behind is None or ts < furthest_behind[0]:
+                        furthest_behind = (ts, source.topic)
+        if furthest_behind is not None:
+            self._warn_behind(vouched - furthest_behind[0], furthest_behind[1])
         if watermark.current is None:
             # Until it is known, find it before stamping: an unknown watermark
             # holds the actor's idle-key time back, and a quiet stream would
