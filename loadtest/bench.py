@@ -427,8 +427,7 @@ async def measure(
             budget = MachineBudget(contender.name, contender.tree)
             machine_before = budget.reading()
             before = len(work.warmup) + len(work.backlog)
-            stages_before = _labelled(contender, "stages")
-            checkpoints_before = _labelled(contender, "checkpoint")
+            histograms_before = _labelled_reading(contender)
             lag = asyncio.create_task(_sample_lag(contender, before, rate, live_started, len(live)))
             try:
                 walls = await _feed(contender, live, rate=rate, linger_ms=1)
@@ -438,6 +437,7 @@ async def measure(
                 lags = (await asyncio.gather(lag, return_exceptions=True))[0]
             live_cpu = contender.tree.cpu_s() - live_cpu
             live_s = time.time() - live_started
+            split = _labelled_split(contender, histograms_before)
             result.figures.update(
                 live_machine=cpu_budget(machine_before, budget.reading(), live_s, budget.cores),
                 offered_rate=round(rate, 1),
@@ -446,9 +446,9 @@ async def measure(
                 live_cpu_s_per_million=_rounded(per_million(live_cpu, len(live)), 1),
                 live_lag=_lag_summary(lags if isinstance(lags, list) else []),
                 #: The engine's event latency by stage over the paced phase, and
-                #: how long its checkpoints held the stream (None for the others).
-                live_stages=stage_split(stages_before, _labelled(contender, "stages")),
-                live_checkpoint=stage_split(checkpoints_before, _labelled(contender, "checkpoint")),
+                #: how long its checkpoints held the stream (empty for the others).
+                live_stages=split["stages"],
+                live_checkpoint=split["checkpoint"],
             )
             if isinstance(contender, EngineContender) and tail:
                 rest = work.rest[len(live) :]
@@ -651,8 +651,7 @@ async def _search_step(
     cpu = contender.tree.cpu_s()
     budget = MachineBudget(contender.name, contender.tree)
     machine_before = budget.reading()
-    stages_before = _labelled(contender, "stages")
-    checkpoints_before = _labelled(contender, "checkpoint")
+    histograms_before = _labelled_reading(contender)
     started = time.time()
     limit = rate * options.search_abort_lag_s
     lags: list[tuple[float, int]] = []
@@ -705,10 +704,9 @@ async def _search_step(
         "timer_p50_ms": timers["p50_ms"],
         "timer_p99_ms": timers["p99_ms"],
         "max_lag_events": max((lag for _, lag in lags), default=None),
-        #: The engine's event latency by stage (its records, not only the timed actions').
-        "stages": stage_split(stages_before, _labelled(contender, "stages")),
-        #: How long its checkpoints held its stream, by step.
-        "checkpoint": stage_split(checkpoints_before, _labelled(contender, "checkpoint")),
+        #: The engine's event latency by stage (its records, not only the timed
+        #: actions') and how long its checkpoints held its stream, by step.
+        **_labelled_split(contender, histograms_before),
         #: (seconds into the step, events published but not yet fully processed)
         "lag_series": [[round(at - started, 1), lag] for at, lag in lags],
         "cpu_s_per_million": _rounded(per_million(cpu, len(walls)), 1),
@@ -719,6 +717,22 @@ async def _search_step(
         #: Publishing ran out of time before the step's events were all out.
         "cut_short": "deadline" in stopped,
     }
+
+
+#: The engine's labelled latency histograms a phase is split by (``stage_split``).
+LABELLED_HISTOGRAMS = ("stages", "checkpoint")
+
+
+def _labelled_reading(contender: Contender) -> dict[str, dict[str, Any] | None]:
+    """The labelled histograms as they stand, to split a phase from."""
+    return {name: _labelled(contender, name) for name in LABELLED_HISTOGRAMS}
+
+
+def _labelled_split(
+    contender: Contender, before: dict[str, dict[str, Any] | None]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each labelled histogram over the phase since ``before`` (``stage_split``)."""
+    return {name: stage_split(before[name], _labelled(contender, name)) for name in before}
 
 
 def _labelled(contender: Contender, histogram: str) -> dict[str, Any] | None:

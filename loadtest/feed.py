@@ -231,11 +231,9 @@ class Feeder:
 
     async def _acknowledged_before(self, step: int) -> None:
         """Until every record of the paced steps before ``step`` is acknowledged."""
-        unacknowledged = self._unacknowledged
-        while unacknowledged and min(unacknowledged) < step:
-            self.producer.poll(0)
-            if min(unacknowledged, default=step) < step:
-                await asyncio.sleep(0.001)
+        while min(self._unacknowledged, default=step) < step:
+            self.producer.poll(0)  # serves the delivery callbacks
+            await asyncio.sleep(0.001)
 
     def _delivered(self, error: Any, _message: Any) -> None:
         if error is not None:

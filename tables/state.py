@@ -294,7 +294,7 @@ def _add_usage(usage: UsageState, ts: float, minutes: float) -> None:
             (usage.days, DAY_S, DAYS_KEPT),
         ):
             start = ts // size * size
-            key = repr(start)
+            key = _bucket_key(start)
             buckets[key] = buckets.get(key, 0.0) + minutes
             if len(buckets) > kept:
                 for old in sorted(buckets, key=float)[: len(buckets) - kept]:
@@ -321,15 +321,14 @@ def recent_usage(
     first = now // size_s * size_s - (count - 1) * size_s
     # Sums are added event by event, so the last bits are rounded away.
     return [
-        {"start": start, "minutes": round(buckets.get(repr(start), 0.0), 6)}
+        {"start": start, "minutes": round(buckets.get(_bucket_key(start), 0.0), 6)}
         for start in (first + i * size_s for i in range(count))
     ]
 
 
-def usage_baseline(usage: UsageState) -> float | None:
-    """Mean daily minutes over the last full days (None before the first full day)."""
-    daily = usage.daily[-BASELINE_DAYS:]
-    return sum(daily) / len(daily) if len(daily) >= BASELINE_MIN_DAYS else None
+def _bucket_key(start: float) -> str:
+    """The key of the usage bucket (``UsageState.hours``, ``days``) starting at ``start``."""
+    return repr(start)
 
 
 def customer_view(state: CustomerState, at: float | None = None) -> dict[str, Any]:
@@ -364,8 +363,8 @@ def customer_view(state: CustomerState, at: float | None = None) -> dict[str, An
         behind = usage.day - day
         if behind > 0:
             daily = daily[: max(0, len(daily) - behind)]
-            today = usage.days.get(repr(day * DAY_S), 0.0)
-    # usage_baseline and _support_cases_30d, inlined: this runs for every event
+            today = usage.days.get(_bucket_key(day * DAY_S), 0.0)
+    # the baseline and _support_cases_30d, inlined: this runs for every event
     baseline = daily[-BASELINE_DAYS:]
     times = state.support_case_times
     # Key by key rather than {**profile, ...}: that form builds the literal part
