@@ -47,6 +47,7 @@ import orjson
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
+    ConsumerGroupTopicPartitions,
     IsolationLevel,
     KafkaError,
     KafkaException,
@@ -168,6 +169,53 @@ class EndOffsets:
         self._pending = {}
 
 
+class CommittedOffsets:
+    """A consumer group's committed offsets of some partitions, asked for
+    without blocking ingest's loop (one OffsetFetch at a time, answered on
+    librdkafka's background thread). The consumer's own ``committed()``
+    waits while its group rebalances, which is when hand-overs are settled:
+    it held ingest's loop 5 s at a time, with half the fleet's sources unread."""
+
+    def __init__(self, admin: Any, group: str, timeout_s: float) -> None:
+        self.admin = admin
+        self.group = group
+        self.timeout_s = timeout_s
+        self._pending: Any = None
+
+    @property
+    def asking(self) -> bool:
+        return self._pending is not None
+
+    def ask(self, sources: Iterable[tuple[str, int]]) -> None:
+        request = ConsumerGroupTopicPartitions(
+            self.group, [KafkaPartition(topic, partition) for topic, partition in sources]
+        )
+        (self._pending,) = self.admin.list_consumer_group_offsets(
+            [request], request_timeout=self.timeout_s
+        ).values()
+
+    def answered(self) -> bool:
+        return self._pending is not None and self._pending.done()
+
+    def take(self) -> dict[tuple[str, int], int]:
+        """The answer once ``answered()``; a partition with nothing committed
+        (or no answer) is left out."""
+        pending, self._pending = self._pending, None
+        try:
+            partitions = pending.result(0).topic_partitions
+        except Exception as exc:  # the coordinator did not answer: asked again
+            log.warning("ingest: committed offsets of sources handed over not known (%s)", exc)
+            return {}
+        return {
+            (tp.topic, tp.partition): tp.offset
+            for tp in partitions
+            if tp.error is None and tp.offset >= 0
+        }
+
+    def drop(self) -> None:
+        self._pending = None
+
+
 class CompactedTopicView:
     """Reads a compacted topic from the beginning into ``apply(key, value)``, then follows it."""
 
@@ -244,6 +292,11 @@ class IngestMetrics:
         #: produce attempts the broker refused or timed out, retried
         self.send_retries = 0
         self.subscribed_topics = 0
+        #: device partitions (sources) this instance reads now
+        self.assigned_sources = 0
+        #: sources given up in a rebalance that still hold this instance's
+        #: stamped time back until their new owner is heard
+        self.handed_over = 0
         #: device records not yet read, at the last check of the sources' ends
         self.lag = 0
         self.last_batch_at: float | None = None
@@ -302,11 +355,14 @@ class Ingest:
         self._warned_behind_at = float("-inf")
         options = librdkafka_options(settings)
         self.producer = Producer(producer_options(settings))
-        self.end_offsets = EndOffsets(AdminClient(options), END_OFFSETS_TIMEOUT_S)
+        admin = AdminClient(options)
+        self.end_offsets = EndOffsets(admin, END_OFFSETS_TIMEOUT_S)
+        group = f"{w.app_id}-ingest"
+        self.committed_offsets = CommittedOffsets(admin, group, END_OFFSETS_TIMEOUT_S)
         self.consumer = Consumer(
             {
                 **options,
-                "group.id": f"{w.app_id}-ingest",
+                "group.id": group,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "topic.metadata.refresh.interval.ms": k.metadata_max_age_ms,
@@ -318,7 +374,7 @@ class Ingest:
                 # Incremental rebalances: when a replica comes or goes, the
                 # others go on reading the partitions they keep.
                 "partition.assignment.strategy": "cooperative-sticky",
-                "heartbeat.interval.ms": int(max(1.0, w.session_timeout_s / 4) * 1000),
+                "heartbeat.interval.ms": int(w.heartbeat_interval_s * 1000),
             }
         )
 
@@ -564,11 +620,14 @@ class Ingest:
         # Sources read by another instance until now may be behind what this
         # one stamped; its stamps vouched only for its own.
         self._vouched = UNKNOWN
-        self.metrics.subscribed_topics = len({topic for topic, _ in self._assigned})
+        self._count_sources()
+        if partitions:
+            log.info("ingest: %d sources assigned, %d now", len(partitions), len(self._assigned))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         if partitions:
             self.metrics.rebalances += 1
+            log.info("ingest: %d sources revoked", len(partitions))
         # Their records are acknowledged downstream: commit them while they are ours.
         self._commit({(tp.topic, tp.partition) for tp in partitions})
         self._forget(partitions)
@@ -585,26 +644,40 @@ class Ingest:
             self._next_offset.pop(tp, None)
             self._start.pop(tp, None)
             self._acknowledged.pop(tp, None)
+        self._count_sources()
+
+    def _count_sources(self) -> None:
         self.metrics.subscribed_topics = len({topic for topic, _ in self._assigned})
+        self.metrics.assigned_sources = len(self._assigned)
+        self.metrics.handed_over = len(self.watermark.handed_over)
 
     def _on_lost(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
         # Already someone else's: their uncommitted records are read again there.
         self.metrics.rebalances += 1
+        log.warning(
+            "ingest: %d sources lost (the group moved on without this instance)", len(partitions)
+        )
         self._forget(partitions)
 
     # ------------------------------------------------------------ watermark
 
-    def _settle_hand_overs(self) -> None:
-        """How far the new owners of the sources handed over have committed."""
-        try:
-            sources = [KafkaPartition(topic, part) for topic, part in self.watermark.handed_over]
-            committed = self.consumer.committed(sources, timeout=END_OFFSETS_TIMEOUT_S)
-        except KafkaException as exc:
-            log.warning("ingest: committed offsets of sources handed over not known (%s)", exc)
-            return
-        self.watermark.settle(
-            {(tp.topic, tp.partition): tp.offset for tp in committed if tp.error is None}
-        )
+    def _settle_hand_overs(self, now: float) -> None:
+        """How far the new owners of the sources handed over have committed:
+        the answer to the last question, if it is there, and every
+        ``SETTLE_INTERVAL_S`` a new question."""
+        # Without an answer, settling only releases the sources whose time is up.
+        answer = self.committed_offsets.take() if self.committed_offsets.answered() else {}
+        self.watermark.settle(answer)
+        if (
+            self.watermark.handed_over
+            and not self.committed_offsets.asking
+            and now - self._settled_at >= SETTLE_INTERVAL_S
+        ):
+            self._settled_at = now
+            try:
+                self.committed_offsets.ask(self.watermark.handed_over)
+            except KafkaException as exc:
+                log.warning("ingest: committed offsets of sources handed over not asked (%s)", exc)
 
     def _headers(self) -> list[tuple[str, bytes]]:
         # Unknown (a lagging source has yielded no valid event yet) holds time
@@ -631,11 +704,7 @@ class Ingest:
         ):
             return
         self._watermark_at = now
-        if self.watermark.handed_over and now - self._settled_at >= SETTLE_INTERVAL_S:
-            # A round trip to the group coordinator, in this loop: the
-            # hand-over's grace is seconds, so twice a second is plenty.
-            self._settled_at = now
-            self._settle_hand_overs()
+        self._settle_hand_overs(now)
         if not self._assigned and not self.watermark.handed_over:
             return
         positions = self._positions()
@@ -657,6 +726,7 @@ class Ingest:
         self.watermark.finish_check(check, ends)
         self.metrics.watermark = self.watermark.current
         self.metrics.lagging_sources = self.watermark.lagging
+        self.metrics.handed_over = len(self.watermark.handed_over)
         self.metrics.lag = sum(
             max(0, end - check.positions[tp]) for tp, end in ends.items() if tp in check.positions
         )

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from confluent_kafka import TopicPartition as KafkaPartition
 
-from agents.ingest import EndOffsets, Ingest
+from agents.ingest import CommittedOffsets, EndOffsets, Ingest
 from engine.config import load_settings
 from engine.watermark import IngestWatermark
 
@@ -80,6 +80,9 @@ class FakeAdmin:
         self.ends: dict[tuple[str, int], int] = {}
         self.asked: list[set[tuple[str, int]]] = []
         self.unanswered: list[tuple[Future[Any], tuple[str, int]]] = []
+        self.committed: dict[tuple[str, int], int] = {}
+        self.asked_committed: list[set[tuple[str, int]]] = []
+        self.committed_unanswered: list[tuple[Future[Any], list[KafkaPartition]]] = []
 
     def list_offsets(self, specs: dict[KafkaPartition, Any], **_: Any) -> dict[Any, Future[Any]]:
         self.asked.append({(tp.topic, tp.partition) for tp in specs})
@@ -95,6 +98,25 @@ class FakeAdmin:
         for future, tp in self.unanswered:
             future.set_result(SimpleNamespace(offset=self.ends.get(tp, 0)))
         self.unanswered = []
+
+    def list_consumer_group_offsets(self, requests: list[Any], **_: Any) -> dict[str, Future[Any]]:
+        """An OffsetFetch: answered only by ``answer_committed()``, with ``committed``."""
+        (request,) = requests
+        self.asked_committed.append({(tp.topic, tp.partition) for tp in request.topic_partitions})
+        future: Future[Any] = Future()
+        self.committed_unanswered.append((future, request.topic_partitions))
+        return {request.group_id: future}
+
+    def answer_committed(self) -> None:
+        for future, partitions in self.committed_unanswered:
+            offsets = [
+                KafkaPartition(
+                    tp.topic, tp.partition, self.committed.get((tp.topic, tp.partition), -1001)
+                )
+                for tp in partitions
+            ]
+            future.set_result(SimpleNamespace(topic_partitions=offsets))
+        self.committed_unanswered = []
 
 
 class FakeProducer:
@@ -132,6 +154,7 @@ def ingest(monkeypatch: pytest.MonkeyPatch, admin: FakeAdmin) -> tuple[Ingest, F
     ingest.consumer = consumer  # type: ignore[assignment]
     ingest.producer = FakeProducer()  # type: ignore[assignment]
     ingest.end_offsets = EndOffsets(admin, timeout_s=1.0)
+    ingest.committed_offsets = CommittedOffsets(admin, "iotcrm-ingest", timeout_s=1.0)
     ingest.watermark = IngestWatermark(
         device_skew_s=settings.quality.device_skew_s,
         idle_allowance_s=settings.worker.idle_allowance_s,
@@ -306,6 +329,38 @@ def test_the_ends_of_sources_handed_over_are_asked_for_until_they_stop_holding(
     clock.now += 1.0
     ingest._update_watermark()
     assert admin.asked[-1] == {kept}
+
+
+def test_a_new_owners_commit_releases_a_hand_over_without_holding_the_loop(
+    ingest, admin: FakeAdmin
+) -> None:
+    """While the group rebalances, the consumer's own ``committed()`` waits
+    for it (5 s at a time, with the sources ingest keeps unread): the new
+    owner's progress is asked for in the background, one question at a time,
+    and the loop goes on until the answer is there."""
+    ingest, consumer, clock = ingest
+    consumer.committed = None  # the consumer's blocking call is never made
+    kept, given = ("iot.device.d-1", 0), ("iot.device.d-1", 1)
+    ingest._on_assign(consumer, [KafkaPartition(*kept), KafkaPartition(*given)])  # type: ignore[arg-type]
+    ingest.ingest([telemetry(0, partition=0), telemetry(1, partition=1)])
+    ingest._on_revoke(consumer, [KafkaPartition(*given)])  # type: ignore[arg-type]
+    admin.ends = {kept: 1, given: 9}  # the new owner's records arrived past what this one read
+    clock.now += 1.0
+    ingest._update_watermark()
+    assert admin.asked_committed == [{given}]
+    for _ in range(3):  # unanswered: the loop goes on, and asks nothing more
+        clock.now += 1.0
+        ingest._update_watermark()
+    assert admin.asked_committed == [{given}]
+    assert ingest.watermark.handed_over[given][2] is None  # still holding time back
+    admin.committed = {given: 5}  # the new owner forwarded and committed past offset 2
+    admin.answer_committed()
+    clock.now += 0.1
+    ingest._update_watermark()
+    assert ingest.watermark.handed_over[given][2] is not None  # its grace has begun
+    clock.now += 3.0
+    ingest._update_watermark()
+    assert not ingest.watermark.handed_over
 
 
 def test_events_older_than_the_time_already_stamped_are_counted(ingest, admin: FakeAdmin) -> None:
