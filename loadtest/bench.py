@@ -826,6 +826,7 @@ async def replicas_phase(
             await _feed(contender, work.warmup[start : start + quarter])
             base = await contender.wait_done(min(len(work.warmup), start + quarter), timeout_s=300)
             await asyncio.sleep(1.0)
+        await contender.wait_settled()
         shares_before = _replica_done(contender)
         if not all(shares_before):
             _log(f"{contender.name}: not every replica took part in the warm-up: {shares_before}")

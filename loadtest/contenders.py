@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,9 @@ class ProcessTree:
 
 
 #: A word of the local servers' command lines (deploy/local), to find their processes.
+#: How long the replicas' ownership of sources must stay unchanged to count as settled.
+SETTLED_FOR_S = 3.0
+
 SERVER_MARKERS = {"kafka": "kafka.Kafka", "cassandra": "CassandraDaemon"}
 
 
@@ -189,6 +193,13 @@ class Contender:
 
     async def wait_ready(self, timeout_s: float = 180.0) -> None:
         """Until every replica owns part of the work (a no-op where that cannot be seen)."""
+
+    async def wait_settled(self, timeout_s: float = 120.0) -> None:
+        """Until the replicas' groups are done rebalancing: each replica owns
+        sources (device partitions), none is in the middle of a hand-over, and
+        that has not changed for ``SETTLED_FOR_S`` (a no-op where it cannot
+        be seen). A rebalance inside a timed phase is a stall the phase would
+        charge to the contender's speed."""
 
     # process ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -348,6 +359,31 @@ class EngineContender(Contender):
             done += ingest["deadlettered"] + actor["events"] + actor["duplicates"] + actor["late"]
             done += actor["in_flight"]
         return Progress(started, done)
+
+    async def wait_settled(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        seen, since = None, time.monotonic()
+        while True:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited; log tail:\n{self.log_tail()}")
+            owned = await self._calm_ownership()
+            now = time.monotonic()
+            if owned != seen:
+                seen, since = owned, now
+            elif owned is not None and now - since >= SETTLED_FOR_S:
+                return  # unchanged for a while: no second (cooperative) round under way
+            if now > deadline:
+                raise TimeoutError(f"{self.name}: replicas not settled, ingest owns {seen}")
+            await asyncio.sleep(0.2)
+
+    async def _calm_ownership(self) -> tuple[int, ...] | None:
+        """The sources each replica's ingest owns, if each owns some and none
+        is handing any over; else None."""
+        if await self.progress() is None:
+            return None
+        ingest = [metrics["ingest"] for metrics in self.replica_metrics]
+        owned = tuple(i["assigned_sources"] for i in ingest)
+        return owned if all(owned) and not any(i["handed_over"] for i in ingest) else None
 
     def alive(self) -> bool:
         return all(worker.alive() for worker in self.workers)
