@@ -75,6 +75,14 @@ GAUGES: dict[tuple[str, str], tuple[str, str]] = {
     ("actor", "cached_states"): ("iotcrm_actor_cached_states", "Decoded states in memory."),
     ("sink", "lag"): ("iotcrm_sink_lag", "Records the sink has yet to write."),
     ("ingest", "watermark"): ("iotcrm_ingest_watermark_seconds", "Ingest's event-time watermark."),
+    ("ingest", "assigned_sources"): (
+        "iotcrm_ingest_assigned_sources",
+        "Device partitions this replica's ingest reads.",
+    ),
+    ("ingest", "handed_over"): (
+        "iotcrm_ingest_handed_over_sources",
+        "Device partitions given up in a rebalance that still hold ingest's time back.",
+    ),
     ("event_loop", "recent_max_s"): (
         "iotcrm_event_loop_lag_seconds",
         "Largest event-loop lag over the last 10 s.",

@@ -424,6 +424,7 @@ async def measure(
             live_started = time.time()
             assert contender.tree is not None
             live_cpu = contender.tree.cpu_s()
+            roles_before = contender.tree.cpu_s_by_role()
             budget = MachineBudget(contender.name, contender.tree)
             machine_before = budget.reading()
             before = len(work.warmup) + len(work.backlog)
@@ -437,9 +438,16 @@ async def measure(
                 lags = (await asyncio.gather(lag, return_exceptions=True))[0]
             live_cpu = contender.tree.cpu_s() - live_cpu
             live_s = time.time() - live_started
+            roles = {
+                role: round(100 * (cpu_s - roles_before.get(role, 0.0)) / live_s, 1)
+                for role, cpu_s in contender.tree.cpu_s_by_role().items()
+            }
             split = _labelled_split(contender, histograms_before)
             result.figures.update(
                 live_machine=cpu_budget(machine_before, budget.reading(), live_s, budget.cores),
+                #: The contender's tree by process (% of one core): for the engine the
+                #: worker (the actors) apart from its ingest and sink processes.
+                live_processes=roles,
                 offered_rate=round(rate, 1),
                 live_events=len(live),
                 live_seconds=round(live_s, 1),

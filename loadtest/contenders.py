@@ -41,6 +41,25 @@ class Progress:
     last_at: float | None = None
 
 
+#: The worker's child processes (``agents.services.ChildProcess``), by their command.
+CHILD_ROLES = ("ingest", "sink")
+
+
+def _role(args: list[str]) -> str:
+    """``ingest`` or ``sink`` for a worker's child process, else ``main``.
+
+    >>> _role(["python", "-m", "engine.cli", "ingest", "--status", "s.json"])
+    'ingest'
+    >>> _role(["python", "-m", "engine.cli", "worker"])
+    'main'
+    """
+    if "engine.cli" in args:
+        following = args[args.index("engine.cli") + 1 :]
+        if following and following[0] in CHILD_ROLES:
+            return following[0]
+    return "main"
+
+
 class ProcessTree:
     """CPU, memory and suspension of processes (one or more roots) and their children."""
 
@@ -65,6 +84,19 @@ class ProcessTree:
                 continue
             total += times.user + times.system
         return total
+
+    def cpu_s_by_role(self) -> dict[str, float]:
+        """CPU seconds by role: a worker's ingest and sink child processes
+        (``engine.cli ingest|sink``) apart, everything else as ``main``."""
+        by_role: dict[str, float] = {}
+        for process in self._all():
+            try:
+                args, times = process.cmdline(), process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            role = _role(args)
+            by_role[role] = by_role.get(role, 0.0) + times.user + times.system
+        return by_role
 
     def _status_kib(self, field: str) -> int:
         total = 0
@@ -95,10 +127,10 @@ class ProcessTree:
             process.resume()
 
 
-#: A word of the local servers' command lines (deploy/local), to find their processes.
 #: How long the replicas' ownership of sources must stay unchanged to count as settled.
 SETTLED_FOR_S = 3.0
 
+#: A word of the local servers' command lines (deploy/local), to find their processes.
 SERVER_MARKERS = {"kafka": "kafka.Kafka", "cassandra": "CassandraDaemon"}
 
 
@@ -196,10 +228,31 @@ class Contender:
 
     async def wait_settled(self, timeout_s: float = 120.0) -> None:
         """Until the replicas' groups are done rebalancing: each replica owns
-        sources (device partitions), none is in the middle of a hand-over, and
-        that has not changed for ``SETTLED_FOR_S`` (a no-op where it cannot
-        be seen). A rebalance inside a timed phase is a stall the phase would
+        sources (device partitions) where the contender spreads them, none is
+        in the middle of a hand-over, and that has not changed for
+        ``SETTLED_FOR_S`` (a no-op where it cannot be seen). A rebalance inside a timed phase is a stall the phase would
         charge to the contender's speed."""
+        deadline = time.monotonic() + timeout_s
+        seen, since = None, time.monotonic()
+        while True:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited; log tail:\n{self.log_tail()}")
+            owned = await self._calm_ownership()
+            if owned == ():
+                return
+            now = time.monotonic()
+            if owned != seen:
+                seen, since = owned, now
+            elif owned is not None and now - since >= SETTLED_FOR_S:
+                return  # unchanged for a while: no second (cooperative) round under way
+            if now > deadline:
+                raise TimeoutError(f"{self.name}: replicas not settled, ingest owns {seen}")
+            await asyncio.sleep(0.2)
+
+    async def _calm_ownership(self) -> tuple[int, ...] | None:
+        """The sources each replica owns, if each owns some and none is
+        handing any over; else None. ``()``: ownership not seen."""
+        return ()
 
     # process ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -360,22 +413,6 @@ class EngineContender(Contender):
             done += actor["in_flight"]
         return Progress(started, done)
 
-    async def wait_settled(self, timeout_s: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        seen, since = None, time.monotonic()
-        while True:
-            if not self.alive():
-                raise RuntimeError(f"{self.name} exited; log tail:\n{self.log_tail()}")
-            owned = await self._calm_ownership()
-            now = time.monotonic()
-            if owned != seen:
-                seen, since = owned, now
-            elif owned is not None and now - since >= SETTLED_FOR_S:
-                return  # unchanged for a while: no second (cooperative) round under way
-            if now > deadline:
-                raise TimeoutError(f"{self.name}: replicas not settled, ingest owns {seen}")
-            await asyncio.sleep(0.2)
-
     async def _calm_ownership(self) -> tuple[int, ...] | None:
         """The sources each replica's ingest owns, if each owns some and none
         is handing any over; else None."""
@@ -535,6 +572,14 @@ class PeerContender(_StatusProcess):
             "--state-dir", str(self.work_dir / f"state{suffix}"),
             "--status", str(self.status_paths[replica]),
         ]  # fmt: skip
+
+    async def _calm_ownership(self) -> tuple[int, ...] | None:
+        statuses = self.read_statuses()
+        if statuses is None:
+            return None
+        # Quix's consumers assign by range: every single-partition device
+        # topic goes to the same process, so a replica may own none.
+        return tuple(status.get("assigned_sources", 0) for status in statuses)
 
     async def progress(self) -> Progress | None:
         """The sum of every replica's counters (one consumer group shares the work)."""

@@ -130,6 +130,8 @@ class PeerCounters:
     timer_firings: int = 0
     watermark: float | None = None
     lagging_sources: int = 0
+    #: device partitions this process read, at its last watermark update
+    assigned_sources: int = 0
     first_at: float | None = None
     last_at: float | None = None
 
@@ -208,6 +210,7 @@ class PeerLogic:
         self._watermark_at = now
         prefix = self.options.device_topic_prefix
         sources = [tp for tp in self.consumer.assignment() if tp.topic.startswith(prefix)]
+        self.counters.assigned_sources = len(sources)
         if not sources:
             return
         # End offsets of every source in one ListOffsets request (offset -1: the end),

@@ -347,7 +347,23 @@ def machine_budget(results: Mapping[str, Any]) -> list[str]:
         f"| {name} | {phase} | {_show(rate)} | {_budget_cells(name, budget)} |"
         for name, phase, rate, budget in rows
     ]
+    processes = (results.get("engine") or {}).get("live_processes") or {}
+    if len(processes) > 1:
+        lines += [
+            "",
+            "The engine's tree in its latency phase, by process: "
+            + ", ".join(
+                f"{label} {_show(processes[role], 0, ' %')}"
+                for role, label in PROCESS_LABELS.items()
+                if role in processes
+            )
+            + ".",
+        ]
     return lines
+
+
+#: The engine's processes, as ``loadtest.contenders.ProcessTree.cpu_s_by_role`` names them.
+PROCESS_LABELS = {"main": "worker (the actors)", "ingest": "ingest", "sink": "Cassandra sink"}
 
 
 def _offered(step: Mapping[str, Any]) -> str:
