@@ -230,8 +230,9 @@ class Contender:
         """Until the replicas' groups are done rebalancing: each replica owns
         sources (device partitions) where the contender spreads them, none is
         in the middle of a hand-over, and that has not changed for
-        ``SETTLED_FOR_S`` (a no-op where it cannot be seen). A rebalance inside a timed phase is a stall the phase would
-        charge to the contender's speed."""
+        ``SETTLED_FOR_S`` (a no-op where it cannot be seen). A rebalance
+        inside a timed phase is a stall the phase would charge to the
+        contender's speed."""
         deadline = time.monotonic() + timeout_s
         seen, since = None, time.monotonic()
         while True:
