@@ -46,6 +46,7 @@ import copy
 import functools
 import math
 import random
+from array import array
 from bisect import bisect_right
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from operator import add, and_, getitem
@@ -96,9 +97,10 @@ def _fresh_rng_state(seed: int) -> Any:
 
 def _count(leaves: list[int], n: int) -> np.ndarray:
     """How often each of ``n`` leaf ids occurs in ``leaves``."""
-    # fromiter with a dtype and count reads the ints straight in; asarray()
-    # would first discover the dtype of every element, several times slower.
-    return np.bincount(np.fromiter(leaves, dtype=np.int64, count=len(leaves)), minlength=n)
+    # array() packs the ints in C, and numpy reads its buffer without a copy:
+    # half the time of fromiter(), which a checkpoint pays per device model
+    # (asarray() would first discover the dtype of every element, slower still).
+    return np.bincount(np.frombuffer(array("q", leaves), dtype=np.int64), minlength=n)
 
 
 class _Derived:
