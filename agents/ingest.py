@@ -41,13 +41,13 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import orjson
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
-    ConsumerGroupTopicPartitions,
     IsolationLevel,
     KafkaError,
     KafkaException,
@@ -170,29 +170,29 @@ class EndOffsets:
 
 
 class CommittedOffsets:
-    """A consumer group's committed offsets of some partitions, asked for
-    without blocking ingest's loop (one OffsetFetch at a time, answered on
-    librdkafka's background thread). The consumer's own ``committed()``
-    waits while its group rebalances, which is when hand-overs are settled:
-    it held ingest's loop 5 s at a time, with half the fleet's sources unread."""
+    """The group's committed offsets of some partitions, asked for without
+    blocking ingest's loop: one question at a time, on a thread of its own.
+    The consumer's ``committed()`` waits while its group rebalances, which is
+    when hand-overs are settled: in the loop it held ingest 5 s at a time,
+    with the sources it kept unread. (The admin client's OffsetFetch does not
+    wait, but librdkafka 2.12 crashes on its NOT_COORDINATOR answer, which a
+    broker restart gives: the chaos suite's ingest died of SIGSEGV.)"""
 
-    def __init__(self, admin: Any, group: str, timeout_s: float) -> None:
-        self.admin = admin
-        self.group = group
+    def __init__(self, consumer: Any, timeout_s: float) -> None:
+        self.consumer = consumer
         self.timeout_s = timeout_s
-        self._pending: Any = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="ingest-committed")
+        self._pending: Future[list[KafkaPartition]] | None = None
 
     @property
     def asking(self) -> bool:
         return self._pending is not None
 
     def ask(self, sources: Iterable[tuple[str, int]]) -> None:
-        request = ConsumerGroupTopicPartitions(
-            self.group, [KafkaPartition(topic, partition) for topic, partition in sources]
+        partitions = [KafkaPartition(topic, partition) for topic, partition in sources]
+        self._pending = self._thread.submit(
+            self.consumer.committed, partitions, timeout=self.timeout_s
         )
-        (self._pending,) = self.admin.list_consumer_group_offsets(
-            [request], request_timeout=self.timeout_s
-        ).values()
 
     def answered(self) -> bool:
         return self._pending is not None and self._pending.done()
@@ -200,10 +200,11 @@ class CommittedOffsets:
     def take(self) -> dict[tuple[str, int], int]:
         """The answer once ``answered()``; a partition with nothing committed
         (or no answer) is left out."""
+        assert self._pending is not None
         pending, self._pending = self._pending, None
         try:
-            partitions = pending.result(0).topic_partitions
-        except Exception as exc:  # the coordinator did not answer: asked again
+            partitions = pending.result(0)
+        except KafkaException as exc:  # the coordinator did not answer: asked again
             log.warning("ingest: committed offsets of sources handed over not known (%s)", exc)
             return {}
         return {
@@ -212,8 +213,9 @@ class CommittedOffsets:
             if tp.error is None and tp.offset >= 0
         }
 
-    def drop(self) -> None:
-        self._pending = None
+    def close(self) -> None:
+        """Wait for the question in flight: the consumer must outlive it."""
+        self._thread.shutdown(wait=True)
 
 
 class CompactedTopicView:
@@ -355,14 +357,11 @@ class Ingest:
         self._warned_behind_at = float("-inf")
         options = librdkafka_options(settings)
         self.producer = Producer(producer_options(settings))
-        admin = AdminClient(options)
-        self.end_offsets = EndOffsets(admin, END_OFFSETS_TIMEOUT_S)
-        group = f"{w.app_id}-ingest"
-        self.committed_offsets = CommittedOffsets(admin, group, END_OFFSETS_TIMEOUT_S)
+        self.end_offsets = EndOffsets(AdminClient(options), END_OFFSETS_TIMEOUT_S)
         self.consumer = Consumer(
             {
                 **options,
-                "group.id": group,
+                "group.id": f"{w.app_id}-ingest",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "topic.metadata.refresh.interval.ms": k.metadata_max_age_ms,
@@ -377,6 +376,7 @@ class Ingest:
                 "heartbeat.interval.ms": int(w.heartbeat_interval_s * 1000),
             }
         )
+        self.committed_offsets = CommittedOffsets(self.consumer, END_OFFSETS_TIMEOUT_S)
 
     # -------------------------------------------------------------- the loop
 
@@ -406,6 +406,7 @@ class Ingest:
                     on_idle()
             self._commit()
         finally:
+            self.committed_offsets.close()
             self.consumer.close()
             self.producer.flush(FLUSH_TIMEOUT_S)
             self.registry_view.close()

@@ -100,7 +100,7 @@ from loadtest.measure import (
 from loadtest.simulator import GHOST_DEVICE_IDS, SimParams, Simulation
 
 if TYPE_CHECKING:
-    from loadtest.contenders import CeilingContender, Contender, Progress
+    from loadtest.contenders import CeilingContender, Contender, ProcessTree, Progress
 
 # Kafka clients, psutil and the contenders load only when a benchmark runs,
 # so that `iotcrm --help` and the other commands stay light.
@@ -438,16 +438,12 @@ async def measure(
                 lags = (await asyncio.gather(lag, return_exceptions=True))[0]
             live_cpu = contender.tree.cpu_s() - live_cpu
             live_s = time.time() - live_started
-            roles = {
-                role: round(100 * (cpu_s - roles_before.get(role, 0.0)) / live_s, 1)
-                for role, cpu_s in contender.tree.cpu_s_by_role().items()
-            }
             split = _labelled_split(contender, histograms_before)
             result.figures.update(
                 live_machine=cpu_budget(machine_before, budget.reading(), live_s, budget.cores),
                 #: The contender's tree by process (% of one core): for the engine the
                 #: worker (the actors) apart from its ingest and sink processes.
-                live_processes=roles,
+                live_processes=_process_shares(contender.tree, roles_before, live_s),
                 offered_rate=round(rate, 1),
                 live_events=len(live),
                 live_seconds=round(live_s, 1),
@@ -657,6 +653,7 @@ async def _search_step(
     walls: list[float] = []
     stop = asyncio.Event()
     cpu = contender.tree.cpu_s()
+    roles_before = contender.tree.cpu_s_by_role()
     budget = MachineBudget(contender.name, contender.tree)
     machine_before = budget.reading()
     histograms_before = _labelled_reading(contender)
@@ -675,6 +672,7 @@ async def _search_step(
         )
         published_s = time.time() - started
         machine = cpu_budget(machine_before, budget.reading(), published_s, budget.cores)
+        processes = _process_shares(contender.tree, roles_before, published_s)
     finally:
         watch.cancel()
         await asyncio.gather(watch, return_exceptions=True)
@@ -718,12 +716,26 @@ async def _search_step(
         #: (seconds into the step, events published but not yet fully processed)
         "lag_series": [[round(at - started, 1), lag] for at, lag in lags],
         "cpu_s_per_million": _rounded(per_million(cpu, len(walls)), 1),
-        #: Where the machine's CPU went while the step's events were published.
+        #: Where the machine's CPU went while the step's events were published,
+        #: and the contender's part of it by process.
         "machine": machine,
+        "processes": processes,
         "passed": verdict.passed,
         "verdict": verdict.reason,
         #: Publishing ran out of time before the step's events were all out.
         "cut_short": "deadline" in stopped,
+    }
+
+
+def _process_shares(
+    tree: ProcessTree, before: dict[str, float], seconds: float
+) -> dict[str, float]:
+    """The contender's CPU by process since ``before`` (``cpu_s_by_role``), in
+    % of one core: for the engine, the worker (the actors) apart from its
+    ingest and sink processes."""
+    return {
+        role: round(100 * (cpu_s - before.get(role, 0.0)) / seconds, 1)
+        for role, cpu_s in tree.cpu_s_by_role().items()
     }
 
 

@@ -6,6 +6,7 @@ ingest asks of them; the inspector, registry and packing are the real ones.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any
@@ -50,6 +51,9 @@ class FakeConsumer:
         self.queued: list[Message] = []
         self.calls: list[tuple[str, int, float]] = []
         self.commits: list[dict[tuple[str, int], int]] = []
+        self.committed_at: dict[tuple[str, int], int] = {}
+        self.committed_asked: list[set[tuple[str, int]]] = []
+        self.gate: threading.Event | None = None
 
     def consume(self, num_messages: int, timeout: float) -> list[Message]:
         self.calls.append(("consume", num_messages, timeout))
@@ -68,7 +72,16 @@ class FakeConsumer:
         return (0, 0)
 
     def committed(self, partitions: list[KafkaPartition], timeout: float) -> list[KafkaPartition]:
-        return []
+        """``committed_at`` (nothing: -1001), once ``gate`` (if any) opens."""
+        self.committed_asked.append({(tp.topic, tp.partition) for tp in partitions})
+        if self.gate is not None:
+            assert self.gate.wait(timeout=5)
+        return [
+            KafkaPartition(
+                tp.topic, tp.partition, self.committed_at.get((tp.topic, tp.partition), -1001)
+            )
+            for tp in partitions
+        ]
 
 
 class FakeAdmin:
@@ -80,9 +93,6 @@ class FakeAdmin:
         self.ends: dict[tuple[str, int], int] = {}
         self.asked: list[set[tuple[str, int]]] = []
         self.unanswered: list[tuple[Future[Any], tuple[str, int]]] = []
-        self.committed: dict[tuple[str, int], int] = {}
-        self.asked_committed: list[set[tuple[str, int]]] = []
-        self.committed_unanswered: list[tuple[Future[Any], list[KafkaPartition]]] = []
 
     def list_offsets(self, specs: dict[KafkaPartition, Any], **_: Any) -> dict[Any, Future[Any]]:
         self.asked.append({(tp.topic, tp.partition) for tp in specs})
@@ -98,25 +108,6 @@ class FakeAdmin:
         for future, tp in self.unanswered:
             future.set_result(SimpleNamespace(offset=self.ends.get(tp, 0)))
         self.unanswered = []
-
-    def list_consumer_group_offsets(self, requests: list[Any], **_: Any) -> dict[str, Future[Any]]:
-        """An OffsetFetch: answered only by ``answer_committed()``, with ``committed``."""
-        (request,) = requests
-        self.asked_committed.append({(tp.topic, tp.partition) for tp in request.topic_partitions})
-        future: Future[Any] = Future()
-        self.committed_unanswered.append((future, request.topic_partitions))
-        return {request.group_id: future}
-
-    def answer_committed(self) -> None:
-        for future, partitions in self.committed_unanswered:
-            offsets = [
-                KafkaPartition(
-                    tp.topic, tp.partition, self.committed.get((tp.topic, tp.partition), -1001)
-                )
-                for tp in partitions
-            ]
-            future.set_result(SimpleNamespace(topic_partitions=offsets))
-        self.committed_unanswered = []
 
 
 class FakeProducer:
@@ -154,7 +145,7 @@ def ingest(monkeypatch: pytest.MonkeyPatch, admin: FakeAdmin) -> tuple[Ingest, F
     ingest.consumer = consumer  # type: ignore[assignment]
     ingest.producer = FakeProducer()  # type: ignore[assignment]
     ingest.end_offsets = EndOffsets(admin, timeout_s=1.0)
-    ingest.committed_offsets = CommittedOffsets(admin, "iotcrm-ingest", timeout_s=1.0)
+    ingest.committed_offsets = CommittedOffsets(consumer, timeout_s=1.0)
     ingest.watermark = IngestWatermark(
         device_skew_s=settings.quality.device_skew_s,
         idle_allowance_s=settings.worker.idle_allowance_s,
@@ -334,12 +325,12 @@ def test_the_ends_of_sources_handed_over_are_asked_for_until_they_stop_holding(
 def test_a_new_owners_commit_releases_a_hand_over_without_holding_the_loop(
     ingest, admin: FakeAdmin
 ) -> None:
-    """While the group rebalances, the consumer's own ``committed()`` waits
-    for it (5 s at a time, with the sources ingest keeps unread): the new
-    owner's progress is asked for in the background, one question at a time,
+    """While the group rebalances, the consumer's ``committed()`` waits for it
+    (5 s at a time, with the sources ingest keeps unread): the new owner's
+    progress is asked for on a thread of its own, one question at a time,
     and the loop goes on until the answer is there."""
     ingest, consumer, clock = ingest
-    consumer.committed = None  # the consumer's blocking call is never made
+    consumer.gate = threading.Event()
     kept, given = ("iot.device.d-1", 0), ("iot.device.d-1", 1)
     ingest._on_assign(consumer, [KafkaPartition(*kept), KafkaPartition(*given)])  # type: ignore[arg-type]
     ingest.ingest([telemetry(0, partition=0), telemetry(1, partition=1)])
@@ -347,14 +338,18 @@ def test_a_new_owners_commit_releases_a_hand_over_without_holding_the_loop(
     admin.ends = {kept: 1, given: 9}  # the new owner's records arrived past what this one read
     clock.now += 1.0
     ingest._update_watermark()
-    assert admin.asked_committed == [{given}]
+    assert ingest.committed_offsets.asking
     for _ in range(3):  # unanswered: the loop goes on, and asks nothing more
         clock.now += 1.0
         ingest._update_watermark()
-    assert admin.asked_committed == [{given}]
+    assert not ingest.committed_offsets.answered()
     assert ingest.watermark.handed_over[given][2] is None  # still holding time back
-    admin.committed = {given: 5}  # the new owner forwarded and committed past offset 2
-    admin.answer_committed()
+    consumer.committed_at = {given: 5}  # the new owner forwarded and committed past offset 2
+    consumer.gate.set()
+    pending = ingest.committed_offsets._pending
+    assert pending is not None
+    pending.result(timeout=5)  # the answer is there
+    assert consumer.committed_asked == [{given}]
     clock.now += 0.1
     ingest._update_watermark()
     assert ingest.watermark.handed_over[given][2] is not None  # its grace has begun
