@@ -311,19 +311,33 @@ def machine_budget(results: Mapping[str, Any]) -> list[str]:
     >>> doc = {"machine": {"cpus": 2}, "engine": {"offered_rate": 100.0, "live_machine": {
     ...     "engine": 40.0, "kafka": 90.0, "bench": 30.0, "other": 10.0, "idle": 30.0}}}
     >>> print(machine_budget(doc)[-1])
-    | engine | latency phase | 100 | 40 % | 90 % | – | 30 % | 10 % | 30 % |
+    | engine | latency phase | 100 | 40 % | 90 % | – | 30 % | 10 % | 30 % | – |
     """
-    rows: list[tuple[str, str, Any, Mapping[str, Any]]] = []
+    rows: list[tuple[str, str, Any, Mapping[str, Any], Mapping[str, Any]]] = []
     for name in _present(results):
-        budget = (results.get(name) or {}).get("live_machine")
-        if budget:
-            rows.append((name, "latency phase", results[name].get("offered_rate"), budget))
+        phase = results.get(name) or {}
+        if phase.get("live_machine"):
+            rows.append(
+                (
+                    name,
+                    "latency phase",
+                    phase.get("offered_rate"),
+                    phase["live_machine"],
+                    phase.get("live_processes") or {},
+                )
+            )
     for name in ("engine", "peer"):
         searched = (results.get("sustainable") or {}).get(name) or {}
         for number, step in enumerate(searched.get("step_results") or [], start=1):
             if step.get("machine"):
                 rows.append(
-                    (name, f"search step {number}", step.get("offered_rate"), step["machine"])
+                    (
+                        name,
+                        f"search step {number}",
+                        step.get("offered_rate"),
+                        step["machine"],
+                        step.get("processes") or {},
+                    )
                 )
     if not rows:
         return []
@@ -334,36 +348,40 @@ def machine_budget(results: Mapping[str, Any]) -> list[str]:
         f"Each part's CPU over the span the events were published, in % of one core (the {cores} "
         f"cores make {cores} × 100 %): the contender's process tree, the local Kafka broker and "
         "Cassandra node, this bench process (its publisher and action reader), the rest of the "
-        "machine, and what was left idle. The targets at a steady rate assume the contender "
-        "gets the CPU it needs; where the broker and the publisher take most of the machine "
-        "and nothing is idle, the contender falls behind for want of a core, not of speed.",
+        "machine, and what was left idle; the engine's tree also by process (its worker, which "
+        "runs the actors, its ingest and its Cassandra sink). The targets at a steady rate "
+        "assume the contender gets the CPU it needs; where the broker and the publisher take "
+        "most of the machine and nothing is idle, the contender falls behind for want of a "
+        "core, not of speed.",
         "",
         "| contender | phase | offered /s | "
         + " | ".join(label for _, label in BUDGET_PARTS)
-        + " |",
-        "|---|---|---:|" + "---:|" * len(BUDGET_PARTS),
+        + " | worker / ingest / sink |",
+        "|---|---|---:|" + "---:|" * len(BUDGET_PARTS) + "---:|",
     ]
     lines += [
-        f"| {name} | {phase} | {_show(rate)} | {_budget_cells(name, budget)} |"
-        for name, phase, rate, budget in rows
+        f"| {name} | {phase} | {_show(rate)} | {_budget_cells(name, budget)} | "
+        f"{_processes_cell(processes)} |"
+        for name, phase, rate, budget, processes in rows
     ]
-    processes = (results.get("engine") or {}).get("live_processes") or {}
-    if len(processes) > 1:
-        lines += [
-            "",
-            "The engine's tree in its latency phase, by process: "
-            + ", ".join(
-                f"{label} {_show(processes[role], 0, ' %')}"
-                for role, label in PROCESS_LABELS.items()
-                if role in processes
-            )
-            + ".",
-        ]
     return lines
 
 
+def _processes_cell(processes: Mapping[str, Any]) -> str:
+    """The engine's CPU by process, in % of one core.
+
+    >>> _processes_cell({"main": 50.3, "ingest": 23.4, "sink": 3.1})
+    '50 / 23 / 3 %'
+    >>> _processes_cell({"main": 60.0})
+    '–'
+    """
+    if not all(role in processes for role in PROCESS_ROLES):
+        return "–"
+    return " / ".join(_show(processes[role], 0) for role in PROCESS_ROLES) + " %"
+
+
 #: The engine's processes, as ``loadtest.contenders.ProcessTree.cpu_s_by_role`` names them.
-PROCESS_LABELS = {"main": "worker (the actors)", "ingest": "ingest", "sink": "Cassandra sink"}
+PROCESS_ROLES = ("main", "ingest", "sink")
 
 
 def _offered(step: Mapping[str, Any]) -> str:
