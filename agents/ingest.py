@@ -41,7 +41,6 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -77,6 +76,14 @@ WATERMARK_INTERVAL_S = 0.05
 #: How often sources handed to another instance are checked for their new
 #: owner's progress (``engine.watermark.IngestWatermark.settle``).
 SETTLE_INTERVAL_S = 0.5
+#: Longest wait for the group's committed offsets of the sources handed over,
+#: in ingest's loop. While the group rebalances (when hand-overs happen) the
+#: consumer's ``committed()`` waits for it, and at 5 s it held ingest's loop
+#: with the sources it kept unread; unanswered, it is asked again. (Asked on
+#: another thread, the consumer could stay without a coordinator for minutes
+#: after a broker restart; asked through the admin client, librdkafka 2.12
+#: crashed on the NOT_COORDINATOR answer.)
+SETTLE_TIMEOUT_S = 0.2
 #: Longest wait for the end offsets; without them time holds.
 END_OFFSETS_TIMEOUT_S = 5.0
 #: A customer-stream partition that ingest sent nothing to for this long gets
@@ -167,55 +174,6 @@ class EndOffsets:
     def drop(self) -> None:
         """Forget the request in flight (the sources it asked about changed)."""
         self._pending = {}
-
-
-class CommittedOffsets:
-    """The group's committed offsets of some partitions, asked for without
-    blocking ingest's loop: one question at a time, on a thread of its own.
-    The consumer's ``committed()`` waits while its group rebalances, which is
-    when hand-overs are settled: in the loop it held ingest 5 s at a time,
-    with the sources it kept unread. (The admin client's OffsetFetch does not
-    wait, but librdkafka 2.12 crashes on its NOT_COORDINATOR answer, which a
-    broker restart gives: the chaos suite's ingest died of SIGSEGV.)"""
-
-    def __init__(self, consumer: Any, timeout_s: float) -> None:
-        self.consumer = consumer
-        self.timeout_s = timeout_s
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="ingest-committed")
-        self._pending: Future[list[KafkaPartition]] | None = None
-
-    @property
-    def asking(self) -> bool:
-        return self._pending is not None
-
-    def ask(self, sources: Iterable[tuple[str, int]]) -> None:
-        partitions = [KafkaPartition(topic, partition) for topic, partition in sources]
-        self._pending = self._thread.submit(
-            self.consumer.committed, partitions, timeout=self.timeout_s
-        )
-
-    def answered(self) -> bool:
-        return self._pending is not None and self._pending.done()
-
-    def take(self) -> dict[tuple[str, int], int]:
-        """The answer once ``answered()``; a partition with nothing committed
-        (or no answer) is left out."""
-        assert self._pending is not None
-        pending, self._pending = self._pending, None
-        try:
-            partitions = pending.result(0)
-        except KafkaException as exc:  # the coordinator did not answer: asked again
-            log.warning("ingest: committed offsets of sources handed over not known (%s)", exc)
-            return {}
-        return {
-            (tp.topic, tp.partition): tp.offset
-            for tp in partitions
-            if tp.error is None and tp.offset >= 0
-        }
-
-    def close(self) -> None:
-        """Wait for the question in flight: the consumer must outlive it."""
-        self._thread.shutdown(wait=True)
 
 
 class CompactedTopicView:
@@ -376,7 +334,6 @@ class Ingest:
                 "heartbeat.interval.ms": int(w.heartbeat_interval_s * 1000),
             }
         )
-        self.committed_offsets = CommittedOffsets(self.consumer, END_OFFSETS_TIMEOUT_S)
 
     # -------------------------------------------------------------- the loop
 
@@ -406,7 +363,6 @@ class Ingest:
                     on_idle()
             self._commit()
         finally:
-            self.committed_offsets.close()
             self.consumer.close()
             self.producer.flush(FLUSH_TIMEOUT_S)
             self.registry_view.close()
@@ -663,22 +619,21 @@ class Ingest:
     # ------------------------------------------------------------ watermark
 
     def _settle_hand_overs(self, now: float) -> None:
-        """How far the new owners of the sources handed over have committed:
-        the answer to the last question, if it is there, and every
-        ``SETTLE_INTERVAL_S`` a new question."""
+        """How far the new owners of the sources handed over have committed,
+        asked every ``SETTLE_INTERVAL_S`` while any is handed over."""
+        if not self.watermark.handed_over or now - self._settled_at < SETTLE_INTERVAL_S:
+            return
+        self._settled_at = now
+        try:
+            sources = [KafkaPartition(topic, part) for topic, part in self.watermark.handed_over]
+            committed = self.consumer.committed(sources, timeout=SETTLE_TIMEOUT_S)
+        except KafkaException as exc:
+            log.debug("ingest: committed offsets of sources handed over not known (%s)", exc)
+            committed = []
         # Without an answer, settling only releases the sources whose time is up.
-        answer = self.committed_offsets.take() if self.committed_offsets.answered() else {}
-        self.watermark.settle(answer)
-        if (
-            self.watermark.handed_over
-            and not self.committed_offsets.asking
-            and now - self._settled_at >= SETTLE_INTERVAL_S
-        ):
-            self._settled_at = now
-            try:
-                self.committed_offsets.ask(self.watermark.handed_over)
-            except KafkaException as exc:
-                log.warning("ingest: committed offsets of sources handed over not asked (%s)", exc)
+        self.watermark.settle(
+            {(tp.topic, tp.partition): tp.offset for tp in committed if tp.error is None}
+        )
 
     def _headers(self) -> list[tuple[str, bytes]]:
         # Unknown (a lagging source has yielded no valid event yet) holds time

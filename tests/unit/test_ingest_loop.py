@@ -6,16 +6,16 @@ ingest asks of them; the inspector, registry and packing are the real ones.
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaPartition
 
-from agents.ingest import CommittedOffsets, EndOffsets, Ingest
+from agents.ingest import SETTLE_TIMEOUT_S, EndOffsets, Ingest
 from engine.config import load_settings
 from engine.watermark import IngestWatermark
 
@@ -52,8 +52,8 @@ class FakeConsumer:
         self.calls: list[tuple[str, int, float]] = []
         self.commits: list[dict[tuple[str, int], int]] = []
         self.committed_at: dict[tuple[str, int], int] = {}
-        self.committed_asked: list[set[tuple[str, int]]] = []
-        self.gate: threading.Event | None = None
+        self.committed_asked: list[tuple[set[tuple[str, int]], float]] = []
+        self.rebalancing = False
 
     def consume(self, num_messages: int, timeout: float) -> list[Message]:
         self.calls.append(("consume", num_messages, timeout))
@@ -72,14 +72,13 @@ class FakeConsumer:
         return (0, 0)
 
     def committed(self, partitions: list[KafkaPartition], timeout: float) -> list[KafkaPartition]:
-        """``committed_at`` (nothing: -1001), once ``gate`` (if any) opens."""
-        self.committed_asked.append({(tp.topic, tp.partition) for tp in partitions})
-        if self.gate is not None:
-            assert self.gate.wait(timeout=5)
+        """``committed_at`` (nothing: -1001); a timeout while ``rebalancing``."""
+        self.committed_asked.append(({(tp.topic, tp.partition) for tp in partitions}, timeout))
+        if self.rebalancing:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+        offsets = self.committed_at
         return [
-            KafkaPartition(
-                tp.topic, tp.partition, self.committed_at.get((tp.topic, tp.partition), -1001)
-            )
+            KafkaPartition(tp.topic, tp.partition, offsets.get((tp.topic, tp.partition), -1001))
             for tp in partitions
         ]
 
@@ -145,7 +144,6 @@ def ingest(monkeypatch: pytest.MonkeyPatch, admin: FakeAdmin) -> tuple[Ingest, F
     ingest.consumer = consumer  # type: ignore[assignment]
     ingest.producer = FakeProducer()  # type: ignore[assignment]
     ingest.end_offsets = EndOffsets(admin, timeout_s=1.0)
-    ingest.committed_offsets = CommittedOffsets(consumer, timeout_s=1.0)
     ingest.watermark = IngestWatermark(
         device_skew_s=settings.quality.device_skew_s,
         idle_allowance_s=settings.worker.idle_allowance_s,
@@ -322,15 +320,15 @@ def test_the_ends_of_sources_handed_over_are_asked_for_until_they_stop_holding(
     assert admin.asked[-1] == {kept}
 
 
-def test_a_new_owners_commit_releases_a_hand_over_without_holding_the_loop(
+def test_a_hand_over_is_settled_without_holding_the_loop_while_the_group_rebalances(
     ingest, admin: FakeAdmin
 ) -> None:
     """While the group rebalances, the consumer's ``committed()`` waits for it
     (5 s at a time, with the sources ingest keeps unread): the new owner's
-    progress is asked for on a thread of its own, one question at a time,
-    and the loop goes on until the answer is there."""
+    progress is asked for with a short timeout, twice a second, and the
+    hand-over holds time back until an answer says the new owner moved on."""
     ingest, consumer, clock = ingest
-    consumer.gate = threading.Event()
+    consumer.rebalancing = True
     kept, given = ("iot.device.d-1", 0), ("iot.device.d-1", 1)
     ingest._on_assign(consumer, [KafkaPartition(*kept), KafkaPartition(*given)])  # type: ignore[arg-type]
     ingest.ingest([telemetry(0, partition=0), telemetry(1, partition=1)])
@@ -338,20 +336,17 @@ def test_a_new_owners_commit_releases_a_hand_over_without_holding_the_loop(
     admin.ends = {kept: 1, given: 9}  # the new owner's records arrived past what this one read
     clock.now += 1.0
     ingest._update_watermark()
-    assert ingest.committed_offsets.asking
-    for _ in range(3):  # unanswered: the loop goes on, and asks nothing more
-        clock.now += 1.0
-        ingest._update_watermark()
-    assert not ingest.committed_offsets.answered()
-    assert ingest.watermark.handed_over[given][2] is None  # still holding time back
-    consumer.committed_at = {given: 5}  # the new owner forwarded and committed past offset 2
-    consumer.gate.set()
-    pending = ingest.committed_offsets._pending
-    assert pending is not None
-    pending.result(timeout=5)  # the answer is there
-    assert consumer.committed_asked == [{given}]
+    assert consumer.committed_asked == [({given}, SETTLE_TIMEOUT_S)]
+    assert SETTLE_TIMEOUT_S <= 0.25
     clock.now += 0.1
     ingest._update_watermark()
+    assert len(consumer.committed_asked) == 1  # not again before SETTLE_INTERVAL_S
+    assert ingest.watermark.handed_over[given][2] is None  # still holding time back
+    consumer.rebalancing = False
+    consumer.committed_at = {given: 5}  # the new owner forwarded and committed past offset 2
+    clock.now += 0.5
+    ingest._update_watermark()
+    assert len(consumer.committed_asked) == 2
     assert ingest.watermark.handed_over[given][2] is not None  # its grace has begun
     clock.now += 3.0
     ingest._update_watermark()
