@@ -76,14 +76,6 @@ WATERMARK_INTERVAL_S = 0.05
 #: How often sources handed to another instance are checked for their new
 #: owner's progress (``engine.watermark.IngestWatermark.settle``).
 SETTLE_INTERVAL_S = 0.5
-#: Longest wait for the group's committed offsets of the sources handed over,
-#: in ingest's loop. While the group rebalances (when hand-overs happen) the
-#: consumer's ``committed()`` waits for it, and at 5 s it held ingest's loop
-#: with the sources it kept unread; unanswered, it is asked again. (Asked on
-#: another thread, the consumer could stay without a coordinator for minutes
-#: after a broker restart; asked through the admin client, librdkafka 2.12
-#: crashed on the NOT_COORDINATOR answer.)
-SETTLE_TIMEOUT_S = 0.2
 #: Longest wait for the end offsets; without them time holds.
 END_OFFSETS_TIMEOUT_S = 5.0
 #: A customer-stream partition that ingest sent nothing to for this long gets
@@ -331,7 +323,7 @@ class Ingest:
                 # Incremental rebalances: when a replica comes or goes, the
                 # others go on reading the partitions they keep.
                 "partition.assignment.strategy": "cooperative-sticky",
-                "heartbeat.interval.ms": int(w.heartbeat_interval_s * 1000),
+                "heartbeat.interval.ms": int(max(1.0, w.session_timeout_s / 4) * 1000),
             }
         )
 
@@ -618,19 +610,14 @@ class Ingest:
 
     # ------------------------------------------------------------ watermark
 
-    def _settle_hand_overs(self, now: float) -> None:
-        """How far the new owners of the sources handed over have committed,
-        asked every ``SETTLE_INTERVAL_S`` while any is handed over."""
-        if not self.watermark.handed_over or now - self._settled_at < SETTLE_INTERVAL_S:
-            return
-        self._settled_at = now
+    def _settle_hand_overs(self) -> None:
+        """How far the new owners of the sources handed over have committed."""
         try:
             sources = [KafkaPartition(topic, part) for topic, part in self.watermark.handed_over]
-            committed = self.consumer.committed(sources, timeout=SETTLE_TIMEOUT_S)
+            committed = self.consumer.committed(sources, timeout=END_OFFSETS_TIMEOUT_S)
         except KafkaException as exc:
-            log.debug("ingest: committed offsets of sources handed over not known (%s)", exc)
-            committed = []
-        # Without an answer, settling only releases the sources whose time is up.
+            log.warning("ingest: committed offsets of sources handed over not known (%s)", exc)
+            return
         self.watermark.settle(
             {(tp.topic, tp.partition): tp.offset for tp in committed if tp.error is None}
         )
@@ -660,7 +647,11 @@ class Ingest:
         ):
             return
         self._watermark_at = now
-        self._settle_hand_overs(now)
+        if self.watermark.handed_over and now - self._settled_at >= SETTLE_INTERVAL_S:
+            # A round trip to the group coordinator, in this loop: the
+            # hand-over's grace is seconds, so twice a second is plenty.
+            self._settled_at = now
+            self._settle_hand_overs()
         if not self._assigned and not self.watermark.handed_over:
             return
         positions = self._positions()

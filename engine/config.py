@@ -101,15 +101,6 @@ class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ingest: Literal["process", "off"] = "process"
     sink: StageMode = "process"
 
-    @property
-    def heartbeat_interval_s(self) -> float:
-        """How often the worker's consumers heartbeat. A member learns that its
-        group is rebalancing at its next heartbeat, and an incremental
-        rebalance takes two rounds: at most a second, whatever the session
-        timeout, so a replica joining or leaving pauses the others for about
-        a second, not a quarter of the session per round."""
-        return min(1.0, self.session_timeout_s / 4)
-
 
 class RulesSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     path: str = "rules"
