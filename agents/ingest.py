@@ -87,6 +87,11 @@ PARTITION_CACHE_SIZE = 100_000
 BEHIND_WARNING_INTERVAL_S = 10.0
 #: Longest wait for the broker to acknowledge a poll's records before retrying the flush.
 FLUSH_TIMEOUT_S = 30.0
+#: After the group moved on without it (its sources lost), the longest ingest
+#: waits to be taken back before it exits, so the worker starts a fresh one:
+#: after a slow broker restart the chaos suite saw a consumer lose its sources
+#: and never rejoin. Several sessions: a broker restart's own wait is shorter.
+REJOIN_LIMIT_SESSIONS = 12
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +272,10 @@ class IngestMetrics:
         return dict(vars(self))
 
 
+class IngestLeftOut(RuntimeError):
+    """The consumer group moved on without this ingest and has not taken it back."""
+
+
 class Ingest:
     """The pattern-subscribed ingest loop (``run`` until ``stop``)."""
 
@@ -305,6 +314,8 @@ class Ingest:
         #: the latest time ingest has stamped: every event read after it should be no older
         self._vouched = UNKNOWN
         self._warned_behind_at = float("-inf")
+        #: when the group last moved on without this instance, until it is taken back
+        self._lost_at: float | None = None
         options = librdkafka_options(settings)
         self.producer = Producer(producer_options(settings))
         self.end_offsets = EndOffsets(AdminClient(options), END_OFFSETS_TIMEOUT_S)
@@ -351,6 +362,7 @@ class Ingest:
                 self.registry_view.follow()
                 self._update_watermark()
                 self._tick_if_due()
+                self._check_rejoined()
                 if on_idle is not None:
                     on_idle()
             self._commit()
@@ -564,6 +576,7 @@ class Ingest:
     # ------------------------------------------------------------ rebalances
 
     def _on_assign(self, consumer: Consumer, partitions: list[KafkaPartition]) -> None:
+        self._lost_at = None  # a member of the group again, whatever it was given
         self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
         self.watermark.take_back((tp.topic, tp.partition) for tp in partitions)
         # Sources read by another instance until now may be behind what this
@@ -607,6 +620,23 @@ class Ingest:
             "ingest: %d sources lost (the group moved on without this instance)", len(partitions)
         )
         self._forget(partitions)
+        if self._lost_at is None:
+            self._lost_at = time.monotonic()
+
+    def _check_rejoined(self) -> None:
+        """Exit (the worker starts a fresh ingest) if the group has not taken
+        this instance back ``REJOIN_LIMIT_SESSIONS`` session timeouts after it
+        lost its sources: a consumer left out for good would read nothing and
+        hold its sources' time back while looking alive."""
+        if self._lost_at is None:
+            return
+        limit_s = REJOIN_LIMIT_SESSIONS * self.settings.worker.session_timeout_s
+        waited_s = time.monotonic() - self._lost_at
+        if waited_s >= limit_s:
+            raise IngestLeftOut(
+                f"ingest: not taken back into its consumer group {waited_s:.0f} s after "
+                "losing its sources; exiting so that a fresh consumer joins"
+            )
 
     # ------------------------------------------------------------ watermark
 

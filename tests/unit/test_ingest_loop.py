@@ -226,6 +226,26 @@ def test_revoked_partitions_are_committed_at_once_and_lost_ones_never(ingest) ->
     assert consumer.commits == [{("iot.device.d-1", 1): 8}]
 
 
+def test_ingest_left_out_of_its_group_exits_so_a_fresh_one_joins(ingest) -> None:
+    from agents.ingest import REJOIN_LIMIT_SESSIONS, IngestLeftOut
+
+    ingest, consumer, clock = ingest
+    limit_s = REJOIN_LIMIT_SESSIONS * ingest.settings.worker.session_timeout_s
+    ingest._on_assign(consumer, [KafkaPartition("iot.device.d-1", 0)])
+    ingest._on_lost(consumer, [KafkaPartition("iot.device.d-1", 0)])
+    clock.now += limit_s - 1
+    ingest._check_rejoined()  # still waiting to be taken back
+
+    ingest._on_assign(consumer, [])  # a member again, even with nothing to read
+    clock.now += limit_s
+    ingest._check_rejoined()
+
+    ingest._on_lost(consumer, [])
+    clock.now += limit_s
+    with pytest.raises(IngestLeftOut, match="not taken back"):
+        ingest._check_rejoined()
+
+
 def test_a_refused_commit_is_tried_again_for_the_partitions_ingest_keeps(ingest) -> None:
     from confluent_kafka import KafkaError, KafkaException
 
