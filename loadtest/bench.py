@@ -1166,13 +1166,15 @@ def _commit() -> str:
 async def run_bench(options: BenchOptions, command: str) -> dict[str, Any]:
     """The whole benchmark; returns the results document (also written to ``options.out``)."""
     from loadtest.contenders import CONTENDERS, EngineContender
-    from loadtest.feed import delete_topics
+    from loadtest.feed import clear_earlier_runs, delete_topics
     from loadtest.hotpath import profile_hot_path
-    from loadtest.report import write_report
+    from loadtest.report import servers_summary, write_report
 
     settings = load_settings()
     bootstrap = options.bootstrap or settings.kafka.bootstrap
     started = time.monotonic()
+    servers = await clear_earlier_runs(bootstrap, settings)
+    _log(servers_summary(servers))
     _log(
         f"generating the workload ({options.customers} customers x {options.devices_per_customer})"
     )
@@ -1210,6 +1212,7 @@ async def run_bench(options: BenchOptions, command: str) -> dict[str, Any]:
     profile = profile_hot_path(work, settings, options.profile_events)
     results = _document(options, work, phases, {**profile, "live": live}, command, scale)
     results["fetch_probe"] = probe
+    results["machine"]["servers_at_start"] = servers
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     write_report(results, phases, options.out)
     if not options.keep:  # logs and stores stay behind only when something failed

@@ -63,7 +63,8 @@ from engine import cli_args
 from engine.durations import DAY_S
 from loadtest.bench import BENCH_EPISODES, DEFAULT_OUT, REPO, _device_ids, _prepare
 from loadtest.contenders import EngineContender
-from loadtest.feed import Feeder, Record, delete_topics
+from loadtest.feed import Feeder, Record, clear_earlier_runs, delete_topics
+from loadtest.report import servers_summary
 from loadtest.simulator import SimParams, Simulation
 
 SCENARIOS = ("reference", "control", "kill", "rolling", "kafka", "cassandra")
@@ -688,7 +689,10 @@ def generate(options: ChaosOptions) -> tuple[Simulation, list[Record], list[str]
 async def run_chaos(options: ChaosOptions, command: str) -> dict[str, Any]:
     from engine.config import load_settings
 
-    bootstrap = options.bootstrap or load_settings().kafka.bootstrap
+    settings = load_settings()
+    bootstrap = options.bootstrap or settings.kafka.bootstrap
+    servers = await clear_earlier_runs(bootstrap, settings)
+    _log(servers_summary(servers))
     _log(
         f"generating the workload ({options.customers} customers x "
         f"{options.devices_per_customer} over {options.span_s / DAY_S:g} days)"
@@ -716,6 +720,7 @@ async def run_chaos(options: ChaosOptions, command: str) -> dict[str, Any]:
         "commit": _commit(),
         "options": {**asdict(options), "out": str(options.out)},
         "events": len(records),
+        "servers_at_start": servers,
         "device_skew_s": replay_skew_s(options, len(records)),
         "scenarios": {
             name: {
@@ -767,6 +772,11 @@ def report(document: dict[str, Any]) -> str:
         "jitter in its event time, see `replay_skew_s`); compared with the undisturbed "
         "`reference` run of the same input (see `loadtest/chaos.py` for every definition).",
         "",
+        *(
+            [f"Servers at the start: {servers_summary(document['servers_at_start'])}.", ""]
+            if document.get("servers_at_start")
+            else []
+        ),
         "| scenario | faults | lost | invented | repeated deliveries | Cassandra rows / distinct "
         "actions | states equal | recovery s (max) | self-crashes | loop max s | stalls > 0.5 s "
         "(busy) |",

@@ -877,6 +877,15 @@ def _measured_scale(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def servers_summary(servers: dict[str, int]) -> str:
+    """One line on what ``clear_earlier_runs`` found and left."""
+    return (
+        f"{servers['deleted_topics']} topics and {servers['dropped_keyspaces']} keyspaces "
+        f"of earlier runs deleted first; the broker held {servers['broker_topics']} "
+        f"topics ({servers['broker_partitions']} partitions)"
+    )
+
+
 def _section(lines: list[str]) -> list[str]:
     return [*lines, ""] if lines else []
 
@@ -913,6 +922,11 @@ def build_markdown(results: Mapping[str, Any]) -> str:
         )
         + " (latency). Same bytes for every contender, each in its own topics; "
         "an action-dense mix of episodes (`episode_shares` in `latest.json`).",
+        *(
+            ["", f"Servers at the start: {servers_summary(servers)}."]
+            if (servers := results.get("machine", {}).get("servers_at_start"))
+            else []
+        ),
         "",
         "## Results",
         "",

@@ -93,6 +93,18 @@ def test_the_report_shows_the_measured_figures_and_the_command() -> None:
     assert "| Kafka clients: protocol encode and decode (aiokafka) | 30.0 |" in markdown
 
 
+def test_the_report_says_what_the_broker_held_when_the_run_began() -> None:
+    results = _results()
+    assert "Servers at the start" not in build_markdown(results)
+    results["machine"] = {"cpus": 2, "servers_at_start": {
+        "deleted_topics": 3805, "dropped_keyspaces": 15,
+        "broker_topics": 2, "broker_partitions": 51}}  # fmt: skip
+    assert (
+        "Servers at the start: 3805 topics and 15 keyspaces of earlier runs deleted first; "
+        "the broker held 2 topics (51 partitions)." in build_markdown(results)
+    )
+
+
 def test_the_diagnosis_follows_the_figures() -> None:
     idle = "\n".join(diagnosis(_results(cpu_utilisation=0.5)))
     assert "idle" in idle and "4,000 events/s at full use" in idle
