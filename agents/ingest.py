@@ -71,8 +71,15 @@ from engine.watermark import (
 
 #: How often the sources' end offsets are asked for and the watermark
 #: recomputed (one ListOffsets request, answered while the loop goes on): the
-#: delay a quiet key's timers add.
+#: delay a quiet key's timers add. At least this often ...
 WATERMARK_INTERVAL_S = 0.05
+#: ... unless a check would take more than this share of ingest's thread: a
+#: check's cost grows with the sources (their positions, and one future per
+#: partition in confluent-kafka's ListOffsets), and at 400 sources every 50 ms
+#: it took a third of a core in ingest and more in the broker, at any load.
+WATERMARK_CHECK_SHARE = 0.1
+#: The most a check is spaced out to stay within its share.
+WATERMARK_INTERVAL_MAX_S = 1.0
 #: How often sources handed to another instance are checked for their new
 #: owner's progress (``engine.watermark.IngestWatermark.settle``).
 SETTLE_INTERVAL_S = 0.5
@@ -263,6 +270,8 @@ class IngestMetrics:
         self.lagging_sources = 0
         #: tick rounds sent to quiet customer-stream partitions
         self.ticks = 0
+        #: seconds between checks of the sources' ends, as spaced out by their cost
+        self.watermark_interval_s = WATERMARK_INTERVAL_S
         #: events read after ingest had stamped a later time than theirs: their
         #: devices' events reached Kafka more than ``quality.device_skew_s`` out
         #: of order, so timers of idle keys (a silence) may have fired early
@@ -304,6 +313,8 @@ class Ingest:
         self._partition_of: dict[str, int] = {}
         self._assigned: set[tuple[str, int]] = set()
         self._watermark_at = 0.0
+        #: CPU seconds of ingest's thread the check in flight has taken so far
+        self._check_cpu_s = 0.0
         #: what had been read when the end offsets in flight were asked for
         self._end_check: EndCheck | None = None
         self._settled_at = 0.0
@@ -664,16 +675,18 @@ class Ingest:
         ]
 
     def _update_watermark(self, force: bool = False) -> None:
-        """Every ``WATERMARK_INTERVAL_S``: ask for the end offsets of every
-        assigned source, and judge the answer, once it is there, against
+        """Every ``metrics.watermark_interval_s``: ask for the end offsets of
+        every assigned source, and judge the answer, once it is there, against
         what had been read when they were asked for
         (``engine.watermark.IngestWatermark``). ``force``: now, waiting for it."""
         if self._end_check is not None and (force or self.end_offsets.answered()):
+            began = time.thread_time()
             check, self._end_check = self._end_check, None
             self._judge(check, self.end_offsets.take())
+            self._space_checks(self._check_cpu_s + time.thread_time() - began)
         now = time.monotonic()
         if self._end_check is not None or (
-            not force and now - self._watermark_at < WATERMARK_INTERVAL_S
+            not force and now - self._watermark_at < self.metrics.watermark_interval_s
         ):
             return
         self._watermark_at = now
@@ -684,6 +697,7 @@ class Ingest:
             self._settle_hand_overs()
         if not self._assigned and not self.watermark.handed_over:
             return
+        began = time.thread_time()
         positions = self._positions()
         check = self.watermark.begin_check(positions)
         try:
@@ -693,10 +707,22 @@ class Ingest:
         except KafkaException as exc:
             log.warning("ingest: end offsets of its sources not known (%s); time holds", exc)
             return
+        self._check_cpu_s = time.thread_time() - began
         if force:
             self._judge(check, self.end_offsets.take())
         else:
             self._end_check = check
+
+    def _space_checks(self, cost_s: float) -> None:
+        """The next interval between checks, from what the last one cost: no
+        more than ``WATERMARK_CHECK_SHARE`` of the thread, smoothed. A longer
+        interval only holds time back longer (quiet keys' timers fire later);
+        a source is judged read to its end only against ends asked for after
+        its position was taken, whenever that was."""
+        wanted = min(max(cost_s / WATERMARK_CHECK_SHARE, WATERMARK_INTERVAL_S),
+                     WATERMARK_INTERVAL_MAX_S)  # fmt: skip
+        interval = self.metrics.watermark_interval_s
+        self.metrics.watermark_interval_s = interval + 0.2 * (wanted - interval)
 
     def _judge(self, check: EndCheck, ends: dict[tuple[str, int], int]) -> None:
         # A source whose end is unknown counts as lagging: it holds time back.

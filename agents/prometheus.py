@@ -75,6 +75,10 @@ GAUGES: dict[tuple[str, str], tuple[str, str]] = {
     ("actor", "cached_states"): ("iotcrm_actor_cached_states", "Decoded states in memory."),
     ("sink", "lag"): ("iotcrm_sink_lag", "Records the sink has yet to write."),
     ("ingest", "watermark"): ("iotcrm_ingest_watermark_seconds", "Ingest's event-time watermark."),
+    ("ingest", "watermark_interval_s"): (
+        "iotcrm_ingest_watermark_interval_seconds",
+        "Seconds between ingest's checks of its sources' ends (spaced out by their cost).",
+    ),
     ("ingest", "assigned_sources"): (
         "iotcrm_ingest_assigned_sources",
         "Device partitions this replica's ingest reads.",

@@ -226,6 +226,26 @@ def test_revoked_partitions_are_committed_at_once_and_lost_ones_never(ingest) ->
     assert consumer.commits == [{("iot.device.d-1", 1): 8}]
 
 
+def test_checks_of_the_sources_ends_are_spaced_out_by_what_they_cost(ingest) -> None:
+    from agents.ingest import (
+        WATERMARK_CHECK_SHARE,
+        WATERMARK_INTERVAL_MAX_S,
+        WATERMARK_INTERVAL_S,
+    )
+
+    ingest, _, _ = ingest
+    assert ingest.metrics.watermark_interval_s == WATERMARK_INTERVAL_S
+    for _ in range(100):  # many sources: 30 ms of the thread per check
+        ingest._space_checks(0.03)
+    assert ingest.metrics.watermark_interval_s == pytest.approx(0.03 / WATERMARK_CHECK_SHARE)
+    for _ in range(100):
+        ingest._space_checks(1.0)
+    assert ingest.metrics.watermark_interval_s == pytest.approx(WATERMARK_INTERVAL_MAX_S)
+    for _ in range(100):  # few sources: as often as the floor allows
+        ingest._space_checks(0.0005)
+    assert ingest.metrics.watermark_interval_s == pytest.approx(WATERMARK_INTERVAL_S)
+
+
 def test_ingest_left_out_of_its_group_exits_so_a_fresh_one_joins(ingest) -> None:
     from agents.ingest import REJOIN_LIMIT_SESSIONS, IngestLeftOut
 
