@@ -620,6 +620,12 @@ async def sustainable_search(
                 f"{contender.name}: {rate:,.0f}/s for {step['seconds']} s, "
                 f"{step['latency_samples']} samples, p99 {step['p99_ms']} ms: {step['verdict']}"
                 + (f" (stages, mean/p99 under, ms: {stages})" if stages else "")
+                + (
+                    f"; worker loop late up to {step['loop_late_max_ms']} ms, "
+                    f"{step['gc_full_collections']} full GCs"
+                    if "loop_late_max_ms" in step
+                    else ""
+                )
             )
     finally:
         await reader.stop()
@@ -657,14 +663,16 @@ async def _search_step(
     budget = MachineBudget(contender.name, contender.tree)
     machine_before = budget.reading()
     histograms_before = _labelled_reading(contender)
+    collections_before = _event_loop(contender).get("gc_full_collections", 0)
     started = time.time()
     limit = rate * options.search_abort_lag_s
     lags: list[tuple[float, int]] = []
+    loop_late: list[float] = []
     # A publisher slowed down by a busy machine must not stretch a step without end.
     deadline = started + 1.5 * options.search_max_step_s
     stopped: list[str] = []
     watch = asyncio.create_task(
-        _watch_lag(contender, walls, before, limit, stop, lags, deadline, stopped)
+        _watch_lag(contender, walls, before, limit, stop, lags, deadline, stopped, loop_late)
     )
     try:
         await feeder.publish_events(
@@ -715,6 +723,18 @@ async def _search_step(
         **_labelled_split(contender, histograms_before),
         #: (seconds into the step, events published but not yet fully processed)
         "lag_series": [[round(at - started, 1), lag] for at, lag in lags],
+        #: The engine worker's event loop over the step: the latest it woke up
+        #: (the largest of its 10 s windows sampled while the step ran, so a
+        #: little before it too), and the full garbage collections in it.
+        **(
+            {
+                "loop_late_max_ms": round(max(loop_late, default=0.0) * 1000, 1),
+                "gc_full_collections": _event_loop(contender).get("gc_full_collections", 0)
+                - collections_before,
+            }
+            if _event_loop(contender)
+            else {}
+        ),
         "cpu_s_per_million": _rounded(per_million(cpu, len(walls)), 1),
         #: Where the machine's CPU went while the step's events were published,
         #: and the contender's part of it by process.
@@ -753,6 +773,13 @@ def _labelled_split(
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Each labelled histogram over the phase since ``before`` (``stage_split``)."""
     return {name: stage_split(before[name], _labelled(contender, name)) for name in before}
+
+
+def _event_loop(contender: Contender) -> dict[str, Any]:
+    """The engine worker's event-loop figures of its latest ``/metrics.json``
+    (``engine.loop_lag``); empty for the peer."""
+    loop: dict[str, Any] = (getattr(contender, "metrics", None) or {}).get("event_loop") or {}
+    return loop
 
 
 def _labelled(contender: Contender, histogram: str) -> dict[str, Any] | None:
@@ -801,9 +828,12 @@ async def _watch_lag(
     lags: list[tuple[float, int]],
     deadline: float,
     stopped: list[str],
+    loop_late: list[float],
 ) -> None:
     """Twice a second, until cancelled: how many published events are not
-    fully processed yet (appended to ``lags`` with the wall time); sets
+    fully processed yet (appended to ``lags`` with the wall time) and, for
+    the engine, its event loop's latest wake-up of the last 10 s (to
+    ``loop_late``); sets
     ``stop`` once that is more than ``limit`` twice in a row (a queue of
     seconds of load is many times the p99 limit: ``behind`` in ``stopped``),
     or at ``deadline`` (``deadline``)."""
@@ -819,6 +849,8 @@ async def _watch_lag(
                 continue
             lag = max(0, len(walls) - (progress.done - before))
             lags.append((time.time(), lag))
+            if loop := _event_loop(contender):
+                loop_late.append(float(loop.get("recent_max_s", 0.0)))
             over = over + 1 if lag > limit else 0
             if over >= 2 and not stop.is_set():
                 stopped.append("behind")

@@ -256,8 +256,8 @@ def _sustainable(results: Mapping[str, Any]) -> list[str]:
         "",
         "| contender | step | offered /s | events | s | expected actions | latency samples "
         "| p50 ms | p99 ms | max ms | timer-driven: samples, p99 ms | most events behind "
-        "| CPU s per M | verdict |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| worker loop late, ms (full GCs) | CPU s per M | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name in ("engine", "peer"):
         row = sustainable.get(name)
@@ -271,6 +271,7 @@ def _sustainable(results: Mapping[str, Any]) -> list[str]:
                 f"| {_show(step.get('p50_ms'), 1)} | {_show(step.get('p99_ms'), 1)} "
                 f"| {_show(step.get('max_ms'), 1)} | {_show(step.get('timer_samples'))}, "
                 f"{_show(step.get('timer_p99_ms'), 0)} | {_show(step.get('max_lag_events'))} "
+                f"| {_loop_late(step)} "
                 f"| {_show(step.get('cpu_s_per_million'))} | {step.get('verdict', '–')} |"
             )
     lines += [
@@ -279,7 +280,10 @@ def _sustainable(results: Mapping[str, Any]) -> list[str]:
         "of samples, not thousands: with fewer than 100 it lies between the step's two "
         "slowest actions, which makes the test stricter, not looser. *most events behind* "
         "is the largest gap between events published and events fully processed, sampled "
-        "twice a second.",
+        "twice a second. *worker loop late* is how late the engine worker's event loop woke "
+        "up at worst around the step (the largest of its 10 s windows sampled during it), "
+        "with the full garbage collections of the step: an action's latency includes any "
+        "such wait.",
         "",
         "![sustainable](sustainable.png)",
     ]
@@ -884,6 +888,13 @@ def servers_summary(servers: dict[str, int]) -> str:
         f"of earlier runs deleted first; the broker held {servers['broker_topics']} "
         f"topics ({servers['broker_partitions']} partitions)"
     )
+
+
+def _loop_late(step: Mapping[str, Any]) -> str:
+    """The worker's worst event-loop wake-up of a search step, and its full collections."""
+    if step.get("loop_late_max_ms") is None:
+        return "–"
+    return f"{_show(step['loop_late_max_ms'], 0)} ({_show(step.get('gc_full_collections'))})"
 
 
 def _section(lines: list[str]) -> list[str]:

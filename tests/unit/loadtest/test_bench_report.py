@@ -146,6 +146,21 @@ def test_remedies_are_backed_by_the_run_and_numbered_in_order() -> None:
     assert not remedies(results)[0].startswith("1. **Give the broker")
 
 
+def test_each_search_step_shows_how_late_the_workers_loop_woke_up() -> None:
+    results = _results()
+    step = {"offered_rate": 378.0, "events": 11_340, "p99_ms": 253.8, "verdict": "p99 ≥ 250 ms",
+            "loop_late_max_ms": 281.4, "gc_full_collections": 1}  # fmt: skip
+    results["sustainable"] = {
+        "engine": {"step_results": [step]},
+        "peer": {"step_results": [{"offered_rate": 524.0, "verdict": "p99 < 250 ms"}]},
+    }
+    rows = [line for line in build_markdown(results).splitlines()
+            if line.startswith(("| engine | 1 |", "| peer | 1 |"))]  # fmt: skip
+    assert [row.split(" | ")[0] for row in rows] == ["| engine", "| peer"]
+    assert "| 281 (1) |" in rows[0]
+    assert "| – | – | p99 < 250 ms |" in rows[1]  # the peer has no such loop
+
+
 def test_the_machine_budget_shows_every_paced_span_of_the_run() -> None:
     results = _results()
     results["machine"] = {"cpus": 2}

@@ -493,7 +493,11 @@ class _Scripted:
         from loadtest.contenders import Progress
 
         value = next(self.done, None)
-        return None if value is None else Progress(value, value)
+        if value is None:
+            return None
+        # the worker's event loop, as its /metrics.json says with the counters
+        self.metrics = {"event_loop": {"recent_max_s": value / 10_000}}
+        return Progress(value, value)
 
 
 @pytest.mark.parametrize(
@@ -508,20 +512,31 @@ def test_a_step_stops_once_the_contender_is_behind_twice_in_a_row(
 ) -> None:
     from loadtest.bench import _watch_lag
 
-    async def run() -> tuple[list[str], list[tuple[float, int]], bool]:
+    async def run() -> tuple[list[str], list[tuple[float, int]], bool, list[float]]:
         walls = [0.0] * 1000  # everything published
-        stop, lags, stopped = asyncio.Event(), [], []
+        stop, lags, stopped, loop_late = asyncio.Event(), [], [], []
         task = asyncio.create_task(
-            _watch_lag(_Scripted(done), walls, 0, 500, stop, lags, float("inf"), stopped)  # type: ignore[arg-type]
+            _watch_lag(
+                _Scripted(done),
+                walls,
+                0,
+                500,
+                stop,
+                lags,
+                float("inf"),
+                stopped,
+                loop_late,  # type: ignore[arg-type]
+            )
         )
         await asyncio.sleep(0.5 * len(done) + 0.2)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        return stopped, lags, stop.is_set()
+        return stopped, lags, stop.is_set(), loop_late
 
-    stopped, lags, was_stopped = asyncio.run(run())
+    stopped, lags, was_stopped, loop_late = asyncio.run(run())
     assert stopped == reason and was_stopped == bool(reason)
     assert [lag for _, lag in lags] == [1000 - d for d in done]
+    assert loop_late == [d / 10_000 for d in done]
 
 
 def test_encoded_states_are_the_codec_sizes_of_the_sampled_customers() -> None:
