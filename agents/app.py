@@ -130,7 +130,7 @@ class Runtime:
             broker_credentials=broker_credentials(settings),
             broker_commit_interval=w.commit_interval_s,
             broker_session_timeout=w.session_timeout_s,
-            broker_heartbeat_interval=max(1.0, w.session_timeout_s / 4),
+            broker_heartbeat_interval=w.heartbeat_interval_s,
             web_port=w.web_port,
             web_host=w.web_host,
             web_in_thread=False,

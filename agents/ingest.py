@@ -345,7 +345,7 @@ class Ingest:
                 # Incremental rebalances: when a replica comes or goes, the
                 # others go on reading the partitions they keep.
                 "partition.assignment.strategy": "cooperative-sticky",
-                "heartbeat.interval.ms": int(max(1.0, w.session_timeout_s / 4) * 1000),
+                "heartbeat.interval.ms": int(w.heartbeat_interval_s * 1000),
             }
         )
 

@@ -101,6 +101,13 @@ class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ingest: Literal["process", "off"] = "process"
     sink: StageMode = "process"
 
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """How often every worker consumer heartbeats: a quarter of the
+        session, at least a second (a member learns of a rebalance at its
+        next heartbeat)."""
+        return max(1.0, self.session_timeout_s / 4)
+
 
 class RulesSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     path: str = "rules"

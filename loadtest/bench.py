@@ -729,10 +729,9 @@ async def _search_step(
         **(
             {
                 "loop_late_max_ms": round(max(loop_late, default=0.0) * 1000, 1),
-                "gc_full_collections": _event_loop(contender).get("gc_full_collections", 0)
-                - collections_before,
+                "gc_full_collections": loop["gc_full_collections"] - collections_before,
             }
-            if _event_loop(contender)
+            if (loop := _event_loop(contender))
             else {}
         ),
         "cpu_s_per_million": _rounded(per_million(cpu, len(walls)), 1),

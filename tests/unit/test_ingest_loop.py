@@ -414,3 +414,11 @@ def test_events_older_than_the_time_already_stamped_are_counted(ingest, admin: F
     ingest._on_assign(consumer, [KafkaPartition("iot.device.d-3", 0)])  # type: ignore[arg-type]
     ingest.ingest([event("d-2", 2, 1_700_000_200)])
     assert ingest.metrics.behind_watermark == 1
+
+
+def test_consumers_heartbeat_a_quarter_of_the_session_apart_at_least_a_second() -> None:
+    from engine.config import WorkerSettings
+
+    assert WorkerSettings(session_timeout_s=10.0).heartbeat_interval_s == 2.5
+    assert WorkerSettings(session_timeout_s=60.0).heartbeat_interval_s == 15.0
+    assert WorkerSettings(session_timeout_s=2.0).heartbeat_interval_s == 1.0
