@@ -3,8 +3,8 @@
 1. create topics and the Cassandra schema;
 2. start a worker process (``iotcrm worker``);
 3. simulate a fleet (customers with a few devices each, realistic telemetry,
-   injected episodes, some malformed and duplicate events) and publish it to
-   the per-device topics;
+   injected episodes, some malformed and duplicate events) over whole UTC days
+   up to now and publish it to the per-device topics;
 4. wait until the worker has taken in every event and the Cassandra sink has
    written every action, reading the actions back as a downstream CRM would;
 5. report: events in, dead-lettered, actions by type with samples, accuracy
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from engine.config import ACTION_TOPIC_SUFFIX, Settings
 from engine.durations import parse_duration
 from engine.kafka import behind, client_options, partitions_of
 from loadtest.accuracy import format_score, score
+from loadtest.episodes import DAILY_WINDOW_GRACE_S, DAY
 from loadtest.harness import WorkerProcess, wait_for
 from loadtest.publish import PublishOptions, publish
 from loadtest.simulator import SimParams, Simulation
@@ -42,6 +44,22 @@ class DemoOptions:
     seconds: float = 50.0
     seed: int = 7
     config: str = ""
+
+
+def span_from_utc_midnight(span_s: float, now: float) -> float:
+    """The simulated span ending at ``now``: at least ``span_s`` of whole UTC
+    days before the last daily window closed, begun at a UTC midnight.
+
+    Rules that judge a whole UTC day need the days before it, and a span that
+    merely ends at ``now`` starts at whatever hour it is: near midnight its
+    whole days are one fewer and the demo would find another set of episodes.
+
+    >>> day, hour = 86400.0, 3600.0
+    >>> [span_from_utc_midnight(3 * day, 10 * day + h * hour) / hour for h in (0.2, 0.3, 23)]
+    [96.2, 72.3, 95.0]
+    """
+    last_window_closed = math.floor((now - DAILY_WINDOW_GRACE_S) / DAY) * DAY
+    return now - (last_window_closed - math.ceil(span_s / DAY) * DAY)
 
 
 async def end_offsets(settings: Settings, topics: list[str]) -> dict[TopicPartition, int]:
@@ -111,7 +129,7 @@ async def run(settings: Settings, options: DemoOptions) -> int:
             customers=options.customers,
             devices_per_customer=options.devices_per_customer,
             seed=options.seed,
-            span_s=parse_duration(options.span),
+            span_s=span_from_utc_midnight(parse_duration(options.span), time.time()),
         )
         sim = Simulation(params)
         planned = _count_events(params)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from loadtest.fleet import Device, Fleet
+from tables.state import BASELINE_MIN_DAYS
 
 MINUTE = 60.0
 HOUR = 3600.0
@@ -148,8 +149,14 @@ def plan_episodes(
     last_day_end = math.floor((end_ts - DAILY_WINDOW_GRACE_S) / DAY) * DAY
     latest_fade = last_day_end - DAY - FADE_RAMP_S
     earliest_fade = start_ts + HOUR
+    # The customer actor has a usage baseline only after the first, partial,
+    # UTC day and BASELINE_MIN_DAYS whole days; a whole faded day before then
+    # is no detectable episode (the rule's "unknown baseline: no offer").
+    baseline_known_from = (math.floor(start_ts / DAY) + 1 + BASELINE_MIN_DAYS) * DAY
     for customer_id in rng.sample(wearable_owners, fade_count):
-        if span < DAY:
+        if span < DAY or (
+            earliest_fade <= latest_fade and last_day_end - DAY < baseline_known_from
+        ):
             plan.skipped["usage_fade"] = plan.skipped.get("usage_fade", 0) + 1
             continue
         if earliest_fade <= latest_fade:

@@ -10,10 +10,12 @@ from loadtest.simulator import SimParams, Simulation
 END_TS = 1_763_700_000.0
 
 #: Small but complete: every episode kind occurs, some consent is missing.
+#: Three days: a usage fade needs a partial first day and a baseline day before it.
 PARAMS = SimParams(
     customers=60,
     devices_per_customer=2,
     seed=11,
+    span_s=3 * 86400.0,
     end_ts=END_TS,
     marketing_consent_share=0.6,
     malformed_share=0.01,

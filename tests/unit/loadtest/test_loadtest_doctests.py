@@ -9,6 +9,7 @@ import pytest
 
 MODULES = [
     "loadtest.accuracy",
+    "loadtest.demo",
     "loadtest.episodes",
     "loadtest.fleet",
     "loadtest.publish",

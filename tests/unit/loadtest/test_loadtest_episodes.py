@@ -253,3 +253,30 @@ def test_other_devices_send_telemetry_at_least_every_ten_minutes(
             continue
         times = [start] + [e["ts"] for e in events if e["kind"] == "telemetry"] + [END_TS]
         assert max(b - a for a, b in pairwise(times)) <= 10 * MINUTE, device_id
+
+
+@pytest.mark.parametrize(
+    ("end_hour", "faded"),
+    # A 3-day span ending at 23:00 holds a partial day, a baseline day and a
+    # whole faded day closed before the end; ending at 00:10 it does not.
+    [(23.0, True), (0.5, True), (0.17, False)],
+)
+def test_a_whole_faded_day_is_planned_only_after_a_baseline_day(
+    end_hour: float, faded: bool
+) -> None:
+    from loadtest.episodes import DAY, EpisodeShares, plan_episodes
+    from loadtest.fleet import build_fleet
+
+    end_ts = 100 * DAY + end_hour * HOUR
+    start_ts = end_ts - 3 * DAY
+    fleet = build_fleet(customers=40, devices_per_customer=2, seed=3, start_ts=start_ts)
+    plan = plan_episodes(fleet, EpisodeShares(), seed=3, start_ts=start_ts, end_ts=end_ts)
+    if faded:
+        assert plan.fades and "usage_fade" not in plan.skipped
+        first_day = start_ts // DAY * DAY
+        for fade in plan.fades.values():
+            assert fade.whole_day_faded
+            # the faded day is judged against at least the whole day before it
+            assert fade.detect_at - DAY - 15 * MINUTE >= first_day + 2 * DAY
+    else:
+        assert not plan.fades and plan.skipped["usage_fade"] > 0

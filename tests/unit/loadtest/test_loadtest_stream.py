@@ -207,7 +207,7 @@ def test_canonical_events_carry_the_runners_customer_context_once_known(
     fleet = canonical_run.sim.fleet
     wearable_owners = {d.customer_id for d in fleet.devices if d.device_type == "wearable"}
     # The first UTC day is partial: its window closes at midnight + 15 min.
-    baseline_from = 1_763_596_800.0 + 900
+    baseline_from = canonical_run.sim.start_ts // 86400 * 86400 + 86400 + 900
     contexts: dict[str, list[tuple[float, dict[str, Any]]]] = {}
     first_event: dict[str, float] = {}
     for event in canonical_events:
