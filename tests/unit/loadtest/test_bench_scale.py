@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -513,14 +514,16 @@ def test_a_step_stops_once_the_contender_is_behind_twice_in_a_row(
     from loadtest.bench import _watch_lag
 
     async def run() -> tuple[list[str], list[tuple[float, int]], bool, list[float]]:
-        walls = [0.0] * 1000  # everything published
+        # Everything published, over the last 100 s: a pace of about 10/s,
+        # whatever was asked, so 50 s of load behind is about 500 events.
+        walls = [time.time() - 100.0] * 1000
         stop, lags, stopped, loop_late = asyncio.Event(), [], [], []
         task = asyncio.create_task(
             _watch_lag(
                 _Scripted(done),
                 walls,
                 0,
-                500,
+                50.0,
                 stop,
                 lags,
                 float("inf"),
