@@ -41,7 +41,7 @@ from engine.actor import CustomerActor
 from engine.config import Settings, StageMode
 from engine.durations import DAY_S, HOUR_S
 from engine.kafka.clients import ssl_context
-from engine.loop_lag import LoopLag, watch_loop
+from engine.loop_lag import LoopLag, freeze_startup_objects, watch_loop
 from engine.models import ModelSet, load_models
 from engine.pseudonyms import pseudonyms_for
 from engine.quality import StreamHygiene
@@ -208,6 +208,8 @@ class Runtime:
 
         @app.task
         async def watch_event_loop() -> None:
+            frozen = freeze_startup_objects()  # the app is built: its code stays
+            log.info("%d objects of the started worker frozen out of garbage collection", frozen)
             await watch_loop(self.loop_lag)
 
         @app.timer(interval=w.summary_interval_s)

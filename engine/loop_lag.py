@@ -141,9 +141,28 @@ class LoopLag:
             "busy_max_s": round(self.busy_max_s, 4),
             "gc_full_collections": self.gc_full,
             "gc_full_max_s": round(self.gc_full_max_s, 4),
+            "gc_frozen_objects": gc.get_freeze_count(),
             "stall_threshold_s": STALL_S,
             "samples": self.samples,
         }
+
+
+def freeze_startup_objects() -> int:
+    """Move every object alive now out of the garbage collector's reach, once
+    a process has started: returns how many.
+
+    Nearly all of a started process's objects are its code (modules, classes,
+    functions: 110,000-170,000 here, from Faust, aiokafka, River...), and a
+    full collection scans them all, on the thread that runs the stream: 60 ms
+    when the process has the CPU, 300-450 ms when it shares it, a pause every
+    event in flight waits out. They live as long as the process; frozen, a
+    full collection scans only what the process made since (states, buffers).
+    Frozen objects are still freed when their last reference goes; only a
+    cycle among them would be kept.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 async def watch_loop(lag: LoopLag, interval_s: float = 0.1) -> None:

@@ -7,7 +7,7 @@ import gc
 import time
 from collections.abc import Callable
 
-from engine.loop_lag import STALL_S, LoopLag, watch_loop
+from engine.loop_lag import STALL_S, LoopLag, freeze_startup_objects, watch_loop
 
 
 async def watched(hold: Callable[[], None]) -> LoopLag:
@@ -65,3 +65,23 @@ async def test_full_garbage_collections_are_timed() -> None:
     assert 0.0 < lag.gc_within(since) == lag.gc_full_max_s
     assert lag.on_gc not in gc.callbacks, "the hook leaves with the watcher"
     assert lag.as_dict()["gc_full_collections"] == 1
+
+
+def test_objects_of_a_started_process_are_frozen_out_of_full_collections() -> None:
+    class Node:
+        def __init__(self) -> None:
+            self.me = self  # a cycle: only the collector can free it
+
+    started = [Node() for _ in range(1000)]  # as a process's code and setup
+    try:
+        frozen = freeze_startup_objects()
+        made_since = Node()
+        assert frozen == gc.get_freeze_count() >= len(started)
+        tracked = {id(o) for o in gc.get_objects()}
+        assert id(started[0]) not in tracked, "a full collection no longer scans it"
+        assert id(made_since) in tracked
+        assert LoopLag().as_dict()["gc_frozen_objects"] == frozen
+        del made_since
+        assert gc.collect() >= 1, "what the process makes later is still collected"
+    finally:
+        gc.unfreeze()
