@@ -679,7 +679,6 @@ async def _search_step(
             contender,
             walls,
             before,
-            rate,
             options.search_abort_lag_s,
             stop,
             lags,
@@ -754,13 +753,9 @@ async def _search_step(
         "machine": machine,
         "processes": processes,
         "passed": verdict.passed,
-        "verdict": verdict.reason
-        + ("; the publisher stopped short of the asked rate" if "publisher" in stopped else ""),
+        "verdict": verdict.reason,
         #: Publishing ran out of time before the step's events were all out.
         "cut_short": "deadline" in stopped,
-        #: The publisher fell seconds behind the asked rate and stopped: the
-        #: step is judged at the rate it offered.
-        "publisher_short": "publisher" in stopped,
     }
 
 
@@ -840,7 +835,6 @@ async def _watch_lag(
     contender: Contender,
     walls: list[float],
     before: int,
-    rate: float,
     limit_s: float,
     stop: asyncio.Event,
     lags: list[tuple[float, int]],
@@ -853,11 +847,11 @@ async def _watch_lag(
     the engine, its event loop's latest wake-up of the last 10 s (to
     ``loop_late``); sets ``stop`` once that is more than ``limit_s`` seconds
     of load twice in a row (a queue of seconds of load is many times the p99
-    limit: ``behind`` in ``stopped``), once the publisher itself is that far
-    behind ``rate``, its schedule (the machine cannot offer the rate:
-    ``publisher``), or at ``deadline`` (``deadline``). The contender's queue
-    counts in seconds at the pace the publisher kept, not the one asked for."""
-    over = short = 0
+    limit: ``behind`` in ``stopped``), or at ``deadline`` (``deadline``).
+    Seconds at the pace the publisher has kept so far, not the one asked
+    for: a publisher that cannot keep the asked pace (the broker is busy too)
+    would otherwise let the queue grow for a whole step before it counts."""
+    over = 0
     with contextlib.suppress(asyncio.CancelledError):
         while True:
             await asyncio.sleep(0.5)
@@ -874,12 +868,8 @@ async def _watch_lag(
                 loop_late.append(float(loop.get("recent_max_s", 0.0)))
             pace = len(walls) / max(now - walls[0], 1.0)
             over = over + 1 if lag > limit_s * pace else 0
-            short = short + 1 if (now - walls[0]) * rate - len(walls) > limit_s * rate else 0
             if over >= 2 and not stop.is_set():
                 stopped.append("behind")
-                stop.set()
-            elif short >= 2 and not stop.is_set():
-                stopped.append("publisher")
                 stop.set()
 
 
