@@ -208,7 +208,8 @@ class Runtime:
 
         @app.task
         async def watch_event_loop() -> None:
-            frozen = freeze_startup_objects()  # the app is built: its code stays
+            # the app is built: its code stays
+            self.loop_lag.gc_frozen = frozen = freeze_startup_objects()
             log.info("%d objects of the started worker frozen out of garbage collection", frozen)
             await watch_loop(self.loop_lag)
 

@@ -80,7 +80,6 @@ def test_objects_of_a_started_process_are_frozen_out_of_full_collections() -> No
         tracked = {id(o) for o in gc.get_objects()}
         assert id(started[0]) not in tracked, "a full collection no longer scans it"
         assert id(made_since) in tracked
-        assert LoopLag().as_dict()["gc_frozen_objects"] == frozen
         del made_since
         assert gc.collect() >= 1, "what the process makes later is still collected"
     finally:
