@@ -306,7 +306,11 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument(
         "--devices-per-customer", type=cli_args.count, default=3, help="devices each (default 3)"
     )
-    demo.add_argument("--span", default="3d", help="simulated time span (default 3d)")
+    demo.add_argument(
+        "--span",
+        default="3d",
+        help="whole UTC days of simulated time before the last closed day, up to now (default 3d)",
+    )
     demo.add_argument(
         "--seconds",
         type=cli_args.non_negative_number,
