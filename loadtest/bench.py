@@ -29,8 +29,9 @@ starts the local servers first). Options: ``--customers``, ``--events``,
 3. The sustainable rate (``--no-sustainable`` skips it): for the engine and
    the peer, each in a fresh process on a workload of its own (denser in
    actions: ``--search-customers`` over ``--search-span``), paced steps one
-   after another (``RateSearch``: from a share of the contender's backlog
-   rate, up while steps hold, down while they fail, then bisecting), each
+   after another (``RateSearch``: from a share of the slowest contender's
+   backlog rate, the same for each, up while steps hold, down while they
+   fail, then bisecting), each
    sized to hold enough expected actions for a p99 and drained before the
    next; a step holds when the p99 of the event-to-action latencies of the
    actions its events triggered is under 250 ms (timer-driven actions are
@@ -151,11 +152,11 @@ class BenchOptions:
     #: devices would mostly load the broker, with a partition each).
     search_customers: int = 200
     search_span_s: float = 24 * 3600.0
-    #: The first step's rate as a share of the contender's backlog rate. Paced
-    #: steps cost far more per event than a backlog (each event is a batch of
-    #: its own), and on per-device topics the broker and the publisher tops out
-    #: near 600/s on the two cores here: 0.3 always failed, and took a third
-    #: of the time budget doing so.
+    #: The first step's rate, for every contender, as a share of the slowest
+    #: contender's backlog rate. Paced steps cost far more per event than a
+    #: backlog (each event is a batch of its own), and on per-device topics
+    #: the broker and the publisher top out near 600/s on the two cores here:
+    #: 0.3 always failed, and took a third of the time budget doing so.
     search_start_share: float = 0.1
     search_up: float = 1.5
     #: Stop bisecting once the highest pass and the lowest fail are this close.
@@ -542,15 +543,20 @@ def _lag_summary(samples: list[tuple[float, int, int, int]]) -> dict[str, Any]:
 
 
 async def sustainable_search(
-    contender: Contender, work: Workload, backlog_eps: float, options: BenchOptions
+    contender: Contender,
+    work: Workload,
+    backlog_eps: float,
+    start_eps: float,
+    options: BenchOptions,
 ) -> dict[str, Any]:
-    """One contender's step search (``RateSearch``) over the search workload:
-    paced steps one after another in one process, each drained before the
-    next, each judged by the event-to-action p99 of its own events."""
+    """One contender's step search (``RateSearch``) over the search workload,
+    from ``start_eps``: paced steps one after another in one process, each
+    drained before the next, each judged by the event-to-action p99 of its
+    own events."""
     from loadtest.feed import ActionReader, Feeder
 
     search = RateSearch(
-        start=options.search_start_share * backlog_eps,
+        start=start_eps,
         ceiling=backlog_eps,
         up=options.search_up,
         resolution=options.search_resolution,
@@ -1346,6 +1352,11 @@ async def _sustainable_rates(
         f"customers over {options.search_span_s / 3600:g} h)"
     )
     search_work = generate_search(options)
+    # Every contender starts at the same rate, a share of the slowest one's
+    # backlog rate: a faster contender that started higher spent its time
+    # budget on a first step the machine could not offer, and ended with
+    # fewer steps than the others.
+    start_eps = options.search_start_share * min(phases[name].figures["eps"] for name in names)
     results: dict[str, Any] = {}
     for name in names:
         contender = CONTENDERS[name](
@@ -1355,7 +1366,7 @@ async def _sustainable_rates(
         async def search(contender: Contender = contender, name: str = name) -> dict[str, Any]:
             try:
                 return await sustainable_search(
-                    contender, search_work, phases[name].figures["eps"], options
+                    contender, search_work, phases[name].figures["eps"], start_eps, options
                 )
             finally:
                 await _cleanup(contender, options)
