@@ -27,6 +27,18 @@ def test_the_pacer_holds_the_target_rate() -> None:
     assert pacer.delay(1000) == 0.0  # behind schedule: no wait
 
 
+def test_a_pacer_held_up_makes_up_no_more_than_a_tenth_of_a_second_at_once() -> None:
+    clock = FakeClock()
+    pacer = Pacer(rate=1000, clock=clock)
+    clock.now += 3.0  # held up 3 s after the first record
+    assert pacer.delay(1) == 0.0
+    # 0.1 s of the schedule made up in a burst; the next records at the rate,
+    # not the 2.9 s of records the schedule owed sent at once
+    assert pacer.delay(101) == pytest.approx(0.0, abs=1e-9)
+    assert pacer.delay(201) == pytest.approx(0.1)
+    assert pacer.delay(1201) == pytest.approx(1.1)
+
+
 def test_an_unlimited_pacer_never_waits() -> None:
     assert Pacer(rate=0, clock=FakeClock()).delay(10**9) == 0.0
 
