@@ -561,7 +561,8 @@ async def sustainable_search(
         up=options.search_up,
         resolution=options.search_resolution,
         max_steps=options.search_max_steps,
-        floor=0.02 * backlog_eps,
+        # the same for every contender, as the first rate is
+        floor=start_eps / 5,
     )
     clock = high_water(wire_ts(value) for _, value in work.rest)
     action_ats = sorted(float(a["expected_at"]) for a in work.truth["expected_actions"])
