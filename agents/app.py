@@ -209,8 +209,7 @@ class Runtime:
         @app.task
         async def watch_event_loop() -> None:
             # the app is built: its code stays
-            self.loop_lag.gc_frozen = frozen = freeze_startup_objects()
-            log.info("%d objects of the started worker frozen out of garbage collection", frozen)
+            self.loop_lag.gc_frozen = freeze_startup_objects("worker")
             await watch_loop(self.loop_lag)
 
         @app.timer(interval=w.summary_interval_s)

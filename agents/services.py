@@ -156,7 +156,7 @@ def run_ingest(settings: Settings, status_path: Path | None) -> None:
     ingest = Ingest(settings)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: ingest.stop())
-    frozen = freeze_startup_objects()
+    freeze_startup_objects("ingest")
     written_at = 0.0
 
     def report() -> None:
@@ -166,7 +166,7 @@ def run_ingest(settings: Settings, status_path: Path | None) -> None:
             write_status(status_path, ingest.metrics.as_dict())
             written_at = now
 
-    log.info("ingest running (%d objects of its start frozen out of garbage collection)", frozen)
+    log.info("ingest running")
     try:
         ingest.run(on_idle=report)
     finally:
@@ -186,8 +186,8 @@ async def run_sink(settings: Settings, status_path: Path | None) -> None:
     store = CassandraStore(settings)
     sink = CassandraSink(settings, store, group_id=f"{settings.worker.app_id}-cassandra-sink")
     await sink.start()
-    frozen = freeze_startup_objects()
-    log.info("sink running (%d objects of its start frozen out of garbage collection)", frozen)
+    freeze_startup_objects("sink")
+    log.info("sink running")
     try:
         while not stopping.is_set():
             if status_path is not None:

@@ -74,7 +74,7 @@ def test_objects_of_a_started_process_are_frozen_out_of_full_collections() -> No
 
     started = [Node() for _ in range(1000)]  # as a process's code and setup
     try:
-        frozen = freeze_startup_objects()
+        frozen = freeze_startup_objects("test")
         made_since = Node()
         assert frozen == gc.get_freeze_count() >= len(started)
         tracked = {id(o) for o in gc.get_objects()}
